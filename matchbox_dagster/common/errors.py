@@ -1,0 +1,281 @@
+"""The exception hierarchy of matchbox-dagster.
+
+Every error raised on purpose by the library derives from :class:`MatchboxError`, so callers can
+catch one type. Messages say what was asked, what was found and what to do about it. Names follow
+the matchbox backend contract.
+
+Hierarchy::
+
+    MatchboxError
+    ├── MatchboxNotFoundError
+    │   ├── MatchboxCollectionNotFoundError
+    │   ├── MatchboxRunNotFoundError
+    │   ├── MatchboxStepNotFoundError
+    │   ├── MatchboxUserNotFoundError
+    │   ├── MatchboxGroupNotFoundError
+    │   └── MatchboxDataNotFound
+    ├── MatchboxAlreadyExistsError
+    │   ├── MatchboxCollectionAlreadyExists
+    │   ├── MatchboxStepAlreadyExists
+    │   └── MatchboxGroupAlreadyExistsError
+    ├── MatchboxInvalidData (ValueError)
+    │   ├── MatchboxArrowSchemaMismatch
+    │   ├── MatchboxNameError
+    │   ├── MatchboxStepInvalidData
+    │   │   └── MatchboxFingerprintMismatch
+    │   └── MatchboxSnapshotError
+    ├── MatchboxRunNotWriteable
+    ├── MatchboxStepExistingData
+    ├── MatchboxStepUpdateError
+    ├── MatchboxStepNotQueriable
+    ├── MatchboxStepTypeError
+    ├── MatchboxLockError
+    ├── MatchboxDeletionNotConfirmed
+    ├── MatchboxPermissionDenied
+    ├── MatchboxSystemGroupError
+    ├── MatchboxTooManySamplesRequested
+    ├── MatchboxNoJudgements
+    ├── MatchboxConnectionError
+    └── MatchboxDatabaseWriteError
+"""
+
+from __future__ import annotations
+
+
+class MatchboxError(Exception):
+    """Root of every error raised on purpose by matchbox-dagster."""
+
+
+# --- not found ------------------------------------------------------------------------------
+
+
+class MatchboxNotFoundError(MatchboxError, LookupError):
+    """Something that was asked for does not exist."""
+
+
+class MatchboxCollectionNotFoundError(MatchboxNotFoundError):
+    """The collection does not exist."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"Collection {name!r} does not exist. Create it with create_collection({name!r}) "
+            "or check the name with list_collections()."
+        )
+
+
+class MatchboxRunNotFoundError(MatchboxNotFoundError):
+    """The run does not exist in the collection."""
+
+    def __init__(self, collection: str, run_id: int) -> None:
+        self.collection = collection
+        self.run_id = run_id
+        super().__init__(
+            f"Run {run_id} does not exist in collection {collection!r}. "
+            f"See get_collection({collection!r}).runs for the runs it has."
+        )
+
+
+class MatchboxStepNotFoundError(MatchboxNotFoundError):
+    """The step does not exist in the run."""
+
+    def __init__(self, path: object, detail: str = "") -> None:
+        self.path = path
+        super().__init__(
+            f"Step {path} does not exist{': ' + detail if detail else ''}. "
+            "Create it with create_step() first, or check the collection, run and name."
+        )
+
+
+class MatchboxUserNotFoundError(MatchboxNotFoundError):
+    """The user does not exist."""
+
+    def __init__(self, user_name: str) -> None:
+        self.user_name = user_name
+        super().__init__(f"User {user_name!r} does not exist. Users are created by login().")
+
+
+class MatchboxGroupNotFoundError(MatchboxNotFoundError):
+    """The group does not exist."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"Group {name!r} does not exist. See list_groups() for the groups.")
+
+
+class MatchboxDataNotFound(MatchboxNotFoundError):
+    """Data (cluster ids, keys, judgements) asked for is not in the store."""
+
+
+# --- already exists -------------------------------------------------------------------------
+
+
+class MatchboxAlreadyExistsError(MatchboxError):
+    """Something to be created exists already."""
+
+
+class MatchboxCollectionAlreadyExists(MatchboxAlreadyExistsError):
+    """A collection of that name exists already."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"Collection {name!r} already exists. Use get_collection({name!r}) or pick another "
+            "name."
+        )
+
+
+class MatchboxStepAlreadyExists(MatchboxAlreadyExistsError):
+    """A step of that name exists already in the run."""
+
+    def __init__(self, path: object) -> None:
+        self.path = path
+        super().__init__(
+            f"Step {path} already exists. Use update_step() to change its description or "
+            "config, or delete_step() to replace it."
+        )
+
+
+class MatchboxGroupAlreadyExistsError(MatchboxAlreadyExistsError):
+    """A group of that name exists already."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"Group {name!r} already exists.")
+
+
+# --- invalid input --------------------------------------------------------------------------
+
+
+class MatchboxInvalidData(MatchboxError, ValueError):
+    """Input data has the wrong shape or content; nothing was written."""
+
+
+class MatchboxArrowSchemaMismatch(MatchboxInvalidData):
+    """An Arrow table does not have the expected columns and types."""
+
+
+class MatchboxNameError(MatchboxInvalidData):
+    """A name (collection, step, group…) is not allowed."""
+
+
+class MatchboxStepInvalidData(MatchboxInvalidData):
+    """Data offered to a step is not valid for it."""
+
+
+class MatchboxFingerprintMismatch(MatchboxStepInvalidData):
+    """The data's fingerprint differs from the one declared when the step was created."""
+
+    def __init__(self, path: object, expected: bytes, actual: bytes) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"The data offered to step {path} has fingerprint {actual.hex()[:16]}…, but the step "
+            f"was created with {expected.hex()[:16]}…. The data changed since the step was "
+            "declared: create a new run, or delete the step and create it again with the new "
+            "fingerprint (matchbox_dagster.common.fingerprint)."
+        )
+
+
+class MatchboxSnapshotError(MatchboxInvalidData):
+    """A snapshot is damaged, tampered with or incompatible."""
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+class MatchboxRunNotWriteable(MatchboxError):
+    """The run is immutable: its steps and data cannot change."""
+
+    def __init__(self, collection: str, run_id: int, action: str = "change it") -> None:
+        self.collection = collection
+        self.run_id = run_id
+        super().__init__(
+            f"Run {run_id} of collection {collection!r} is immutable, so you cannot {action}. "
+            "Start a new run with create_run(), or make this one mutable with "
+            "set_run_mutable(..., mutable=True) if it is not the default."
+        )
+
+
+class MatchboxStepExistingData(MatchboxError):
+    """The step already holds data; data can only be set once."""
+
+    def __init__(self, path: object) -> None:
+        self.path = path
+        super().__init__(
+            f"Step {path} already holds data, and data can be set only once. Delete the step "
+            "(delete_step(..., certain=True)) and create it again to replace its data."
+        )
+
+
+class MatchboxStepUpdateError(MatchboxError):
+    """A step update tried to change what cannot change."""
+
+
+class MatchboxStepNotQueriable(MatchboxError):
+    """The step has no complete data yet."""
+
+    def __init__(self, path: object, stage: object) -> None:
+        self.path = path
+        super().__init__(
+            f"Step {path} cannot be queried: its upload stage is {stage}, not complete. "
+            "Insert its data first."
+        )
+
+
+class MatchboxStepTypeError(MatchboxError, TypeError):
+    """The step is of another type than the operation needs."""
+
+    def __init__(self, path: object, actual: object, expected: object) -> None:
+        self.path = path
+        super().__init__(f"Step {path} is a {actual} step, but a {expected} step is needed here.")
+
+
+class MatchboxLockError(MatchboxError):
+    """Another upload holds the step's lock, or its stage forbids the upload."""
+
+
+class MatchboxDeletionNotConfirmed(MatchboxError):
+    """A deletion was asked for without ``certain=True``."""
+
+    def __init__(self, what: str, children: list[str] | None = None) -> None:
+        self.what = what
+        self.children = children or []
+        extra = f" It would also delete: {', '.join(self.children)}." if self.children else ""
+        super().__init__(
+            f"Deleting {what} needs confirmation.{extra} Call again with certain=True."
+        )
+
+
+class MatchboxPermissionDenied(MatchboxError, PermissionError):
+    """The acting user lacks the permission the call needs."""
+
+    def __init__(self, user_name: str | None, permission: object, resource: str) -> None:
+        self.user_name = user_name
+        self.permission = permission
+        self.resource = resource
+        super().__init__(
+            f"User {user_name!r} needs {permission} permission on {resource!r} for this call. "
+            "Ask an administrator to grant it to one of your groups."
+        )
+
+
+class MatchboxSystemGroupError(MatchboxError):
+    """System groups cannot be deleted or changed this way."""
+
+
+class MatchboxTooManySamplesRequested(MatchboxError):
+    """More evaluation samples were asked for than allowed."""
+
+
+class MatchboxNoJudgements(MatchboxError):
+    """There are no judgements to evaluate against."""
+
+
+class MatchboxConnectionError(MatchboxError, ConnectionError):
+    """The database could not be reached (after retries)."""
+
+
+class MatchboxDatabaseWriteError(MatchboxError):
+    """The database refused a write; nothing was changed."""

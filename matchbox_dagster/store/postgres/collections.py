@@ -1,0 +1,451 @@
+"""Collections, runs, steps and upload stages."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from matchbox_dagster.common.dtos import (
+    Collection,
+    CollectionName,
+    ModelConfig,
+    PermissionGrant,
+    PermissionType,
+    QueryConfig,
+    ResolverConfig,
+    Run,
+    RunID,
+    SourceConfig,
+    Step,
+    StepPath,
+    StepType,
+    UploadStage,
+    validate_name,
+)
+from matchbox_dagster.common.errors import (
+    MatchboxCollectionAlreadyExists,
+    MatchboxDeletionNotConfirmed,
+    MatchboxLockError,
+    MatchboxRunNotWriteable,
+    MatchboxStepAlreadyExists,
+    MatchboxStepExistingData,
+    MatchboxStepNotFoundError,
+    MatchboxStepTypeError,
+    MatchboxStepUpdateError,
+)
+from matchbox_dagster.store.postgres.core import SYSTEM, PostgresCore, StepRow, logger
+from matchbox_dagster.store.postgres.db import sqlstate
+
+
+def _step_dto(step: StepRow) -> Step:
+    return Step.model_validate(
+        {
+            "description": step.description,
+            "fingerprint": step.fingerprint,
+            "step_type": step.step_type,
+            "config": step.config,
+        }
+    )
+
+
+def _lineage_parents(step: Step) -> list[str]:
+    """Every step a step reads (lineage edges): sources and resolvers of model inputs too."""
+    config = step.config
+    if isinstance(config, ModelConfig):
+        return config.dependencies
+    return config.parents
+
+
+class CollectionsMixin(PostgresCore):
+    """Collections, runs, steps and upload stages."""
+
+    # --- collections ------------------------------------------------------------------------
+
+    def create_collection(
+        self, name: CollectionName, permissions: list[PermissionGrant] | None = None
+    ) -> Collection:
+        """Create a collection, granting ``permissions`` on it to their groups."""
+        validate_name(name)
+        self._authorise(PermissionType.WRITE, SYSTEM)
+        with self.db.connection() as conn:
+            try:
+                conn.execute("INSERT INTO collections (name) VALUES (%s)", (name,))
+            except psycopg.errors.UniqueViolation:
+                raise MatchboxCollectionAlreadyExists(name) from None
+            for grant in permissions or []:
+                self._grant(conn, grant.group_name, grant.permission, name)  # type: ignore[attr-defined]
+        logger.info("Created collection %s", name)
+        return Collection(name=name)
+
+    def get_collection(self, name: CollectionName) -> Collection:
+        """A collection's runs (ascending) and default run."""
+        self._authorise(PermissionType.READ, name)
+        with self.db.connection() as conn:
+            collection_id = self._collection_id(conn, name)
+            rows = conn.execute(
+                "SELECT run_id, is_default FROM runs WHERE collection_id = %s ORDER BY run_id",
+                (collection_id,),
+            ).fetchall()
+        default = next((int(r[0]) for r in rows if r[1]), None)
+        return Collection(name=name, runs=[int(r[0]) for r in rows], default_run=default)
+
+    def list_collections(self) -> list[CollectionName]:
+        """Names of all collections, sorted."""
+        self._authorise(PermissionType.READ, SYSTEM)
+        with self.db.connection() as conn:
+            return [r[0] for r in conn.execute("SELECT name FROM collections ORDER BY name")]
+
+    def delete_collection(self, name: CollectionName, certain: bool) -> None:
+        """Delete a collection with its runs, steps and data."""
+        self._authorise(PermissionType.ADMIN, name)
+        with self.db.connection() as conn:
+            collection_id = self._collection_id(conn, name, for_update=True)
+            runs = [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT run_id FROM runs WHERE collection_id = %s ORDER BY run_id",
+                    (collection_id,),
+                )
+            ]
+            if not certain:
+                raise MatchboxDeletionNotConfirmed(
+                    f"collection {name!r}", [f"run {r}" for r in runs]
+                )
+            steps = conn.execute(
+                "SELECT step_id, step_type FROM steps JOIN runs USING (run_id) "
+                "WHERE collection_id = %s",
+                (collection_id,),
+            ).fetchall()
+            self._drop_partitions(conn, [(int(s), t) for s, t in steps])
+            conn.execute("DELETE FROM collections WHERE collection_id = %s", (collection_id,))
+        logger.info("Deleted collection %s (%d runs)", name, len(runs))
+
+    # --- runs -------------------------------------------------------------------------------
+
+    def create_run(self, collection: CollectionName) -> Run:
+        """Start a new run of a collection: mutable, not default, no steps."""
+        self._authorise(PermissionType.WRITE, collection)
+        with self.db.connection() as conn:
+            collection_id = self._collection_id(conn, collection)
+            run_id = conn.execute(
+                "INSERT INTO runs (collection_id) VALUES (%s) RETURNING run_id", (collection_id,)
+            ).fetchone()[0]  # type: ignore[index]
+        logger.info("Created run %s of collection %s", run_id, collection)
+        return Run(run_id=int(run_id), collection=collection, is_mutable=True, is_default=False)
+
+    def set_run_mutable(self, collection: CollectionName, run_id: RunID, mutable: bool) -> Run:
+        """Make a run mutable or immutable. The default run cannot be made mutable."""
+        self._authorise(PermissionType.WRITE, collection)
+        with self.db.connection() as conn:
+            run = self._run_row(conn, collection, run_id, for_update=True)
+            if mutable and run["is_default"]:
+                raise MatchboxRunNotWriteable(
+                    collection,
+                    run_id,
+                    "make it mutable while it is the default (unset the default first)",
+                )
+            conn.execute(
+                "UPDATE runs SET is_mutable = %s, updated_at = now() WHERE run_id = %s",
+                (mutable, run_id),
+            )
+        return self.get_run(collection, run_id)
+
+    def set_run_default(self, collection: CollectionName, run_id: RunID, default: bool) -> Run:
+        """Make an immutable run the collection's default (the previous one is unset).
+
+        Promotions are serialised on the collection's row, and a partial unique index
+        guarantees at most one default run per collection.
+        """
+        self._authorise(PermissionType.WRITE, collection)
+        with self.db.connection() as conn:
+            collection_id = self._collection_id(conn, collection, for_update=True)
+            run = self._run_row(conn, collection, run_id, for_update=True)
+            if default:
+                if run["is_mutable"]:
+                    raise MatchboxRunNotWriteable(
+                        collection,
+                        run_id,
+                        "make it the default while it is mutable (call "
+                        "set_run_mutable(..., mutable=False) first)",
+                    )
+                conn.execute(
+                    "UPDATE runs SET is_default = false, updated_at = now() "
+                    "WHERE collection_id = %s AND is_default AND run_id <> %s",
+                    (collection_id, run_id),
+                )
+            conn.execute(
+                "UPDATE runs SET is_default = %s, updated_at = now() WHERE run_id = %s",
+                (default, run_id),
+            )
+        logger.info(
+            "Run %s of %s is %s the default", run_id, collection, "now" if default else "no longer"
+        )
+        return self.get_run(collection, run_id)
+
+    def get_run(self, collection: CollectionName, run_id: RunID) -> Run:
+        """A run's flags and its steps by name."""
+        self._authorise(PermissionType.READ, collection)
+        with self.db.connection() as conn:
+            run = self._run_row(conn, collection, run_id)
+            rows = self._cursor(conn).execute(
+                "SELECT name, step_type, description, fingerprint, config FROM steps "
+                "WHERE run_id = %s ORDER BY step_id",
+                (run_id,),
+            )
+            steps = {
+                r["name"]: Step.model_validate(
+                    {
+                        "description": r["description"],
+                        "fingerprint": bytes(r["fingerprint"]),
+                        "step_type": r["step_type"],
+                        "config": r["config"],
+                    }
+                )
+                for r in rows
+            }
+        return Run(
+            run_id=run_id,
+            collection=collection,
+            is_mutable=run["is_mutable"],
+            is_default=run["is_default"],
+            steps=steps,
+        )
+
+    def delete_run(self, collection: CollectionName, run_id: RunID, certain: bool) -> None:
+        """Delete a run, its steps and their data."""
+        self._authorise(PermissionType.ADMIN, collection)
+        with self.db.connection() as conn:
+            self._run_row(conn, collection, run_id, for_update=True)
+            steps = conn.execute(
+                "SELECT step_id, step_type, name FROM steps WHERE run_id = %s ORDER BY step_id",
+                (run_id,),
+            ).fetchall()
+            if not certain:
+                raise MatchboxDeletionNotConfirmed(
+                    f"run {run_id} of collection {collection!r}", [s[2] for s in steps]
+                )
+            self._drop_partitions(conn, [(int(s[0]), s[1]) for s in steps])
+            conn.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
+        logger.info("Deleted run %s of %s", run_id, collection)
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def create_step(self, step: Step, path: StepPath) -> None:
+        """Declare a step in a mutable run; its parents must exist in the same run."""
+        self._authorise(PermissionType.WRITE, path.collection)
+        with self.db.connection() as conn:
+            self._writable_run(conn, path.collection, path.run, f"add step {path.name!r}")
+            parents = self._check_parents(conn, step, path)
+            try:
+                step_id = conn.execute(
+                    "INSERT INTO steps (run_id, name, step_type, description, fingerprint, config) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) RETURNING step_id",
+                    (
+                        path.run,
+                        path.name,
+                        step.step_type.value,
+                        step.description,
+                        step.fingerprint,
+                        Jsonb(step.config.model_dump(mode="json")),
+                    ),
+                ).fetchone()[0]  # type: ignore[index]
+            except psycopg.errors.UniqueViolation:
+                raise MatchboxStepAlreadyExists(path) from None
+            if parents:
+                # Closure: each direct parent at level 1, and its ancestors one level further.
+                conn.execute(
+                    """
+                    INSERT INTO step_lineage (parent_id, child_id, level)
+                    SELECT ancestor, %(child)s, min(level) FROM (
+                        SELECT unnest(%(parents)s::bigint[]) AS ancestor, 1 AS level
+                        UNION ALL
+                        SELECT parent_id, level + 1 FROM step_lineage
+                        WHERE child_id = ANY(%(parents)s::bigint[])
+                    ) a GROUP BY ancestor
+                    """,
+                    {"child": step_id, "parents": list(parents.values())},
+                )
+            if isinstance(step.config, SourceConfig):
+                self._write_source_config(conn, int(step_id), step.config)
+        logger.info("Created %s step %s", step.step_type, path)
+
+    def _check_parents(
+        self, conn: psycopg.Connection, step: Step, path: StepPath
+    ) -> dict[str, int]:
+        """Parents must exist in the same run and be of a type the step can read."""
+        wanted = _lineage_parents(step)
+        if not wanted:
+            return {}
+        rows = conn.execute(
+            "SELECT name, step_id, step_type FROM steps WHERE run_id = %s AND name = ANY(%s)",
+            (path.run, wanted),
+        ).fetchall()
+        found = {r[0]: (int(r[1]), StepType(r[2])) for r in rows}
+        missing = [name for name in wanted if name not in found]
+        if missing:
+            raise MatchboxStepNotFoundError(
+                StepPath(collection=path.collection, run=path.run, name=missing[0]),
+                f"step {path.name!r} reads {missing}, which must be created first in run "
+                f"{path.run}",
+            )
+        config = step.config
+        if isinstance(config, ModelConfig):
+            queries: list[QueryConfig] = [config.left_query]
+            if config.right_query is not None:
+                queries.append(config.right_query)
+            for query in queries:
+                for name in query.sources:
+                    self._expect_type(path, name, found[name][1], StepType.SOURCE)
+                if query.resolver is not None:
+                    self._expect_type(
+                        path, query.resolver, found[query.resolver][1], StepType.RESOLVER
+                    )
+        elif isinstance(config, ResolverConfig):
+            for name in config.inputs:
+                self._expect_type(path, name, found[name][1], StepType.MODEL)
+        return {name: found[name][0] for name in wanted}
+
+    @staticmethod
+    def _expect_type(path: StepPath, name: str, actual: StepType, expected: StepType) -> None:
+        if actual != expected:
+            raise MatchboxStepTypeError(
+                StepPath(collection=path.collection, run=path.run, name=name), actual, expected
+            )
+
+    @staticmethod
+    def _write_source_config(conn: psycopg.Connection, step_id: int, config: SourceConfig) -> None:
+        conn.execute(
+            "INSERT INTO source_configs (step_id, location_type, location_name, extract_transform) "
+            "VALUES (%s, %s, %s, %s)",
+            (
+                step_id,
+                config.location_config.type.value,
+                config.location_config.name,
+                config.extract_transform,
+            ),
+        )
+        fields = [config.key_field, *config.index_fields]
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO source_fields (step_id, field_index, name, type, is_key) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                [(step_id, i, f.name, f.type.value, i == 0) for i, f in enumerate(fields)],
+            )
+
+    def get_step(self, path: StepPath) -> Step:
+        """A step's type, config, description and fingerprint."""
+        self._authorise(PermissionType.READ, path.collection)
+        with self.db.connection() as conn:
+            return _step_dto(self._step_row(conn, path))
+
+    def update_step(self, step: Step, path: StepPath) -> None:
+        """Change a step's description or config (not its type, parents or fingerprint)."""
+        self._authorise(PermissionType.WRITE, path.collection)
+        with self.db.connection() as conn:
+            self._writable_run(conn, path.collection, path.run, f"update step {path.name!r}")
+            current = self._step_row(conn, path, lock="FOR UPDATE OF s")
+            old = _step_dto(current)
+            if step.step_type != current.step_type:
+                raise MatchboxStepUpdateError(
+                    f"Step {path} is a {current.step_type} step; it cannot become a "
+                    f"{step.step_type} step. Delete it and create a new one."
+                )
+            if step.fingerprint != current.fingerprint:
+                raise MatchboxStepUpdateError(
+                    f"Step {path}: the fingerprint is fixed when a step is created and cannot "
+                    "be updated. Create a new run (or delete the step) for different data."
+                )
+            if _lineage_parents(step) != _lineage_parents(old):
+                raise MatchboxStepUpdateError(
+                    f"Step {path}: its inputs cannot change ({_lineage_parents(old)} → "
+                    f"{_lineage_parents(step)}). Create a new step or a new run instead."
+                )
+            conn.execute(
+                "UPDATE steps SET description = %s, config = %s WHERE step_id = %s",
+                (step.description, Jsonb(step.config.model_dump(mode="json")), current.step_id),
+            )
+            if isinstance(step.config, SourceConfig):
+                conn.execute("DELETE FROM source_configs WHERE step_id = %s", (current.step_id,))
+                self._write_source_config(conn, current.step_id, step.config)
+
+    def delete_step(self, path: StepPath, certain: bool) -> None:
+        """Delete a step, its descendants and their data."""
+        self._authorise(PermissionType.WRITE, path.collection)
+        with self.db.connection() as conn:
+            self._writable_run(conn, path.collection, path.run, f"delete step {path.name!r}")
+            step = self._step_row(conn, path, lock="FOR UPDATE OF s")
+            doomed = conn.execute(
+                "SELECT s.step_id, s.step_type, s.name FROM steps s "
+                "WHERE s.step_id = %(id)s OR s.step_id IN "
+                "(SELECT child_id FROM step_lineage WHERE parent_id = %(id)s) ORDER BY s.step_id",
+                {"id": step.step_id},
+            ).fetchall()
+            if not certain:
+                raise MatchboxDeletionNotConfirmed(
+                    f"step {path}", [r[2] for r in doomed if int(r[0]) != step.step_id]
+                )
+            self._drop_partitions(conn, [(int(r[0]), r[1]) for r in doomed])
+            conn.execute(
+                "DELETE FROM steps WHERE step_id = ANY(%s)", ([int(r[0]) for r in doomed],)
+            )
+        logger.info("Deleted step %s and %d descendant(s)", path, len(doomed) - 1)
+
+    # --- upload stages ----------------------------------------------------------------------
+
+    def lock_step_data(self, path: StepPath) -> None:
+        """READY → PROCESSING; fails at once if another upload holds or held the step."""
+        self._authorise(PermissionType.WRITE, path.collection)
+        with self.db.connection() as conn:
+            step = self._locked_step(conn, path)
+            if not step.is_mutable:
+                raise MatchboxRunNotWriteable(path.collection, path.run, f"upload to {path.name!r}")
+            if step.stage == UploadStage.PROCESSING:
+                raise MatchboxLockError(
+                    f"Step {path} is already being uploaded (stage PROCESSING). Wait for that "
+                    "upload; if its writer crashed, reset the stage with "
+                    "unlock_step_data(path, complete=False)."
+                )
+            if step.stage == UploadStage.COMPLETE:
+                raise MatchboxStepExistingData(path)
+            self._set_stage(conn, step.step_id, UploadStage.PROCESSING)
+
+    def unlock_step_data(self, path: StepPath, complete: bool) -> None:
+        """PROCESSING → READY (``complete=False``) or → COMPLETE."""
+        self._authorise(PermissionType.WRITE, path.collection)
+        with self.db.connection() as conn:
+            step = self._locked_step(conn, path)
+            if step.stage == UploadStage.COMPLETE:
+                if complete:
+                    return
+                raise MatchboxStepExistingData(path)
+            self._set_stage(
+                conn, step.step_id, UploadStage.COMPLETE if complete else UploadStage.READY
+            )
+
+    def get_step_stage(self, path: StepPath) -> UploadStage:
+        """A step's upload stage."""
+        self._authorise(PermissionType.READ, path.collection)
+        with self.db.connection() as conn:
+            return self._step_row(conn, path).stage
+
+    def _locked_step(self, conn: psycopg.Connection, path: StepPath) -> StepRow:
+        try:
+            return self._step_row(conn, path, lock="FOR UPDATE OF s NOWAIT")
+        except psycopg.errors.LockNotAvailable:
+            raise MatchboxLockError(
+                f"Step {path} is locked by an upload in progress; try again when it finishes."
+            ) from None
+
+    @staticmethod
+    def _set_stage(conn: psycopg.Connection, step_id: int, stage: UploadStage) -> None:
+        conn.execute(
+            "UPDATE steps SET upload_stage = %s, stage_updated_at = now() WHERE step_id = %s",
+            (stage.value, step_id),
+        )
+
+    @staticmethod
+    def _is_lock_error(exc: BaseException) -> bool:
+        return sqlstate(exc) == "55P03"
+
+
+__all__ = ["CollectionsMixin"]

@@ -1,0 +1,189 @@
+"""Shared plumbing of the PostgreSQL adapter: connections, step lookups, permission hook."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any, Self
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from matchbox_dagster.common.dtos import (
+    BackendResourceType,
+    DefaultUser,
+    PermissionType,
+    StepPath,
+    StepType,
+    UploadStage,
+)
+from matchbox_dagster.common.errors import (
+    MatchboxCollectionNotFoundError,
+    MatchboxPermissionDenied,
+    MatchboxRunNotFoundError,
+    MatchboxRunNotWriteable,
+    MatchboxStepNotFoundError,
+    MatchboxStepTypeError,
+)
+from matchbox_dagster.common.settings import MatchboxSettings
+from matchbox_dagster.store.postgres.db import Database
+
+logger = logging.getLogger("matchbox_dagster.store")
+
+BULK_TABLES = {
+    StepType.SOURCE: "source_rows",
+    StepType.MODEL: "model_edges",
+    StepType.RESOLVER: "resolver_leaves",
+}
+"""The partitioned table holding each step type's data."""
+
+
+def partition_name(step_type: StepType, step_id: int) -> str:
+    """Name of the partition holding a step's data (built from an integer id only)."""
+    return f"{BULK_TABLES[step_type]}_{int(step_id)}"
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """A step's database row, with its run and collection."""
+
+    step_id: int
+    run_id: int
+    collection_id: int
+    collection: str
+    name: str
+    step_type: StepType
+    stage: UploadStage
+    fingerprint: bytes
+    config: dict[str, Any]
+    description: str | None
+    is_mutable: bool
+    is_default: bool
+
+    def path(self) -> StepPath:
+        """The step's path."""
+        return StepPath(collection=self.collection, run=self.run_id, name=self.name)
+
+
+STEP_SELECT = """
+SELECT s.step_id, s.run_id, r.collection_id, c.name AS collection, s.name, s.step_type,
+       s.upload_stage, s.fingerprint, s.config, s.description, r.is_mutable, r.is_default
+FROM steps s JOIN runs r USING (run_id) JOIN collections c USING (collection_id)
+WHERE c.name = %s AND s.run_id = %s AND s.name = %s
+"""
+
+
+def step_from_row(row: dict[str, Any]) -> StepRow:
+    """Build a :class:`StepRow` from a dict row of ``STEP_SELECT``."""
+    return StepRow(
+        step_id=int(row["step_id"]),
+        run_id=int(row["run_id"]),
+        collection_id=int(row["collection_id"]),
+        collection=row["collection"],
+        name=row["name"],
+        step_type=StepType(row["step_type"]),
+        stage=UploadStage(row["upload_stage"]),
+        fingerprint=bytes(row["fingerprint"]),
+        config=row["config"],
+        description=row["description"],
+        is_mutable=bool(row["is_mutable"]),
+        is_default=bool(row["is_default"]),
+    )
+
+
+class PostgresCore:
+    """Base of the adapter mixins: settings, database and acting user."""
+
+    settings: MatchboxSettings
+    db: Database
+    _acting_user: str | None = None
+
+    def as_user(self, user_name: str | None) -> Self:
+        """A view of this store whose calls act on behalf of ``user_name``.
+
+        With ``settings.authorisation`` on, each call checks that one of the user's groups holds
+        the permission it needs; a call without an acting user acts as the public user.
+        """
+        view = copy.copy(self)
+        view._acting_user = user_name
+        return view
+
+    def _authorise(self, permission: PermissionType, resource: str) -> None:
+        """Raise :class:`MatchboxPermissionDenied` unless the acting user may do this."""
+        if not self.settings.authorisation:
+            return
+        user = self._acting_user or DefaultUser.PUBLIC.value
+        if not self.check_permission(user, permission, resource):  # type: ignore[attr-defined]
+            raise MatchboxPermissionDenied(user, permission, resource)
+
+    # --- lookups (psycopg, inside a caller's transaction) -----------------------------------
+
+    @staticmethod
+    def _cursor(conn: psycopg.Connection) -> psycopg.Cursor[dict[str, Any]]:
+        return conn.cursor(row_factory=dict_row)
+
+    def _collection_id(
+        self, conn: psycopg.Connection, name: str, *, for_update: bool = False
+    ) -> int:
+        query = "SELECT collection_id FROM collections WHERE name = %s"
+        if for_update:
+            query += " FOR UPDATE"
+        row = conn.execute(query, (name,)).fetchone()
+        if row is None:
+            raise MatchboxCollectionNotFoundError(name)
+        return int(row[0])
+
+    def _run_row(
+        self, conn: psycopg.Connection, collection: str, run_id: int, *, for_update: bool = False
+    ) -> dict[str, Any]:
+        collection_id = self._collection_id(conn, collection)
+        query = (
+            "SELECT run_id, collection_id, is_mutable, is_default FROM runs "
+            "WHERE collection_id = %s AND run_id = %s"
+        )
+        if for_update:
+            query += " FOR UPDATE"
+        row = self._cursor(conn).execute(query, (collection_id, run_id)).fetchone()
+        if row is None:
+            raise MatchboxRunNotFoundError(collection, run_id)
+        return row
+
+    def _writable_run(
+        self, conn: psycopg.Connection, collection: str, run_id: int, action: str
+    ) -> dict[str, Any]:
+        run = self._run_row(conn, collection, run_id, for_update=True)
+        if not run["is_mutable"]:
+            raise MatchboxRunNotWriteable(collection, run_id, action)
+        return run
+
+    def _step_row(
+        self,
+        conn: psycopg.Connection,
+        path: StepPath,
+        *,
+        expected: StepType | None = None,
+        lock: str | None = None,
+    ) -> StepRow:
+        """Look a step up; ``lock`` is e.g. ``"FOR UPDATE OF s NOWAIT"``."""
+        query = STEP_SELECT + (f" {lock}" if lock else "")
+        row = self._cursor(conn).execute(query, (path.collection, path.run, path.name)).fetchone()
+        if row is None:
+            self._run_row(conn, path.collection, path.run)  # a clearer error if run/collection
+            raise MatchboxStepNotFoundError(path)
+        step = step_from_row(row)
+        if expected is not None and step.step_type != expected:
+            raise MatchboxStepTypeError(path, step.step_type, expected)
+        return step
+
+    def _drop_partitions(self, conn: psycopg.Connection, steps: list[tuple[int, str]]) -> None:
+        """Drop the data partitions of ``steps`` (``(step_id, step_type)`` pairs)."""
+        for step_id, step_type in steps:
+            name = partition_name(StepType(step_type), step_id)
+            conn.execute(
+                sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(self.db.schema, name))
+            )
+
+
+SYSTEM = BackendResourceType.SYSTEM.value

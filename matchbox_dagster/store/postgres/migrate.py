@@ -1,0 +1,43 @@
+"""Create or upgrade the store's schema with Alembic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from matchbox_dagster.store.postgres.db import compose, quote_ident
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+HEAD = "0001"
+
+
+def upgrade(engine: sa.Engine, schema: str, revision: str = "head") -> None:
+    """Bring ``schema`` to ``revision``, creating it if needed, in one transaction.
+
+    A transaction-level advisory lock keyed on the schema name makes concurrent first starts safe.
+    """
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
+        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
+        conn.execute(sa.text(f"SET LOCAL search_path TO {quote_ident(schema)}, public"))
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        cfg.attributes["schema"] = schema
+        command.upgrade(cfg, revision)
+
+
+def current_revision(engine: sa.Engine, schema: str) -> str | None:
+    """The schema's Alembic revision, or None if it was never migrated."""
+    with engine.connect() as conn:
+        exists = conn.execute(
+            sa.text("SELECT to_regclass(:t)"), {"t": f"{quote_ident(schema)}.alembic_version"}
+        ).scalar()
+        if exists is None:
+            return None
+        return conn.execute(
+            sa.text(compose("SELECT version_num FROM {schema}.alembic_version", schema=schema))
+        ).scalar()

@@ -1,0 +1,148 @@
+"""Reading entities: ``query`` (every key's entity id) and ``match`` (one key's entity)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from matchbox_dagster.common.arrow import SCHEMA_QUERY, SCHEMA_QUERY_WITH_LEAVES, conform
+from matchbox_dagster.common.dtos import (
+    Match,
+    PermissionType,
+    ResolverStepPath,
+    SourceStepPath,
+    StepType,
+    UploadStage,
+)
+from matchbox_dagster.common.errors import MatchboxStepInvalidData, MatchboxStepNotQueriable
+from matchbox_dagster.store.postgres.core import StepRow
+from matchbox_dagster.store.postgres.ingest import DataMixin
+
+QUERY_LEAVES = {
+    False: "SELECT leaf_id AS id, key FROM source_rows WHERE step_id = $1",
+    True: "SELECT leaf_id AS id, key, leaf_id FROM source_rows WHERE step_id = $1",
+}
+"""Every key of a source with its leaf id."""
+
+QUERY_RESOLVED = {
+    False: "SELECT coalesce(r.root_id, s.leaf_id) AS id, s.key FROM source_rows s "
+    "LEFT JOIN resolver_leaves r ON r.step_id = $2 AND r.leaf_id = s.leaf_id WHERE s.step_id = $1",
+    True: "SELECT coalesce(r.root_id, s.leaf_id) AS id, s.key, s.leaf_id FROM source_rows s "
+    "LEFT JOIN resolver_leaves r ON r.step_id = $2 AND r.leaf_id = s.leaf_id WHERE s.step_id = $1",
+}
+"""Every key of a source with the cluster of the resolver claiming its leaf, else the leaf."""
+
+
+class QueryMixin(DataMixin):
+    """query and match."""
+
+    def query(
+        self,
+        source: SourceStepPath,
+        resolver: ResolverStepPath | None = None,
+        return_leaf_id: bool = False,
+        limit: int | None = None,
+    ) -> pa.Table:
+        """Entity id of every key of ``source`` (``SCHEMA_QUERY``, + ``leaf_id`` if asked).
+
+        Without a resolver, a key's id is its leaf cluster. With one, it is the cluster of the
+        nearest resolver in the lineage that claims the key's leaf, or the leaf itself. With a
+        ``limit``, rows are ordered by (id, key) so the first ``limit`` are deterministic.
+        """
+        self._authorise(PermissionType.READ, source.collection)
+        if limit is not None and limit < 0:
+            raise ValueError("limit must be zero or positive")
+        with self.db.adbc() as conn, conn.cursor() as cur:
+            src = self._adbc_step(cur, source, StepType.SOURCE, lock=False)
+            self._queriable(src)
+            if resolver is None:
+                sql = QUERY_LEAVES[return_leaf_id]
+                params: tuple[int, ...] = (src.step_id,)
+            else:
+                res = self._adbc_step(cur, resolver, StepType.RESOLVER, lock=False)
+                self._queriable(res)
+                self._resolves(cur, src, res)
+                sql = QUERY_RESOLVED[return_leaf_id]
+                params = (src.step_id, res.step_id)
+            if limit is not None:
+                sql += " ORDER BY 1, 2 LIMIT " + str(int(limit))
+            cur.execute(sql, parameters=params)
+            table = cur.fetch_arrow_table()
+        schema = SCHEMA_QUERY_WITH_LEAVES if return_leaf_id else SCHEMA_QUERY
+        return conform(table, schema, "query result")
+
+    def match(
+        self,
+        key: str,
+        source: SourceStepPath,
+        targets: list[SourceStepPath],
+        resolver: ResolverStepPath,
+    ) -> list[Match]:
+        """For each target, the keys sharing ``key``'s entity under ``resolver``."""
+        self._authorise(PermissionType.READ, source.collection)
+        with self.db.connection() as conn:
+            src = self._step_row(conn, source, expected=StepType.SOURCE)
+            res = self._step_row(conn, resolver, expected=StepType.RESOLVER)
+            tgts = [self._step_row(conn, t, expected=StepType.SOURCE) for t in targets]
+            for step in (src, res, *tgts):
+                self._queriable(step)
+            row = conn.execute(
+                """
+                SELECT coalesce(r.root_id, s.leaf_id), r.root_id IS NOT NULL
+                FROM source_rows s LEFT JOIN resolver_leaves r
+                  ON r.step_id = %(res)s AND r.leaf_id = s.leaf_id
+                WHERE s.step_id = %(src)s AND s.key = %(key)s
+                """,
+                {"res": res.step_id, "src": src.step_id, "key": key},
+            ).fetchone()
+            if row is None:
+                return [Match(cluster=None, source=source, target=t) for t in targets]
+            cluster, resolved = int(row[0]), bool(row[1])
+            if resolved:
+                leaves = [
+                    int(r[0])
+                    for r in conn.execute(
+                        "SELECT leaf_id FROM resolver_leaves WHERE step_id = %s AND root_id = %s",
+                        (res.step_id, cluster),
+                    )
+                ]
+            else:
+                leaves = [cluster]
+            wanted = list({src.step_id, *(t.step_id for t in tgts)})
+            found: dict[int, set[str]] = {sid: set() for sid in wanted}
+            for step_id, found_key in conn.execute(
+                "SELECT step_id, key FROM source_rows WHERE step_id = ANY(%s) "
+                "AND leaf_id = ANY(%s)",
+                (wanted, leaves),
+            ):
+                found[int(step_id)].add(found_key)
+        return [
+            Match(
+                cluster=cluster,
+                source=source,
+                source_id=found[src.step_id],
+                target=target,
+                target_id=found[tgt.step_id],
+            )
+            for target, tgt in zip(targets, tgts, strict=True)
+        ]
+
+    @staticmethod
+    def _queriable(step: StepRow) -> None:
+        if step.stage != UploadStage.COMPLETE:
+            raise MatchboxStepNotQueriable(step.path(), step.stage)
+
+    def _resolves(self, cur, source: StepRow, resolver: StepRow) -> None:
+        if source.run_id != resolver.run_id:
+            raise MatchboxStepInvalidData(
+                f"Resolver {resolver.path()} belongs to another run than source {source.path()}; "
+                "query a source through a resolver of the same run."
+            )
+        cur.execute(
+            "SELECT 1 FROM step_lineage WHERE parent_id = $1 AND child_id = $2",
+            parameters=(source.step_id, resolver.step_id),
+        )
+        if not cur.fetchall():
+            raise MatchboxStepInvalidData(
+                f"Resolver {resolver.path()} does not descend from source {source.path()}, so "
+                "it cannot resolve its keys. Pick a resolver whose inputs read this source."
+            )

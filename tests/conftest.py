@@ -1,0 +1,65 @@
+"""Shared fixtures: a real PostgreSQL store in a throwaway schema per test session.
+
+Tests use ``MATCHBOX_POSTGRES_URI`` when set, else the server every machine (and CI) has on
+127.0.0.1:5432 with trust auth and a database named ``test``. A missing server is a failure,
+never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from matchbox_dagster.common.settings import MatchboxSettings
+from matchbox_dagster.store.postgres import MatchboxPostgres
+
+DEFAULT_TEST_URI = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def postgres_uri() -> str:
+    """The PostgreSQL server tests run against."""
+    return os.environ.get("MATCHBOX_POSTGRES_URI") or DEFAULT_TEST_URI
+
+
+def drop_schema(schema: str) -> None:
+    """Drop a throwaway schema and everything in it."""
+    with psycopg.connect(postgres_uri(), autocommit=True) as conn:
+        conn.execute(
+            psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                psycopg.sql.Identifier(schema)
+            )
+        )
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[MatchboxSettings]:
+    """Settings for a store in this session's own schema (dropped at the end)."""
+    schema = f"mbt_{uuid.uuid4().hex[:10]}"
+    yield MatchboxSettings(postgres_uri=postgres_uri(), postgres_schema=schema, batch_size=1000)
+    drop_schema(schema)
+
+
+@pytest.fixture(scope="session")
+def store(settings: MatchboxSettings) -> Iterator[MatchboxPostgres]:
+    """The session's store."""
+    adapter = MatchboxPostgres(settings)
+    yield adapter
+    adapter.close()
+
+
+@pytest.fixture
+def collection(store: MatchboxPostgres) -> str:
+    """A fresh collection for one test."""
+    name = f"c_{uuid.uuid4().hex[:10]}"
+    store.create_collection(name)
+    return name
+
+
+@pytest.fixture
+def run(store: MatchboxPostgres, collection: str) -> int:
+    """A fresh mutable run of the test's collection."""
+    return store.create_run(collection).run_id
