@@ -44,7 +44,7 @@ def test_collection_lifecycle(store: MatchboxPostgres) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", "a b", "x;drop table runs", "quote'd", "é", "a" * 201, "slash/ed"]
+    "name", ["", "a b", "x;drop table runs", "quote'd", "é", "a" * 201, "slash/ed", "system"]
 )
 def test_bad_collection_names_are_refused(store: MatchboxPostgres, name: str) -> None:
     before = store_state(store)

@@ -26,6 +26,7 @@ from matchbox_dagster.common.errors import (
     MatchboxCollectionAlreadyExists,
     MatchboxDeletionNotConfirmed,
     MatchboxLockError,
+    MatchboxNameError,
     MatchboxRunNotWriteable,
     MatchboxStepAlreadyExists,
     MatchboxStepExistingData,
@@ -66,6 +67,10 @@ class CollectionsMixin(PostgresCore):
     ) -> Collection:
         """Create a collection, granting ``permissions`` on it to their groups."""
         validate_name(name)
+        if name == SYSTEM:
+            raise MatchboxNameError(
+                f"{SYSTEM!r} names the whole store in permissions; pick another collection name."
+            )
         self._authorise(PermissionType.WRITE, SYSTEM)
         with self.db.connection() as conn:
             try:

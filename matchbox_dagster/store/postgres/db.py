@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -72,6 +73,8 @@ class Database:
             max_overflow=8,
             connect_args={"options": f"-c search_path={self.schema},public"},
         )
+        self._adbc_lock = threading.Lock()
+        self._adbc_idle: list[adbc.Connection] = []
 
     def __repr__(self) -> str:
         return f"Database({redact(self.uri)!r}, schema={self.schema!r})"
@@ -79,6 +82,11 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
+        with self._adbc_lock:
+            idle, self._adbc_idle = self._adbc_idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
@@ -90,19 +98,42 @@ class Database:
 
     @contextlib.contextmanager
     def adbc(self) -> Iterator[adbc.Connection]:
-        """A new ADBC connection (autocommit off) with the store's search path."""
+        """A pooled ADBC connection (autocommit off) with the store's search path.
+
+        Whatever the block does not commit is rolled back when it ends; a connection that
+        failed is closed instead of being returned to the pool.
+        """
+        conn = self._take_adbc()
+        healthy = False
+        try:
+            yield conn
+            healthy = True
+        finally:
+            try:
+                conn.rollback()
+            except Exception:  # a broken connection cannot roll back; it is discarded
+                healthy = False
+            if healthy and len(self._adbc_idle) < 4:
+                with self._adbc_lock:
+                    self._adbc_idle.append(conn)
+            else:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    def _take_adbc(self) -> adbc.Connection:
+        with self._adbc_lock:
+            if self._adbc_idle:
+                return self._adbc_idle.pop()
         try:
             conn = adbc.connect(self.uri)
         except Exception as exc:
             raise MatchboxConnectionError(
                 f"Could not connect to PostgreSQL at {redact(self.uri)}: {_first_line(exc)}"
             ) from None
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"SET search_path TO {quote_ident(self.schema)}, public")
-            yield conn
-        finally:
-            conn.close()
+        with conn.cursor() as cur:
+            cur.execute(f"SET search_path TO {quote_ident(self.schema)}, public")
+        conn.commit()
+        return conn
 
     def ident(self, *names: str) -> sql.Identifier:
         """A schema-qualified identifier."""

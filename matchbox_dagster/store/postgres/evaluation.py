@@ -1,18 +1,247 @@
-"""PLACEHOLDER (being replaced): judgements and evaluation samples."""
+"""Judgements and evaluation samples.
+
+A judgement records which of the leaf clusters shown to a person belong together. The shown set
+and every endorsed group are stored as content-addressed clusters (a group of one leaf is the
+leaf itself; larger groups go into ``clusters``/``contains`` exactly as resolver clusters do), so
+a judgement made in one run still refers to the same entity in every later run.
+"""
 
 from __future__ import annotations
 
-from matchbox_dagster.store.postgres.core import PostgresCore
+import hashlib
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+
+from matchbox_dagster.common.arrow import (
+    SCHEMA_CLUSTER_EXPANSION,
+    SCHEMA_EVAL_SAMPLES,
+    SCHEMA_JUDGEMENTS,
+)
+from matchbox_dagster.common.dtos import (
+    DefaultUser,
+    Judgement,
+    PermissionType,
+    ResolverStepPath,
+    StepType,
+    UploadStage,
+)
+from matchbox_dagster.common.errors import (
+    MatchboxDataNotFound,
+    MatchboxInvalidData,
+    MatchboxStepNotQueriable,
+    MatchboxTooManySamplesRequested,
+)
+from matchbox_dagster.common.fingerprint import cluster_id
+from matchbox_dagster.store.postgres.core import SYSTEM, PostgresCore, logger
+
+MAX_SAMPLES = 100
+"""Most clusters ``sample_for_eval`` returns in one call."""
+
+RESAMPLE_AFTER = "1 year"
+"""A cluster a user judged is not offered to them again for this long."""
+
+
+def cluster_hash(leaves: Iterable[int]) -> bytes:
+    """SHA-256 of the sorted leaf ids as 8-byte big-endian integers (the store's cluster hash)."""
+    packed = b"".join(struct.pack(">q", leaf) for leaf in sorted(set(leaves)))
+    return hashlib.sha256(packed).digest()
+
+
+def _arrow(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
+    """Rows of a small result as an Arrow table of ``schema``."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(schema)
+    return pa.table(
+        [pa.array(list(c), type=f.type) for c, f in zip(columns, schema, strict=True)],
+        schema=schema,
+    )
+
+
+_JUDGEMENTS = """
+SELECT u.user_name, g.endorsed_cluster_id AS endorsed, j.shown_cluster_id AS shown
+FROM judgements j
+JOIN users u ON u.user_id = j.user_id
+JOIN judgement_groups g ON g.judgement_id = j.judgement_id
+WHERE %(tag)s::text IS NULL OR j.tag = %(tag)s::text
+ORDER BY j.judgement_id, g.endorsed_cluster_id
+"""
+
+_EXPANSION = """
+SELECT i.id AS root,
+       CASE WHEN count(c.leaf) = 0 THEN ARRAY[i.id]
+            ELSE array_agg(c.leaf ORDER BY c.leaf) END AS leaves
+FROM unnest(%s::bigint[]) AS i(id)
+LEFT JOIN contains c ON c.root = i.id
+GROUP BY i.id
+ORDER BY i.id
+"""
+
+_SAMPLE = """
+WITH own AS (
+    SELECT root_id FROM resolver_leaves
+    WHERE step_id = %(step)s AND own
+    GROUP BY root_id HAVING count(*) > 1
+), picked AS (
+    SELECT o.root_id FROM own o
+    WHERE NOT EXISTS (
+        SELECT 1 FROM judgements j
+        WHERE j.user_id = %(user)s AND j.shown_cluster_id = o.root_id
+          AND j.created_at > now() - %(after)s::interval
+    )
+    ORDER BY random()
+    LIMIT %(n)s
+)
+SELECT p.root_id AS root, r.leaf_id AS leaf, s.key, st.name AS source
+FROM picked p
+JOIN resolver_leaves r ON r.step_id = %(step)s AND r.root_id = p.root_id
+JOIN source_rows s ON s.leaf_id = r.leaf_id AND s.step_id = ANY(%(sources)s::bigint[])
+JOIN steps st ON st.step_id = s.step_id
+ORDER BY 1, 2, 4, 3
+"""
 
 
 class EvaluationMixin(PostgresCore):
-    """Judgements (placeholder)."""
+    """Judgements and evaluation samples."""
 
-    def insert_judgement(self, user_name, judgement):  # noqa: ANN001, ANN201, D102
-        raise NotImplementedError
+    def _authorise_as(self, user_name: str) -> None:
+        """With authorisation on, only ``user_name`` themself (or a system admin) may act."""
+        if not self.settings.authorisation:
+            return
+        acting = self._acting_user or DefaultUser.PUBLIC.value
+        if acting == user_name and acting != DefaultUser.PUBLIC.value:
+            return
+        self._authorise(PermissionType.ADMIN, SYSTEM)
 
-    def get_judgements(self, tag=None):  # noqa: ANN001, ANN201, D102
-        raise NotImplementedError
+    def insert_judgement(self, user_name: str, judgement: Judgement) -> None:
+        """Record a user's judgement, in one transaction.
 
-    def sample_for_eval(self, n, path, user_name):  # noqa: ANN001, ANN201, D102
-        raise NotImplementedError
+        Raises :class:`MatchboxUserNotFoundError` for an unknown user and
+        :class:`MatchboxDataNotFound` if a shown id is not a leaf of any source. With
+        authorisation on, users record judgements as themselves (admins for anyone).
+        """
+        self._authorise_as(user_name)
+        groups = [sorted(set(judgement.shown)), *(sorted(set(g)) for g in judgement.endorsed)]
+        ids = [cluster_id(g) for g in groups]
+        multi = {i: g for i, g in zip(ids, groups, strict=True) if len(g) > 1}
+        roots = list(multi)
+        hashes = [cluster_hash(multi[r]) for r in roots]
+        sizes = [len(multi[r]) for r in roots]
+        contains = ([r for r in roots for _ in multi[r]], [x for r in roots for x in multi[r]])
+        with self.db.connection() as conn:
+            user_id = self._user_id(conn, user_name)  # type: ignore[attr-defined]
+            missing = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT i FROM unnest(%s::bigint[]) AS i WHERE NOT EXISTS "
+                    "(SELECT 1 FROM source_rows s WHERE s.leaf_id = i) ORDER BY i",
+                    (groups[0],),
+                )
+            ]
+            if missing:
+                raise MatchboxDataNotFound(
+                    f"Judgement by {user_name!r} shows {len(missing)} id(s) that are not leaf "
+                    f"clusters of any source, e.g. {missing[:5]}. Judge the leaf ids "
+                    "sample_for_eval() returned."
+                )
+            if roots:
+                conn.execute(
+                    "INSERT INTO clusters (cluster_id, cluster_hash, size) "
+                    "SELECT * FROM unnest(%s::bigint[], %s::bytea[], %s::int[]) "
+                    "ORDER BY 1 ON CONFLICT (cluster_id) DO NOTHING",
+                    (roots, hashes, sizes),
+                )
+                collided = conn.execute(
+                    "SELECT c.cluster_id FROM clusters c "
+                    "JOIN unnest(%s::bigint[], %s::bytea[]) AS n(id, h) ON c.cluster_id = n.id "
+                    "WHERE c.cluster_hash <> n.h",
+                    (roots, hashes),
+                ).fetchall()
+                if collided:
+                    raise MatchboxInvalidData(
+                        f"Cluster id(s) {[r[0] for r in collided]} of this judgement collide with "
+                        "different content in the store (a 63-bit id collision). Nothing was "
+                        "written; please report this."
+                    )
+                conn.execute(
+                    "INSERT INTO contains (root, leaf) "
+                    "SELECT * FROM unnest(%s::bigint[], %s::bigint[]) ORDER BY 1, 2 "
+                    "ON CONFLICT DO NOTHING",
+                    contains,
+                )
+            judgement_id = conn.execute(
+                "INSERT INTO judgements (user_id, tag, shown_cluster_id) VALUES (%s, %s, %s) "
+                "RETURNING judgement_id",
+                (user_id, judgement.tag, ids[0]),
+            ).fetchone()[0]  # type: ignore[index]
+            conn.execute(
+                "INSERT INTO judgement_groups (judgement_id, endorsed_cluster_id) "
+                "SELECT %s, e FROM unnest(%s::bigint[]) AS e ON CONFLICT DO NOTHING",
+                (judgement_id, ids[1:]),
+            )
+        logger.info(
+            "Recorded judgement %s by %s: %d leaves in %d group(s)",
+            judgement_id,
+            user_name,
+            len(groups[0]),
+            len(groups) - 1,
+        )
+
+    def get_judgements(self, tag: str | None = None) -> tuple[pa.Table, pa.Table]:
+        """Judgements (``SCHEMA_JUDGEMENTS``: one row per endorsed group) and the expansion.
+
+        The expansion (``SCHEMA_CLUSTER_EXPANSION``) gives the leaves of every shown and
+        endorsed cluster id; a leaf expands to itself. ``tag`` filters the judgements.
+        """
+        self._authorise(PermissionType.READ, SYSTEM)
+        with self.db.connection() as conn:
+            rows = conn.execute(_JUDGEMENTS, {"tag": tag}).fetchall()
+            ids = sorted({r[1] for r in rows} | {r[2] for r in rows})
+            roots = conn.execute(_EXPANSION, (ids,)).fetchall()
+        judgements = _arrow(rows, SCHEMA_JUDGEMENTS)
+        expansion = _arrow(roots, SCHEMA_CLUSTER_EXPANSION)
+        return judgements, expansion
+
+    def sample_for_eval(self, n: int, path: ResolverStepPath, user_name: str) -> pa.Table:
+        """Up to ``n`` random clusters of the resolver for ``user_name`` to judge.
+
+        Only the resolver's own clusters of two or more leaves are offered, never one this user
+        judged in the last year. Returns ``SCHEMA_EVAL_SAMPLES``: every leaf of each cluster
+        with each of its keys and the name of the source step holding the key.
+        """
+        if n > MAX_SAMPLES:
+            raise MatchboxTooManySamplesRequested(
+                f"Asked for {n} samples; at most {MAX_SAMPLES} can be taken at a time. Ask for "
+                "fewer and call again."
+            )
+        if n < 0:
+            raise ValueError(f"n must be zero or positive, not {n}")
+        self._authorise(PermissionType.READ, path.collection)
+        with self.db.connection() as conn:
+            user_id = self._user_id(conn, user_name)  # type: ignore[attr-defined]
+            step = self._step_row(conn, path, expected=StepType.RESOLVER)
+            if step.stage != UploadStage.COMPLETE:
+                raise MatchboxStepNotQueriable(path, step.stage)
+            sources = [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT s.step_id FROM step_lineage l JOIN steps s ON s.step_id = l.parent_id "
+                    "WHERE l.child_id = %s AND s.step_type = 'source' ORDER BY 1",
+                    (step.step_id,),
+                )
+            ]
+            rows = conn.execute(
+                _SAMPLE,
+                {
+                    "step": step.step_id,
+                    "user": user_id,
+                    "n": n,
+                    "sources": sources,
+                    "after": RESAMPLE_AFTER,
+                },
+            ).fetchall()
+        return _arrow(rows, SCHEMA_EVAL_SAMPLES)
+
+
+__all__ = ["MAX_SAMPLES", "EvaluationMixin", "cluster_hash"]

@@ -74,22 +74,22 @@ WHERE c.name = $1 AND s.run_id = $2 AND s.name = $3
 """
 
 UNKNOWN_IDS_OF_SOURCES = """
-SELECT DISTINCT e.{column} AS id FROM {table} e
+SELECT (array_agg(DISTINCT e.{column}))[1:5] AS ids FROM {table} e
 WHERE NOT EXISTS (
     SELECT 1 FROM source_rows s WHERE s.step_id = ANY($1::bigint[]) AND s.leaf_id = e.{column}
-) LIMIT 5
+)
 """
 """Up to five ids of a model's new edges that are not leaves of its source input."""
 
 UNKNOWN_IDS_OF_RESOLVER = """
-SELECT DISTINCT e.{column} AS id FROM {table} e
+SELECT (array_agg(DISTINCT e.{column}))[1:5] AS ids FROM {table} e
 WHERE NOT EXISTS (
     SELECT 1 FROM (
         SELECT coalesce(r.root_id, s.leaf_id) AS id FROM source_rows s
         LEFT JOIN resolver_leaves r ON r.step_id = $2 AND r.leaf_id = s.leaf_id
         WHERE s.step_id = ANY($1::bigint[])
     ) v WHERE v.id = e.{column}
-) LIMIT 5
+)
 """
 """Up to five ids of a model's new edges that its resolver input gives none of its keys."""
 
@@ -110,6 +110,7 @@ FROM (
 (8-byte big-endian), or the leaf itself for a parent of one leaf (mirrors ``cluster_id``)."""
 
 INSERT_CLUSTERS = """
+CREATE TEMP TABLE mb_new ON COMMIT DROP AS
 WITH ins AS (
     INSERT INTO clusters (cluster_id, cluster_hash, size)
     SELECT cluster_id, cluster_hash, size FROM mb_parents WHERE size > 1 ORDER BY cluster_id
@@ -117,11 +118,10 @@ WITH ins AS (
     WHERE clusters.cluster_hash IS DISTINCT FROM excluded.cluster_hash
     RETURNING cluster_id, (xmax <> 0) AS collided
 )
-SELECT count(*) FILTER (WHERE collided) AS collided,
-       count(*) FILTER (WHERE NOT collided) AS created
-FROM ins
+SELECT cluster_id, collided FROM ins
 """
-"""Insert new multi-leaf clusters; an existing id with another hash is reported as collided."""
+"""Insert new multi-leaf clusters into ``mb_new``; an existing id with another hash is a
+collision (the ``DO UPDATE … WHERE`` returns it with ``xmax <> 0``)."""
 
 
 def _rows(cur: adbc.Cursor) -> list[dict[str, Any]]:
@@ -313,7 +313,7 @@ class DataMixin(PostgresCore):
         else:
             template, params = UNKNOWN_IDS_OF_RESOLVER, (source_ids, ids[resolver])
         cur.execute(compose(template, column=column, table=table), parameters=params)
-        bad = [r["id"] for r in _rows(cur)]
+        bad = _rows(cur)[0]["ids"] or []
         if bad:
             where = resolver or ", ".join(sources)
             raise MatchboxStepInvalidData(
@@ -355,20 +355,32 @@ class DataMixin(PostgresCore):
             "SELECT DISTINCT i.parent_id, coalesce(c.leaf, i.child_id) AS leaf_id "
             "FROM mb_incoming i LEFT JOIN contains c ON c.root = i.child_id"
         )
+        cur.execute("ANALYZE mb_expanded")
         cur.execute(
-            "SELECT e.leaf_id FROM mb_expanded e WHERE NOT EXISTS ("
-            "SELECT 1 FROM source_rows s JOIN step_lineage l ON l.parent_id = s.step_id "
-            "WHERE l.child_id = $1 AND s.leaf_id = e.leaf_id) LIMIT 5",
+            "SELECT string_agg(l.parent_id::text, ',') AS ids FROM step_lineage l "
+            "JOIN steps s ON s.step_id = l.parent_id WHERE l.child_id = $1 "
+            "AND s.step_type = 'source'",
             parameters=(sid,),
         )
-        unknown = [r["leaf_id"] for r in _rows(cur)]
+        lineage_sources = "{" + (_rows(cur)[0]["ids"] or "") + "}"
+        # No LIMIT here: with one, the planner picks a nested loop over unindexed partitions.
+        cur.execute(
+            "SELECT (array_agg(e.leaf_id))[1:5] AS ids FROM mb_expanded e WHERE NOT EXISTS "
+            "(SELECT 1 FROM source_rows s WHERE s.step_id = ANY($1::bigint[]) "
+            "AND s.leaf_id = e.leaf_id)",
+            parameters=(lineage_sources,),
+        )
+        unknown = _rows(cur)[0]["ids"] or []
         if unknown:
             raise MatchboxStepInvalidData(
                 f"Resolver clusters for {step.path()} use child id(s) {unknown} that are neither "
                 "leaves of the sources nor clusters of the resolvers this resolver descends from."
             )
-        cur.execute("SELECT leaf_id FROM mb_expanded GROUP BY leaf_id HAVING count(*) > 1 LIMIT 5")
-        overlapping = [r["leaf_id"] for r in _rows(cur)]
+        cur.execute(
+            "SELECT (array_agg(leaf_id))[1:5] AS ids FROM (SELECT leaf_id FROM mb_expanded "
+            "GROUP BY leaf_id HAVING count(*) > 1) o"
+        )
+        overlapping = _rows(cur)[0]["ids"] or []
         if overlapping:
             raise MatchboxStepInvalidData(
                 f"Resolver clusters for {step.path()} overlap: leaf id(s) {overlapping} belong to "
@@ -378,6 +390,7 @@ class DataMixin(PostgresCore):
         cur.execute(CREATE_PARENTS)
         # New multi-leaf clusters; an id already held by other content is a collision.
         cur.execute(INSERT_CLUSTERS)
+        cur.execute("SELECT count(*) FILTER (WHERE collided) AS collided FROM mb_new")
         counts = _rows(cur)[0]
         if counts["collided"]:
             raise MatchboxStepInvalidData(
@@ -385,10 +398,11 @@ class DataMixin(PostgresCore):
                 "with different content already in the store (a 63-bit id collision). Nothing "
                 "was written; please report this."
             )
+        # Contents of clusters that existed before are already recorded (content addressing).
         cur.execute(
             "INSERT INTO contains (root, leaf) "
             "SELECT p.cluster_id, e.leaf_id FROM mb_expanded e JOIN mb_parents p USING (parent_id) "
-            "WHERE p.size > 1 ORDER BY 1, 2 ON CONFLICT DO NOTHING"
+            "JOIN mb_new n ON n.cluster_id = p.cluster_id ORDER BY 1, 2"
         )
         self._create_step_table(
             cur,
