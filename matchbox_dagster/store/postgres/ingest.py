@@ -73,6 +73,15 @@ FROM steps s JOIN runs r USING (run_id) JOIN collections c USING (collection_id)
 WHERE c.name = $1 AND s.run_id = $2 AND s.name = $3
 """
 
+BULK_READ_SETTINGS = (
+    "SET LOCAL enable_nestloop = off",
+    "SET LOCAL enable_mergejoin = off",
+    "SET LOCAL jit = off",
+)
+"""Planner settings for statements that join whole partitions: the planner's join estimates on
+fresh partitions are far off, and a nested loop over a million index probes is 5× slower than a
+hash join; JIT compilation does not pay off for statements this short."""
+
 UNKNOWN_IDS_OF_SOURCES = """
 SELECT (array_agg(DISTINCT e.{column}))[1:5] AS ids FROM {table} e
 WHERE NOT EXISTS (
@@ -178,6 +187,8 @@ class DataMixin(PostgresCore):
                 raise MatchboxFingerprintMismatch(path, step.fingerprint, fingerprint)
             table = partition_name(expected, step.step_id)
             rows = load(cur, step, table)
+            # Statistics now, so the first queries of a fresh partition get sound plans.
+            cur.execute(compose("ANALYZE {table}", table=table))
             parent = {
                 StepType.SOURCE: "source_rows",
                 StepType.MODEL: "model_edges",
@@ -312,6 +323,8 @@ class DataMixin(PostgresCore):
             template, params = UNKNOWN_IDS_OF_SOURCES, (source_ids,)
         else:
             template, params = UNKNOWN_IDS_OF_RESOLVER, (source_ids, ids[resolver])
+        for setting in BULK_READ_SETTINGS:
+            cur.execute(setting)
         cur.execute(compose(template, column=column, table=table), parameters=params)
         bad = _rows(cur)[0]["ids"] or []
         if bad:
@@ -356,6 +369,8 @@ class DataMixin(PostgresCore):
             "FROM mb_incoming i LEFT JOIN contains c ON c.root = i.child_id"
         )
         cur.execute("ANALYZE mb_expanded")
+        for setting in BULK_READ_SETTINGS:
+            cur.execute(setting)
         cur.execute(
             "SELECT string_agg(l.parent_id::text, ',') AS ids FROM step_lineage l "
             "JOIN steps s ON s.step_id = l.parent_id WHERE l.child_id = $1 "

@@ -15,7 +15,7 @@ from matchbox_dagster.common.dtos import (
 )
 from matchbox_dagster.common.errors import MatchboxStepInvalidData, MatchboxStepNotQueriable
 from matchbox_dagster.store.postgres.core import StepRow
-from matchbox_dagster.store.postgres.ingest import DataMixin
+from matchbox_dagster.store.postgres.ingest import BULK_READ_SETTINGS, DataMixin
 
 QUERY_LEAVES = {
     False: "SELECT leaf_id AS id, key FROM source_rows WHERE step_id = $1",
@@ -65,6 +65,12 @@ class QueryMixin(DataMixin):
                 params = (src.step_id, res.step_id)
             if limit is not None:
                 sql += " ORDER BY 1, 2 LIMIT " + str(int(limit))
+            else:
+                # A whole-partition join: a hash join beats the nested loop or merge join the
+                # planner may guess (its join estimate on fresh partitions is far off); the
+                # query is too short for JIT compilation to pay off.
+                for setting in BULK_READ_SETTINGS:
+                    cur.execute(setting)
             cur.execute(sql, parameters=params)
             table = cur.fetch_arrow_table()
         schema = SCHEMA_QUERY_WITH_LEAVES if return_leaf_id else SCHEMA_QUERY
