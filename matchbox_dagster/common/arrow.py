@@ -162,18 +162,19 @@ class SourceHashes:
                 raise MatchboxInvalidData(f"{what}: every hash needs at least one key.")
             if pc.min(pc.binary_length(table.column("hash"))).as_py() == 0:
                 raise MatchboxInvalidData(f"{what} column 'hash' holds an empty hash.")
-            frame = pl.from_arrow(table.select(["hash"]))
-            assert isinstance(frame, pl.DataFrame)
-            dup_hash = frame.get_column("hash").is_duplicated().sum()
-            if dup_hash:
+            hashes = pl.from_arrow(table.column("hash"))
+            assert isinstance(hashes, pl.Series)
+            # Counting distinct values is cheap; find the culprits only when there are any.
+            if hashes.n_unique() != len(hashes):
+                dup_hash = hashes.is_duplicated().sum()
                 raise MatchboxInvalidData(
                     f"{what} list {dup_hash} hash row(s) more than once; aggregate the keys of "
                     "identical rows under one hash."
                 )
             key_series = pl.from_arrow(flat)
             assert isinstance(key_series, pl.Series)
-            dups = key_series.filter(key_series.is_duplicated()).unique()
-            if len(dups):
+            if key_series.n_unique() != len(key_series):
+                dups = key_series.filter(key_series.is_duplicated()).unique()
                 sample = dups.head(3).to_list()
                 raise MatchboxInvalidData(
                     f"{what}: {len(dups)} key(s) appear more than once, e.g. {sample}. Keys must "
@@ -203,7 +204,10 @@ class SourceHashes:
 class ModelResults:
     """Scored pairs of cluster ids from a deduper or linker.
 
-    Rules: no nulls; ``score`` in [0, 1] (no NaN); no self-pairs; each unordered pair once.
+    Rules: no nulls; ``score`` in [0, 1] (no NaN); no self-pairs; each (left, right) pair once.
+    A linker's ``left_id`` comes from its left input and ``right_id`` from its right one; as
+    identical rows share a leaf across sources, (a, b) and (b, a) may both be real links, so
+    only exact repeats are refused (methodologies drop symmetric duplicates of dedupers).
     """
 
     table: pa.Table
@@ -230,14 +234,10 @@ class ModelResults:
                     f"{what} hold {selfs} self-pair(s) (left_id == right_id); a cluster cannot "
                     "be scored against itself."
                 )
-            pairs = frame.select(
-                pl.min_horizontal("left_id", "right_id").alias("a"),
-                pl.max_horizontal("left_id", "right_id").alias("b"),
-            )
-            dup = pairs.is_duplicated().sum()
-            if dup:
+            if frame.n_unique() != frame.height:
+                dup = frame.is_duplicated().sum()
                 raise MatchboxInvalidData(
-                    f"{what} score {dup} row(s) of a pair more than once (in either order); "
+                    f"{what} score {dup} row(s) of a (left_id, right_id) pair more than once; "
                     "keep one score per pair."
                 )
         object.__setattr__(self, "table", table)

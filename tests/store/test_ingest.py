@@ -184,7 +184,7 @@ def _declare_model(store, collection, run, edges, left, right=None, name="m"):
         ([(0, 1, -0.1)], r"\[0, 1\]"),
         ([(0, 1, math.nan)], "NaN"),
         ([(0, 0, 0.5)], "self-pair"),
-        ([(0, 1, 0.5), (1, 0, 0.6)], "more than once"),
+        ([(0, 1, 0.5), (0, 1, 0.6)], "more than once"),
     ],
 )
 def test_bad_model_results_change_nothing(

@@ -82,22 +82,29 @@ BULK_READ_SETTINGS = (
 fresh partitions are far off, and a nested loop over a million index probes is 5× slower than a
 hash join; JIT compilation does not pay off for statements this short."""
 
+EDGE_IDS = {
+    "left_id": "SELECT left_id AS id FROM {table}",
+    "right_id": "SELECT right_id AS id FROM {table}",
+    "both": "SELECT left_id AS id FROM {table} UNION ALL SELECT right_id FROM {table}",
+}
+"""The ids of a model's new edges to check: one side, or both for a deduper."""
+
 UNKNOWN_IDS_OF_SOURCES = """
-SELECT (array_agg(DISTINCT e.{column}))[1:5] AS ids FROM {table} e
+SELECT (array_agg(DISTINCT e.id))[1:5] AS ids FROM ({edge_ids}) e
 WHERE NOT EXISTS (
-    SELECT 1 FROM source_rows s WHERE s.step_id = ANY($1::bigint[]) AND s.leaf_id = e.{column}
+    SELECT 1 FROM source_rows s WHERE s.step_id = ANY($1::bigint[]) AND s.leaf_id = e.id
 )
 """
 """Up to five ids of a model's new edges that are not leaves of its source input."""
 
 UNKNOWN_IDS_OF_RESOLVER = """
-SELECT (array_agg(DISTINCT e.{column}))[1:5] AS ids FROM {table} e
+SELECT (array_agg(DISTINCT e.id))[1:5] AS ids FROM ({edge_ids}) e
 WHERE NOT EXISTS (
     SELECT 1 FROM (
         SELECT coalesce(r.root_id, s.leaf_id) AS id FROM source_rows s
         LEFT JOIN resolver_leaves r ON r.step_id = $2 AND r.leaf_id = s.leaf_id
         WHERE s.step_id = ANY($1::bigint[])
-    ) v WHERE v.id = e.{column}
+    ) v WHERE v.id = e.id
 )
 """
 """Up to five ids of a model's new edges that its resolver input gives none of its keys."""
@@ -187,8 +194,6 @@ class DataMixin(PostgresCore):
                 raise MatchboxFingerprintMismatch(path, step.fingerprint, fingerprint)
             table = partition_name(expected, step.step_id)
             rows = load(cur, step, table)
-            # Statistics now, so the first queries of a fresh partition get sound plans.
-            cur.execute(compose("ANALYZE {table}", table=table))
             parent = {
                 StepType.SOURCE: "source_rows",
                 StepType.MODEL: "model_edges",
@@ -245,7 +250,9 @@ class DataMixin(PostgresCore):
 
     # --- sources ----------------------------------------------------------------------------
 
-    def insert_source_data(self, path: SourceStepPath, data_hashes: pa.Table) -> None:
+    def insert_source_data(
+        self, path: SourceStepPath, data_hashes: pa.Table | SourceHashes
+    ) -> None:
         """Index a source's row hashes and keys.
 
         Each distinct row hash becomes a leaf cluster whose id is derived from the hash (so
@@ -254,7 +261,7 @@ class DataMixin(PostgresCore):
         if the data is not what the step declared, ``MatchboxStepExistingData`` if the step holds
         data, ``MatchboxRunNotWriteable`` on an immutable run.
         """
-        hashes = SourceHashes(data_hashes)
+        hashes = data_hashes if isinstance(data_hashes, SourceHashes) else SourceHashes(data_hashes)
         rows = source_rows(hashes)
 
         def load(cur: adbc.Cursor, step: StepRow, table: str) -> int:
@@ -271,14 +278,14 @@ class DataMixin(PostgresCore):
 
     # --- models -----------------------------------------------------------------------------
 
-    def insert_model_data(self, path: ModelStepPath, results: pa.Table) -> None:
+    def insert_model_data(self, path: ModelStepPath, results: pa.Table | ModelResults) -> None:
         """Store a model's scored pairs.
 
         ``left_id`` must be an id of the model's left input and ``right_id`` of its right input
         (of its only input for a deduper): a leaf of a source input, or an entity id a resolver
         input gives its sources' keys.
         """
-        edges = ModelResults(results)
+        edges = results if isinstance(results, ModelResults) else ModelResults(results)
 
         def load(cur: adbc.Cursor, step: StepRow, table: str) -> int:
             self._create_step_table(
@@ -292,8 +299,11 @@ class DataMixin(PostgresCore):
             self._ingest(cur, table, edges.table)
             if edges.num_rows:
                 config = ModelConfig.model_validate(step.config)
-                right = config.right_query or config.left_query
-                for column, query in (("left_id", config.left_query), ("right_id", right)):
+                if config.right_query is None:
+                    checks = [("both", config.left_query)]
+                else:
+                    checks = [("left_id", config.left_query), ("right_id", config.right_query)]
+                for column, query in checks:
                     self._check_input_ids(cur, step, table, column, query.sources, query.resolver)
             return edges.num_rows
 
@@ -325,19 +335,23 @@ class DataMixin(PostgresCore):
             template, params = UNKNOWN_IDS_OF_RESOLVER, (source_ids, ids[resolver])
         for setting in BULK_READ_SETTINGS:
             cur.execute(setting)
-        cur.execute(compose(template, column=column, table=table), parameters=params)
+        template = template.replace("{edge_ids}", EDGE_IDS[column])
+        cur.execute(compose(template, table=table), parameters=params)
         bad = _rows(cur)[0]["ids"] or []
         if bad:
             where = resolver or ", ".join(sources)
+            side = "left_id or right_id" if column == "both" else column
             raise MatchboxStepInvalidData(
-                f"Model results for {step.path()} use {column} value(s) {bad} that are not ids "
+                f"Model results for {step.path()} use id(s) {bad} ({side}) that are not ids "
                 f"of its input {where!r} in run {step.run_id}. Score pairs of the ids that "
                 "input gives its records (leaf ids of a source, query() ids of a resolver)."
             )
 
     # --- resolvers --------------------------------------------------------------------------
 
-    def insert_resolver_data(self, path: ResolverStepPath, data: pa.Table) -> None:
+    def insert_resolver_data(
+        self, path: ResolverStepPath, data: pa.Table | ResolverClusters
+    ) -> None:
         """Store a resolver's clusters.
 
         Each ``child_id`` is a leaf of a source in the resolver's lineage or a cluster of an
@@ -346,7 +360,7 @@ class DataMixin(PostgresCore):
         belong to one parent only. Leaves the resolver does not claim keep the cluster of the
         nearest ancestor resolver that does, so ``query`` needs one join.
         """
-        clusters = ResolverClusters(data)
+        clusters = data if isinstance(data, ResolverClusters) else ResolverClusters(data)
 
         def load(cur: adbc.Cursor, step: StepRow, table: str) -> int:
             return self._load_resolver(cur, step, table, clusters)
@@ -448,6 +462,9 @@ class DataMixin(PostgresCore):
         )
         cur.execute(compose("CREATE UNIQUE INDEX ON {table} (leaf_id)", table=table))
         cur.execute(compose("CREATE INDEX ON {table} (root_id)", table=table))
+        # Statistics now, so match()'s index lookups on this fresh partition get sound plans
+        # (whole-partition reads force hash joins and need none).
+        cur.execute(compose("ANALYZE {table}", table=table))
         return max(own, 0)
 
     # --- reads ------------------------------------------------------------------------------
