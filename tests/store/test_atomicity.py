@@ -123,9 +123,10 @@ def test_failure_after_clusters_written_rolls_them_back(
     assert len(set(store.query(src, path).column("id").to_pylist())) == 1
 
 
-def test_failure_during_attach_rolls_back_model(
+def test_failure_after_edges_copied_rolls_back_model(
     store: MatchboxPostgres, collection: str, run: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The edges reached their new table, then the writer died before attaching it."""
     src = add_source(store, collection, run, "people", {"a": ["1"], "b": ["2"]})
     leaves = leaf_of(store, src)
     from tests.factories import edges_table, model_step
@@ -134,15 +135,22 @@ def test_failure_during_attach_rolls_back_model(
     path = StepPath(collection=collection, run=run, name="dedupe")
     store.create_step(model_step(edges, QueryConfig(sources=("people",))), path)
     before = store_state(store)
+    original = DataMixin._ingest
 
-    def boom(self, *args, **kwargs):
-        raise Injected("validation crashed")
+    def ingest_then_die(self, cur, name, data, *, temporary=False):
+        original(self, cur, name, data, temporary=temporary)
+        cur.execute(f'SELECT count(*) AS n FROM "{name}"')
+        assert cur.fetch_arrow_table().column("n")[0].as_py() == 1  # the row is there
+        raise Injected("died before attach")
 
-    monkeypatch.setattr(DataMixin, "_check_input_ids", boom)
+    monkeypatch.setattr(DataMixin, "_ingest", ingest_then_die)
     with pytest.raises(Injected):
         store.insert_model_data(path, edges)
     assert store_state(store) == before
     assert store.get_step_stage(path) == UploadStage.READY
+    monkeypatch.setattr(DataMixin, "_ingest", original)
+    store.insert_model_data(path, edges)
+    assert store.get_model_data(path).num_rows == 1
 
 
 def test_pending_step_helper_is_queryable_after_insert(

@@ -22,6 +22,7 @@ from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,6 +39,7 @@ from matchbox_dagster.common.dtos import (
     ModelConfig,
     ModelStepPath,
     PermissionType,
+    QueryConfig,
     ResolverStepPath,
     SourceStepPath,
     StepPath,
@@ -82,32 +84,15 @@ BULK_READ_SETTINGS = (
 fresh partitions are far off, and a nested loop over a million index probes is 5× slower than a
 hash join; JIT compilation does not pay off for statements this short."""
 
-EDGE_IDS = {
-    "left_id": "SELECT left_id AS id FROM {table}",
-    "right_id": "SELECT right_id AS id FROM {table}",
-    "both": "SELECT left_id AS id FROM {table} UNION ALL SELECT right_id FROM {table}",
-}
-"""The ids of a model's new edges to check: one side, or both for a deduper."""
+INPUT_IDS_OF_SOURCES = "SELECT leaf_id AS id FROM source_rows WHERE step_id = ANY($1::bigint[])"
+"""The ids a model input made of sources gives its records: their leaves."""
 
-UNKNOWN_IDS_OF_SOURCES = """
-SELECT (array_agg(DISTINCT e.id))[1:5] AS ids FROM ({edge_ids}) e
-WHERE NOT EXISTS (
-    SELECT 1 FROM source_rows s WHERE s.step_id = ANY($1::bigint[]) AND s.leaf_id = e.id
-)
+INPUT_IDS_OF_RESOLVER = """
+SELECT coalesce(r.root_id, s.leaf_id) AS id FROM source_rows s
+LEFT JOIN resolver_leaves r ON r.step_id = $2 AND r.leaf_id = s.leaf_id
+WHERE s.step_id = ANY($1::bigint[])
 """
-"""Up to five ids of a model's new edges that are not leaves of its source input."""
-
-UNKNOWN_IDS_OF_RESOLVER = """
-SELECT (array_agg(DISTINCT e.id))[1:5] AS ids FROM ({edge_ids}) e
-WHERE NOT EXISTS (
-    SELECT 1 FROM (
-        SELECT coalesce(r.root_id, s.leaf_id) AS id FROM source_rows s
-        LEFT JOIN resolver_leaves r ON r.step_id = $2 AND r.leaf_id = s.leaf_id
-        WHERE s.step_id = ANY($1::bigint[])
-    ) v WHERE v.id = e.id
-)
-"""
-"""Up to five ids of a model's new edges that its resolver input gives none of its keys."""
+"""The ids a model input resolved by a resolver gives its records."""
 
 CREATE_PARENTS = """
 CREATE TEMP TABLE mb_parents ON COMMIT DROP AS
@@ -288,6 +273,17 @@ class DataMixin(PostgresCore):
         edges = results if isinstance(results, ModelResults) else ModelResults(results)
 
         def load(cur: adbc.Cursor, step: StepRow, table: str) -> int:
+            if edges.num_rows:
+                config = ModelConfig.model_validate(step.config)
+                if config.right_query is None:
+                    checks = [(("left_id", "right_id"), config.left_query)]
+                else:
+                    checks = [
+                        (("left_id",), config.left_query),
+                        (("right_id",), config.right_query),
+                    ]
+                for columns, query in checks:
+                    self._check_input_ids(cur, step, edges.table, columns, query)
             self._create_step_table(
                 cur,
                 table,
@@ -297,14 +293,6 @@ class DataMixin(PostgresCore):
                 "CHECK (score >= 0 AND score <= 1)",
             )
             self._ingest(cur, table, edges.table)
-            if edges.num_rows:
-                config = ModelConfig.model_validate(step.config)
-                if config.right_query is None:
-                    checks = [("both", config.left_query)]
-                else:
-                    checks = [("left_id", config.left_query), ("right_id", config.right_query)]
-                for column, query in checks:
-                    self._check_input_ids(cur, step, table, column, query.sources, query.resolver)
             return edges.num_rows
 
         self._insert(path, StepType.MODEL, edges.fingerprint, load)
@@ -321,30 +309,34 @@ class DataMixin(PostgresCore):
         self,
         cur: adbc.Cursor,
         step: StepRow,
-        table: str,
-        column: str,
-        sources: tuple[str, ...],
-        resolver: str | None,
+        edges: pa.Table,
+        columns: tuple[str, ...],
+        query: QueryConfig,
     ) -> None:
-        """Raise unless every id in ``column`` is an id of the given model input."""
-        ids = self._input_step_ids(cur, step.run_id, [*sources, *([resolver] if resolver else [])])
-        source_ids = "{" + ",".join(str(ids[name]) for name in sources) + "}"
-        if resolver is None:
-            template, params = UNKNOWN_IDS_OF_SOURCES, (source_ids,)
-        else:
-            template, params = UNKNOWN_IDS_OF_RESOLVER, (source_ids, ids[resolver])
+        """Raise unless every id in ``columns`` is an id the input ``query`` gives its keys.
+
+        The input's ids are read once, as Arrow, inside the insert's transaction, and membership
+        is tested with a hash set: cheaper than an anti-join over unindexed partitions.
+        """
+        names = [*query.sources, *([query.resolver] if query.resolver else [])]
+        ids = self._input_step_ids(cur, step.run_id, names)
+        sources = "{" + ",".join(str(ids[name]) for name in query.sources) + "}"
         for setting in BULK_READ_SETTINGS:
             cur.execute(setting)
-        template = template.replace("{edge_ids}", EDGE_IDS[column])
-        cur.execute(compose(template, table=table), parameters=params)
-        bad = _rows(cur)[0]["ids"] or []
-        if bad:
-            where = resolver or ", ".join(sources)
-            side = "left_id or right_id" if column == "both" else column
+        if query.resolver is None:
+            cur.execute(INPUT_IDS_OF_SOURCES, parameters=(sources,))
+        else:
+            cur.execute(INPUT_IDS_OF_RESOLVER, parameters=(sources, ids[query.resolver]))
+        valid = pl.Series(cur.fetch_arrow_table().column("id"))
+        used = pl.concat([pl.Series(edges.column(c)) for c in columns])
+        unknown = used.filter(~used.is_in(valid.implode())).unique().sort()
+        if len(unknown):
+            where = query.resolver or ", ".join(query.sources)
             raise MatchboxStepInvalidData(
-                f"Model results for {step.path()} use id(s) {bad} ({side}) that are not ids "
-                f"of its input {where!r} in run {step.run_id}. Score pairs of the ids that "
-                "input gives its records (leaf ids of a source, query() ids of a resolver)."
+                f"Model results for {step.path()} use {' or '.join(columns)} value(s) "
+                f"{unknown.head(5).to_list()} that are not ids of its input {where!r} in run "
+                f"{step.run_id}. Score pairs of the ids that input gives its records (leaf "
+                "ids of a source, query() ids of a resolver)."
             )
 
     # --- resolvers --------------------------------------------------------------------------
