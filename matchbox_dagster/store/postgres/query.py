@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import adbc_driver_postgresql.dbapi as adbc
+import polars as pl
 import pyarrow as pa
 
 from matchbox_dagster.common.arrow import SCHEMA_QUERY, SCHEMA_QUERY_WITH_LEAVES, conform
@@ -15,7 +17,7 @@ from matchbox_dagster.common.dtos import (
 )
 from matchbox_dagster.common.errors import MatchboxStepInvalidData, MatchboxStepNotQueriable
 from matchbox_dagster.store.postgres.core import StepRow
-from matchbox_dagster.store.postgres.ingest import BULK_READ_SETTINGS, DataMixin
+from matchbox_dagster.store.postgres.ingest import DataMixin
 
 QUERY_LEAVES = {
     False: "SELECT leaf_id AS id, key FROM source_rows WHERE step_id = $1",
@@ -52,29 +54,52 @@ class QueryMixin(DataMixin):
         if limit is not None and limit < 0:
             raise ValueError("limit must be zero or positive")
         with self.db.adbc() as conn, conn.cursor() as cur:
+            # One snapshot for every read below, even if a step is deleted meanwhile.
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             src = self._adbc_step(cur, source, StepType.SOURCE, lock=False)
             self._queriable(src)
-            if resolver is None:
-                sql = QUERY_LEAVES[return_leaf_id]
-                params: tuple[int, ...] = (src.step_id,)
-            else:
+            res = None
+            if resolver is not None:
                 res = self._adbc_step(cur, resolver, StepType.RESOLVER, lock=False)
                 self._queriable(res)
                 self._resolves(cur, src, res)
-                sql = QUERY_RESOLVED[return_leaf_id]
-                params = (src.step_id, res.step_id)
             if limit is not None:
-                sql += " ORDER BY 1, 2 LIMIT " + str(int(limit))
+                sql = QUERY_RESOLVED[return_leaf_id] if res else QUERY_LEAVES[return_leaf_id]
+                params = (src.step_id, res.step_id) if res else (src.step_id,)
+                cur.execute(sql + " ORDER BY 1, 2 LIMIT " + str(int(limit)), parameters=params)
+                table = cur.fetch_arrow_table()
             else:
-                # A whole-partition join: a hash join beats the nested loop or merge join the
-                # planner may guess (its join estimate on fresh partitions is far off); the
-                # query is too short for JIT compilation to pay off.
-                for setting in BULK_READ_SETTINGS:
-                    cur.execute(setting)
-            cur.execute(sql, parameters=params)
-            table = cur.fetch_arrow_table()
+                table = self._resolve_all(cur, src.step_id, res.step_id if res else None)
+                if not return_leaf_id:
+                    table = table.select(["id", "key"])
         schema = SCHEMA_QUERY_WITH_LEAVES if return_leaf_id else SCHEMA_QUERY
         return conform(table, schema, "query result")
+
+    @staticmethod
+    def _resolve_all(cur: adbc.Cursor, source_id: int, resolver_id: int | None) -> pa.Table:
+        """Every key of a source with its id: two plain partition scans joined in memory.
+
+        Reading the source's (leaf, key) rows and the resolver's (leaf, cluster) rows and joining
+        them with polars is ~2× faster than PostgreSQL's hash join over the same partitions,
+        whose result it then has to serialise row by row.
+        """
+        cur.execute(
+            "SELECT leaf_id, key FROM source_rows WHERE step_id = $1", parameters=(source_id,)
+        )
+        keys = pl.from_arrow(cur.fetch_arrow_table())
+        assert isinstance(keys, pl.DataFrame)
+        if resolver_id is None:
+            return keys.select(pl.col("leaf_id").alias("id"), "key", "leaf_id").to_arrow()
+        cur.execute(
+            "SELECT leaf_id, root_id FROM resolver_leaves WHERE step_id = $1",
+            parameters=(resolver_id,),
+        )
+        roots = pl.from_arrow(cur.fetch_arrow_table())
+        assert isinstance(roots, pl.DataFrame)
+        joined = keys.join(roots, on="leaf_id", how="left").with_columns(
+            pl.coalesce("root_id", "leaf_id").alias("id")
+        )
+        return joined.select("id", "key", "leaf_id").to_arrow()
 
     def match(
         self,
