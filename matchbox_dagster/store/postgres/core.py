@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Self
@@ -69,10 +70,13 @@ class StepRow:
 
 STEP_SELECT = """
 SELECT s.step_id, s.run_id, r.collection_id, c.name AS collection, s.name, s.step_type,
-       s.upload_stage, s.fingerprint, s.config, s.description, r.is_mutable, r.is_default
+       s.upload_stage, s.fingerprint, s.config::text AS config, s.description,
+       r.is_mutable, r.is_default
 FROM steps s JOIN runs r USING (run_id) JOIN collections c USING (collection_id)
-WHERE c.name = %s AND s.run_id = %s AND s.name = %s
+WHERE c.name = $1 AND s.run_id = $2 AND s.name = $3
 """
+"""A step with its run and collection, by path (``$n`` placeholders: psycopg's RawCursor and
+ADBC share it; the config comes back as JSON text)."""
 
 
 def step_from_row(row: dict[str, Any]) -> StepRow:
@@ -86,7 +90,7 @@ def step_from_row(row: dict[str, Any]) -> StepRow:
         step_type=StepType(row["step_type"]),
         stage=UploadStage(row["upload_stage"]),
         fingerprint=bytes(row["fingerprint"]),
-        config=row["config"],
+        config=json.loads(row["config"]) if isinstance(row["config"], str) else row["config"],
         description=row["description"],
         is_mutable=bool(row["is_mutable"]),
         is_default=bool(row["is_default"]),
@@ -168,7 +172,8 @@ class PostgresCore:
     ) -> StepRow:
         """Look a step up; ``lock`` is e.g. ``"FOR UPDATE OF s NOWAIT"``."""
         query = STEP_SELECT + (f" {lock}" if lock else "")
-        row = self._cursor(conn).execute(query, (path.collection, path.run, path.name)).fetchone()
+        cursor = psycopg.RawCursor(conn, row_factory=dict_row)
+        row = cursor.execute(query, (path.collection, path.run, path.name)).fetchone()
         if row is None:
             self._run_row(conn, path.collection, path.run)  # a clearer error if run/collection
             raise MatchboxStepNotFoundError(path)

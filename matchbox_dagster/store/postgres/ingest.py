@@ -15,7 +15,6 @@ A failure at any point rolls everything back: the store is as it was before the 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +57,7 @@ from matchbox_dagster.common.errors import (
 )
 from matchbox_dagster.common.fingerprint import leaf_ids
 from matchbox_dagster.store.postgres.core import (
+    STEP_SELECT,
     SYSTEM,
     PostgresCore,
     StepRow,
@@ -66,14 +66,6 @@ from matchbox_dagster.store.postgres.core import (
     step_from_row,
 )
 from matchbox_dagster.store.postgres.db import compose, sqlstate
-
-ADBC_STEP_SELECT = """
-SELECT s.step_id, s.run_id, r.collection_id, c.name AS collection, s.name, s.step_type,
-       s.upload_stage, s.fingerprint, s.config::text AS config, s.description,
-       r.is_mutable, r.is_default
-FROM steps s JOIN runs r USING (run_id) JOIN collections c USING (collection_id)
-WHERE c.name = $1 AND s.run_id = $2 AND s.name = $3
-"""
 
 BULK_READ_SETTINGS = (
     "SET LOCAL enable_nestloop = off",
@@ -138,7 +130,7 @@ class DataMixin(PostgresCore):
     def _adbc_step(
         self, cur: adbc.Cursor, path: StepPath, expected: StepType, *, lock: bool
     ) -> StepRow:
-        query = ADBC_STEP_SELECT + (" FOR UPDATE OF s NOWAIT" if lock else "")
+        query = STEP_SELECT + (" FOR UPDATE OF s NOWAIT" if lock else "")
         try:
             cur.execute(query, parameters=(path.collection, path.run, path.name))
         except adbc.Error as exc:
@@ -151,9 +143,7 @@ class DataMixin(PostgresCore):
         rows = _rows(cur)
         if not rows:
             raise MatchboxStepNotFoundError(path)
-        row = rows[0]
-        row["config"] = json.loads(row["config"])
-        step = step_from_row(row)
+        step = step_from_row(rows[0])
         if step.step_type != expected:
             raise MatchboxStepTypeError(path, step.step_type, expected)
         return step
