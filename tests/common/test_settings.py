@@ -43,3 +43,19 @@ def test_redact_and_repr_hide_passwords() -> None:
     )
     assert "hunter2" not in repr(db)
     db.dispose()
+
+
+def test_log_level_applies_to_the_library_logger(settings: MatchboxSettings) -> None:
+    import logging
+
+    from matchbox_dagster.store.postgres import MatchboxPostgres
+
+    logger = logging.getLogger("matchbox_dagster")
+    before = logger.level
+    try:
+        MatchboxPostgres(settings.model_copy(update={"log_level": "DEBUG"})).close()
+        assert logger.level == logging.DEBUG
+        MatchboxPostgres(settings.model_copy(update={"log_level": "WARNING"})).close()
+        assert logger.level == logging.WARNING
+    finally:
+        logger.setLevel(before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from matchbox_dagster.common.settings import MatchboxSettings
@@ -63,6 +64,7 @@ class MatchboxPostgres(
 
     def __init__(self, settings: MatchboxSettings | None = None) -> None:
         self.settings = settings or MatchboxSettings()
+        logging.getLogger("matchbox_dagster").setLevel(self.settings.log_level)
         self.db = Database(self.settings)
         migrate.upgrade(self.db.engine, self.db.schema)
         self._ensure_defaults()

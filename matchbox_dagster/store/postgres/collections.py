@@ -35,7 +35,6 @@ from matchbox_dagster.common.errors import (
     MatchboxStepUpdateError,
 )
 from matchbox_dagster.store.postgres.core import SYSTEM, PostgresCore, StepRow, logger
-from matchbox_dagster.store.postgres.db import sqlstate
 
 
 def _step_dto(step: StepRow) -> Step:
@@ -447,10 +446,6 @@ class CollectionsMixin(PostgresCore):
             "UPDATE steps SET upload_stage = %s, stage_updated_at = now() WHERE step_id = %s",
             (stage.value, step_id),
         )
-
-    @staticmethod
-    def _is_lock_error(exc: BaseException) -> bool:
-        return sqlstate(exc) == "55P03"
 
 
 __all__ = ["CollectionsMixin"]

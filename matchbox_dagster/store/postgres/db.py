@@ -10,15 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import sqlalchemy as sa
-from psycopg import sql
 
 from matchbox_dagster.common.errors import MatchboxConnectionError
 from matchbox_dagster.common.settings import MatchboxSettings
@@ -26,9 +24,6 @@ from matchbox_dagster.store.postgres.embedded import embedded_uri
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-TRANSIENT_SQLSTATES = {"57P01", "57P02", "57P03", "08000", "08003", "08006", "08001", "08004"}
-"""Server shutting down / restarting, and connection failures: worth a retry."""
 
 
 def redact(uri: str) -> str:
@@ -135,10 +130,6 @@ class Database:
         conn.commit()
         return conn
 
-    def ident(self, *names: str) -> sql.Identifier:
-        """A schema-qualified identifier."""
-        return sql.Identifier(self.schema, *names)
-
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
@@ -161,37 +152,3 @@ def sqlstate(exc: BaseException) -> str | None:
         return str(state)
     diag = getattr(exc, "diag", None)
     return getattr(diag, "sqlstate", None) if diag is not None else None
-
-
-def with_retries(
-    action: Callable[[], T], *, attempts: int = 5, base_delay: float = 0.2, what: str = "call"
-) -> T:
-    """Run ``action``, retrying transient connection errors with bounded exponential backoff.
-
-    Only errors that happen before any change could have committed are transient (the action
-    must be one transaction). Permanent errors propagate at once.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except (psycopg.OperationalError, sa.exc.OperationalError, adbc.OperationalError) as exc:
-            state = sqlstate(exc) or sqlstate(getattr(exc, "orig", exc))
-            transient = state in TRANSIENT_SQLSTATES or state is None
-            if not transient or attempt == attempts:
-                if transient:
-                    raise MatchboxConnectionError(
-                        f"PostgreSQL stayed unreachable for {what} after {attempts} attempts: "
-                        f"{_first_line(exc)}"
-                    ) from exc
-                raise
-            delay = base_delay * 2 ** (attempt - 1)
-            logger.warning(
-                "Transient database error in %s (attempt %d/%d), retrying in %.1fs: %s",
-                what,
-                attempt,
-                attempts,
-                delay,
-                _first_line(exc),
-            )
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
