@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Final
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -162,30 +163,44 @@ class SourceHashes:
                 raise MatchboxInvalidData(f"{what}: every hash needs at least one key.")
             if pc.min(pc.binary_length(table.column("hash"))).as_py() == 0:
                 raise MatchboxInvalidData(f"{what} column 'hash' holds an empty hash.")
-            hashes = pl.from_arrow(table.column("hash"))
-            assert isinstance(hashes, pl.Series)
-            # Counting distinct values is cheap; find the culprits only when there are any.
-            if hashes.n_unique() != len(hashes):
-                dup_hash = hashes.is_duplicated().sum()
-                raise MatchboxInvalidData(
-                    f"{what} list {dup_hash} hash row(s) more than once; aggregate the keys of "
-                    "identical rows under one hash."
-                )
-            key_series = pl.from_arrow(flat)
-            assert isinstance(key_series, pl.Series)
-            if key_series.n_unique() != len(key_series):
-                dups = key_series.filter(key_series.is_duplicated()).unique()
-                sample = dups.head(3).to_list()
-                raise MatchboxInvalidData(
-                    f"{what}: {len(dups)} key(s) appear more than once, e.g. {sample}. Keys must "
-                    "identify one row of the source."
-                )
+            from matchbox_dagster.common.fingerprint import leaf_ids, xxh3_64
+
+            # Distinct counts on 64-bit digests are far cheaper than on bytes and strings;
+            # only when digests repeat are the values themselves compared.
+            ids = leaf_ids(table.column("hash"))
+            object.__setattr__(self, "_leaf_ids", ids)
+            if pc.count_distinct(ids).as_py() != table.num_rows:
+                hashes = pl.Series(table.column("hash"))
+                if hashes.n_unique() != len(hashes):
+                    raise MatchboxInvalidData(
+                        f"{what} list {hashes.is_duplicated().sum()} hash row(s) more than once; "
+                        "aggregate the keys of identical rows under one hash."
+                    )
+            if len(np.unique(xxh3_64(flat))) != len(flat):
+                key_series = pl.Series(flat)
+                if key_series.n_unique() != len(key_series):
+                    dups = key_series.filter(key_series.is_duplicated()).unique()
+                    raise MatchboxInvalidData(
+                        f"{what}: {len(dups)} key(s) appear more than once, e.g. "
+                        f"{dups.head(3).to_list()}. Keys must identify one row of the source."
+                    )
         object.__setattr__(self, "table", table)
 
     @property
     def num_rows(self) -> int:
         """Number of distinct row hashes."""
         return self.table.num_rows
+
+    @property
+    def leaf_ids(self) -> pa.Array:
+        """The leaf cluster id of each row hash (see :func:`fingerprint.leaf_ids`)."""
+        ids = getattr(self, "_leaf_ids", None)
+        if ids is None:
+            from matchbox_dagster.common.fingerprint import leaf_ids
+
+            ids = leaf_ids(self.table.column("hash"))
+            object.__setattr__(self, "_leaf_ids", ids)
+        return ids
 
     @cached_property
     def num_keys(self) -> int:

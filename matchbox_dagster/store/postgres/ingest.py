@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,7 +54,6 @@ from matchbox_dagster.common.errors import (
     MatchboxStepNotFoundError,
     MatchboxStepTypeError,
 )
-from matchbox_dagster.common.fingerprint import leaf_ids
 from matchbox_dagster.store.postgres.core import (
     STEP_SELECT,
     SYSTEM,
@@ -512,20 +510,13 @@ class DataMixin(PostgresCore):
 
 def source_rows(hashes: SourceHashes) -> pa.Table:
     """One row per key (``leaf_id``, ``hash``, ``key``) from validated source hashes."""
-    table = hashes.table
-    keys = table.column("keys")
-    lengths = pc.list_value_length(keys).to_numpy(zero_copy_only=False)
-    positions = np.repeat(np.arange(table.num_rows), lengths)
-    ids = leaf_ids(table.column("hash"))
-    if len(pc.unique(ids)) != table.num_rows:
+    ids = hashes.leaf_ids
+    if len(ids) and pc.count_distinct(ids).as_py() != hashes.num_rows:
         raise MatchboxStepInvalidData(
             "Two different row hashes map to the same leaf id (a 63-bit id collision); "
             "nothing was written. Please report this."
         )
-    return pa.table(
-        {
-            "leaf_id": pc.take(ids, positions),
-            "hash": pc.take(table.column("hash"), positions),
-            "key": pc.list_flatten(keys),
-        }
-    )
+    frame = pl.from_arrow(hashes.table)
+    assert isinstance(frame, pl.DataFrame)
+    rows = frame.with_columns(pl.Series("leaf_id", ids)).explode("keys")
+    return rows.select("leaf_id", "hash", pl.col("keys").alias("key")).to_arrow()
