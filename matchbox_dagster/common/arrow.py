@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Final
 
-import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -81,6 +80,11 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
             raise MatchboxArrowSchemaMismatch(
                 f"{what} must be a pyarrow Table (or polars DataFrame), not {type(table).__name__}."
             )
+    repeated = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
+    if repeated:
+        raise MatchboxArrowSchemaMismatch(
+            f"{what} has more than one column named {repeated}: expected {_describe(schema)}."
+        )
     missing = [name for name in schema.names if name not in table.column_names]
     if missing:
         raise MatchboxArrowSchemaMismatch(
@@ -133,6 +137,14 @@ def _describe(schema: pa.Schema) -> str:
     return "(" + ", ".join(f"{f.name}: {f.type}" for f in schema) + ")"
 
 
+def _well_formed(table: pa.Table, what: str) -> None:
+    """Refuse malformed buffers, and string bytes that are not UTF-8 (PostgreSQL refuses them)."""
+    try:
+        table.validate(full=True)
+    except pa.ArrowInvalid as exc:
+        raise MatchboxInvalidData(f"{what} hold malformed Arrow data: {exc}") from None
+
+
 def _no_nulls(table: pa.Table, what: str) -> None:
     for name in table.column_names:
         nulls = table.column(name).null_count
@@ -153,6 +165,7 @@ class SourceHashes:
     def __post_init__(self) -> None:
         table = conform(self.table, SCHEMA_INDEX, "Source hashes")
         what = "Source hashes"
+        _well_formed(table, what)
         _no_nulls(table, what)
         keys = table.column("keys")
         flat = pc.list_flatten(keys)
@@ -176,7 +189,7 @@ class SourceHashes:
                         f"{what} list {hashes.is_duplicated().sum()} hash row(s) more than once; "
                         "aggregate the keys of identical rows under one hash."
                     )
-            if len(np.unique(xxh3_64(flat))) != len(flat):
+            if pl.Series(xxh3_64(flat)).n_unique() != len(flat):
                 key_series = pl.Series(flat)
                 if key_series.n_unique() != len(key_series):
                     dups = key_series.filter(key_series.is_duplicated()).unique()
@@ -230,6 +243,7 @@ class ModelResults:
     def __post_init__(self) -> None:
         what = "Model results"
         table = conform(self.table, SCHEMA_MODEL_EDGES, what)
+        _well_formed(table, what)
         _no_nulls(table, what)
         if table.num_rows:
             score = table.column("score")
@@ -282,6 +296,7 @@ class ResolverClusters:
     def __post_init__(self) -> None:
         what = "Resolver clusters"
         table = conform(self.table, SCHEMA_CLUSTERS, what)
+        _well_formed(table, what)
         _no_nulls(table, what)
         if table.num_rows:
             frame = pl.from_arrow(table)

@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from matchbox_dagster.common.errors import MatchboxNameError
+from matchbox_dagster.common.errors import MatchboxInvalidData, MatchboxNameError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 """Names of collections, steps and groups: letters, digits, ``_``, ``.``, ``-``; 1–200 long."""
@@ -44,6 +44,50 @@ def validate_name(value: str) -> str:
     return value
 
 
+def is_valid_name(value: object) -> bool:
+    """Whether ``value`` is a valid matchbox name (so a lookup by it can match anything)."""
+    return isinstance(value, str) and NAME_PATTERN.fullmatch(value) is not None
+
+
+MAX_USER_NAME_LENGTH = 500
+"""Longest user name (and judgement tag): within PostgreSQL's B-tree limit in any script."""
+
+
+def validate_text(value: str, what: str, *, max_length: int | None = None) -> str:
+    """Return ``value`` if PostgreSQL can store it as text, else raise ``MatchboxInvalidData``.
+
+    Refused: non-strings, NUL characters and lone surrogates (not Unicode text), and strings
+    longer than ``max_length`` characters.
+    """
+    if not isinstance(value, str):
+        raise MatchboxInvalidData(f"{what} must be a string, not {type(value).__name__}.")
+    if "\x00" in value:
+        raise MatchboxInvalidData(f"{what} contains a NUL character, which text cannot hold.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MatchboxInvalidData(
+            f"{what} is not valid Unicode text (it contains a lone surrogate)."
+        ) from None
+    if max_length is not None and len(value) > max_length:
+        raise MatchboxInvalidData(
+            f"{what} has {len(value):,} characters; at most {max_length:,} are allowed."
+        )
+    return value
+
+
+def validate_user_name(value: str) -> str:
+    """Return ``value`` if it is a valid user name (1 to 500 characters of text)."""
+    validate_text(value, "A user name", max_length=MAX_USER_NAME_LENGTH)
+    if not value:
+        raise MatchboxInvalidData("A user name must not be empty.")
+    return value
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else validate_text(value, "The text")
+
+
 MatchboxName: TypeAlias = Annotated[str, AfterValidator(validate_name)]
 CollectionName: TypeAlias = MatchboxName
 GroupName: TypeAlias = MatchboxName
@@ -51,7 +95,7 @@ StepName: TypeAlias = MatchboxName
 SourceStepName: TypeAlias = MatchboxName
 ModelStepName: TypeAlias = MatchboxName
 ResolverStepName: TypeAlias = MatchboxName
-RunID: TypeAlias = int
+RunID: TypeAlias = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 JsonObject: TypeAlias = dict[str, JsonValue]
 
 
@@ -327,7 +371,7 @@ class Step(BaseModel):
     def _description(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("a description, when given, must not be blank")
-        return value
+        return None if value is None else validate_text(value, "A step description")
 
     @model_validator(mode="after")
     def _config_matches_type(self) -> Self:
@@ -370,8 +414,8 @@ class Collection(BaseModel):
 class User(BaseModel):
     """A user identity."""
 
-    user_name: str = Field(min_length=1, max_length=10_000)
-    email: str | None = None
+    user_name: Annotated[str, AfterValidator(validate_user_name)]
+    email: Annotated[str | None, AfterValidator(_text)] = None
 
 
 class LoginResponse(BaseModel):
@@ -385,7 +429,7 @@ class Group(BaseModel):
     """A group of users that permissions are granted to."""
 
     name: GroupName
-    description: str | None = None
+    description: Annotated[str | None, AfterValidator(_text)] = None
     is_system: bool = False
     members: list[User] = Field(default_factory=list)
 
@@ -416,10 +460,16 @@ class Match(BaseModel):
         return sorted(ids)
 
 
+def _tag(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return validate_text(value, "A judgement tag", max_length=MAX_USER_NAME_LENGTH)
+
+
 class Judgement(BaseModel):
     """A person's verdict on a sample: which of the shown leaf clusters belong together."""
 
-    tag: str | None = Field(default=None, max_length=10_000)
+    tag: Annotated[str | None, AfterValidator(_tag)] = None
     shown: list[int] = Field(min_length=1)
     endorsed: list[list[int]] = Field(min_length=1)
 

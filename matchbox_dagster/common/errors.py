@@ -36,7 +36,8 @@ Hierarchy::
     ├── MatchboxTooManySamplesRequested
     ├── MatchboxNoJudgements
     ├── MatchboxConnectionError
-    └── MatchboxDatabaseWriteError
+    ├── MatchboxDatabaseWriteError
+    └── MatchboxDatastoreError
 """
 
 from __future__ import annotations
@@ -44,6 +45,16 @@ from __future__ import annotations
 
 class MatchboxError(Exception):
     """Root of every error raised on purpose by matchbox-dagster."""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut short when long.
+
+    Messages quote what was asked for, and what was asked for may be a megabyte of text.
+    """
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value):,} characters)"
+    return repr(value)
 
 
 # --- not found ------------------------------------------------------------------------------
@@ -59,8 +70,8 @@ class MatchboxCollectionNotFoundError(MatchboxNotFoundError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(
-            f"Collection {name!r} does not exist. Create it with create_collection({name!r}) "
-            "or check the name with list_collections()."
+            f"Collection {shown(name)} does not exist. Create it with create_collection(), or "
+            "check the name with list_collections()."
         )
 
 
@@ -76,13 +87,26 @@ class MatchboxRunNotFoundError(MatchboxNotFoundError):
         )
 
 
+class MatchboxRunLabelNotFound(MatchboxNotFoundError):
+    """No run of the collection carries the label (e.g. a Dagster partition key)."""
+
+    def __init__(self, collection: str, label: str) -> None:
+        self.collection = collection
+        self.label = label
+        super().__init__(
+            f"Collection {shown(collection)} has no run labelled {shown(label)}. Materialise the "
+            "partition (which creates its run) or list labelled runs with run_labels()."
+        )
+
+
 class MatchboxStepNotFoundError(MatchboxNotFoundError):
     """The step does not exist in the run."""
 
     def __init__(self, path: object, detail: str = "") -> None:
         self.path = path
+        text = str(path) if len(str(path)) <= 500 else str(path)[:500] + "…"
         super().__init__(
-            f"Step {path} does not exist{': ' + detail if detail else ''}. "
+            f"Step {text} does not exist{': ' + detail if detail else ''}. "
             "Create it with create_step() first, or check the collection, run and name."
         )
 
@@ -92,7 +116,7 @@ class MatchboxUserNotFoundError(MatchboxNotFoundError):
 
     def __init__(self, user_name: str) -> None:
         self.user_name = user_name
-        super().__init__(f"User {user_name!r} does not exist. Users are created by login().")
+        super().__init__(f"User {shown(user_name)} does not exist. Users are created by login().")
 
 
 class MatchboxGroupNotFoundError(MatchboxNotFoundError):
@@ -100,7 +124,7 @@ class MatchboxGroupNotFoundError(MatchboxNotFoundError):
 
     def __init__(self, name: str) -> None:
         self.name = name
-        super().__init__(f"Group {name!r} does not exist. See list_groups() for the groups.")
+        super().__init__(f"Group {shown(name)} does not exist. See list_groups() for the groups.")
 
 
 class MatchboxDataNotFound(MatchboxNotFoundError):
@@ -256,7 +280,8 @@ class MatchboxPermissionDenied(MatchboxError, PermissionError):
         self.permission = permission
         self.resource = resource
         super().__init__(
-            f"User {user_name!r} needs {permission} permission on {resource!r} for this call. "
+            f"User {shown(user_name)} needs {permission} permission on {shown(resource)} for this "
+            "call. "
             "Ask an administrator to grant it to one of your groups."
         )
 
@@ -279,3 +304,7 @@ class MatchboxConnectionError(MatchboxError, ConnectionError):
 
 class MatchboxDatabaseWriteError(MatchboxError):
     """The database refused a write; nothing was changed."""
+
+
+class MatchboxDatastoreError(MatchboxError):
+    """A snapshot location (a local directory or S3) refused or failed a read or write."""

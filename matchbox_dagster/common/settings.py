@@ -9,6 +9,9 @@ variable                                  meaning
 ``MATCHBOX_BATCH_SIZE``                   rows per batch when moving bulk data (250000)
 ``MATCHBOX_AUTHORISATION``                enforce permissions (``false``: single-user use)
 ``MATCHBOX_UPLOADS_EXPIRY_MINUTES``       a PROCESSING upload older than this is stuck (60)
+``MATCHBOX_RETRIES``                      retries of a call after a transient database error (5)
+``MATCHBOX_RETRY_MAX_SECONDS``            no retry waits past this many seconds after the call
+                                          began (30)
 ``MATCHBOX_LOG_LEVEL``                    ``DEBUG``/``INFO``/``WARNING``/``ERROR``
 ``MATCHBOX_DATASTORE__*``                 S3 datastore: ``HOST``, ``PORT``, ``ACCESS_KEY_ID``,
                                           ``SECRET_ACCESS_KEY``, ``DEFAULT_REGION``,
@@ -85,6 +88,19 @@ class MatchboxSettings(BaseSettings):
     batch_size: int = Field(default=250_000, gt=0, description="Rows per bulk batch.")
     authorisation: bool = Field(default=False, description="Enforce permissions.")
     uploads_expiry_minutes: int | None = Field(default=60, gt=0)
+    retries: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description="Retries of a whole store call after a transient database error (lost "
+        "connection, server restarting, serialization failure, deadlock); 0 disables them.",
+    )
+    retry_max_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Time budget of a call's retries: no backoff wait runs past this many "
+        "seconds after the call began.",
+    )
     log_level: LogLevel = "INFO"
     datastore: DatastoreSettings = Field(default_factory=DatastoreSettings)
 

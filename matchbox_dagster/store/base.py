@@ -7,7 +7,7 @@ could slot in. Methods, arguments and errors follow the matchbox server contract
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Literal, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 import pyarrow as pa
 
@@ -112,6 +112,18 @@ class MatchboxDBAdapter(ABC):
         """A view of this store whose calls act on behalf of ``user_name`` (permission checks)."""
 
     # --- retrieval --------------------------------------------------------------------------
+
+    @abstractmethod
+    def run_for_label(self, collection: CollectionName, label: str, *, create: bool = True) -> Run:
+        """Extension: the run labelled ``label`` (created when missing and ``create``)."""
+
+    @abstractmethod
+    def run_labels(self, collection: CollectionName) -> dict[RunID, str]:
+        """Extension: labels of a collection's labelled runs, by run id."""
+
+    @abstractmethod
+    def step_statistics(self, path: StepPath) -> dict[str, Any]:
+        """Extension: upload stage and aggregates (rows, distinct keys, score range…) of a step."""
 
     @abstractmethod
     def query(

@@ -14,6 +14,7 @@ from matchbox_dagster.store.postgres.collections import CollectionsMixin
 from matchbox_dagster.store.postgres.db import Database
 from matchbox_dagster.store.postgres.evaluation import EvaluationMixin
 from matchbox_dagster.store.postgres.query import QueryMixin
+from matchbox_dagster.store.postgres.stats import StatsMixin
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class _Sources(_Count):
 
 class MatchboxPostgres(
     QueryMixin,
+    StatsMixin,
     CollectionsMixin,
     AuthMixin,
     EvaluationMixin,

@@ -47,7 +47,13 @@ from matchbox_dagster.common.dtos import (
     StepType,
     UploadStage,
 )
-from matchbox_dagster.common.errors import MatchboxDeletionNotConfirmed, MatchboxSnapshotError
+from matchbox_dagster.common.errors import (
+    MatchboxDatastoreError,
+    MatchboxDeletionNotConfirmed,
+    MatchboxError,
+    MatchboxInvalidData,
+    MatchboxSnapshotError,
+)
 from matchbox_dagster.store.postgres import migrate
 from matchbox_dagster.store.postgres.auth import default_statements, defaults_document
 from matchbox_dagster.store.postgres.core import (
@@ -375,7 +381,9 @@ class _Location:
         if text.startswith("s3://"):
             bucket, _, prefix = text[len("s3://") :].partition("/")
             if not bucket:
-                raise ValueError(f"S3 location {text!r} names no bucket (s3://bucket/prefix).")
+                raise MatchboxInvalidData(
+                    f"S3 location {text!r} names no bucket (s3://bucket/prefix)."
+                )
             return cls(local=None, bucket=bucket, prefix=prefix.strip("/"))
         return cls(local=Path(text))
 
@@ -384,6 +392,34 @@ class _Location:
 
     def __str__(self) -> str:
         return str(self.local) if self.local is not None else f"s3://{self.bucket}/{self.prefix}"
+
+
+@contextmanager
+def _datastore(location: _Location, action: str) -> Iterator[None]:
+    """Turn a failure of the snapshot location (S3 or the file system) into a typed error.
+
+    The message keeps the service's own words (never credentials, which boto3 does not put in
+    its errors) and drops the exception chain.
+    """
+    try:
+        yield
+    except MatchboxError:
+        raise
+    except Exception as exc:
+        module = type(exc).__module__.split(".")[0]
+        if module not in {"botocore", "boto3", "s3transfer"} and not isinstance(exc, OSError):
+            raise
+        text = str(exc).strip().splitlines()
+        raise MatchboxDatastoreError(
+            f"Could not {action} {location}: {text[0] if text else type(exc).__name__}"
+        ) from None
+
+
+def snapshot_digest(data: dict[str, Any]) -> str:
+    """SHA-256 of a JSON snapshot's content (every key but ``sha256``), canonically encoded."""
+    content = {k: v for k, v in data.items() if k != "sha256"}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _sha256(path: Path) -> str:
@@ -467,6 +503,7 @@ class AdminMixin(PostgresCore):
             "partitions": [p.model_dump() for p in partitions],
             "tables": data_tables,
         }
+        data["sha256"] = snapshot_digest(data)
         return MatchboxSnapshot(backend_type=MatchboxBackends.POSTGRES, data=data)
 
     def restore(self, snapshot: MatchboxSnapshot) -> None:
@@ -484,6 +521,15 @@ class AdminMixin(PostgresCore):
             data.get("format_version"),
             data.get("schema_revision"),
         )
+        try:
+            intact = data.get("sha256") == snapshot_digest(data)
+        except (TypeError, ValueError):
+            intact = False
+        if not intact:
+            raise MatchboxSnapshotError(
+                "The snapshot's content does not match its SHA-256 checksum (or it has none): it "
+                "was altered or damaged since dump(). Nothing was restored."
+            )
         with self._raw_cursor() as cur:
             tables = _catalog(cur, self.db.schema)
             partitions = self._check_json(data, tables)
@@ -806,6 +852,10 @@ class AdminMixin(PostgresCore):
         """
         self._authorise(PermissionType.ADMIN, SYSTEM)
         target = _Location.parse(location)
+        with _datastore(target, "write a snapshot to"):
+            return self._dump_to(target)
+
+    def _dump_to(self, target: _Location) -> SnapshotManifest:
         client = self.settings.datastore.get_client() if target.bucket else None
         if target.local is not None:
             target.local.mkdir(parents=True, exist_ok=True)
@@ -887,6 +937,10 @@ class AdminMixin(PostgresCore):
         """
         self._authorise(PermissionType.ADMIN, SYSTEM)
         source = _Location.parse(location)
+        with _datastore(source, "read a snapshot from"):
+            self._restore_from(source)
+
+    def _restore_from(self, source: _Location) -> None:
         client = self.settings.datastore.get_client() if source.bucket else None
         with tempfile.TemporaryDirectory(prefix="mb-restore-") as scratch:
             manifest = self._read_manifest(source, client)
@@ -1037,7 +1091,7 @@ class AdminMixin(PostgresCore):
         """
         self._authorise(PermissionType.READ, SYSTEM)
         if stale_run_days < 0:
-            raise ValueError("stale_run_days must be zero or positive")
+            raise MatchboxInvalidData("stale_run_days must be zero or positive")
         expiry = self.settings.uploads_expiry_minutes
         with self.db.connection() as conn:
             checked_at = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]

@@ -36,11 +36,17 @@ from matchbox_dagster.common.dtos import (
     PermissionGrant,
     PermissionType,
     User,
+    is_valid_name,
+    validate_name,
+    validate_text,
+    validate_user_name,
 )
 from matchbox_dagster.common.errors import (
+    MatchboxCollectionNotFoundError,
     MatchboxDeletionNotConfirmed,
     MatchboxGroupAlreadyExistsError,
     MatchboxGroupNotFoundError,
+    MatchboxInvalidData,
     MatchboxSystemGroupError,
     MatchboxUserNotFoundError,
 )
@@ -141,6 +147,29 @@ def _is_system(resource: Resource | str) -> bool:
     return str(resource) == SYSTEM
 
 
+def _known_resource(resource: object) -> None:
+    """Refuse a resource that is neither the system nor a possible collection name."""
+    if not _is_system(resource) and not is_valid_name(resource):  # type: ignore[arg-type]
+        raise MatchboxCollectionNotFoundError(resource)  # type: ignore[arg-type]
+
+
+def _valid_user_name(user_name: object) -> bool:
+    try:
+        validate_user_name(user_name)  # type: ignore[arg-type]
+    except MatchboxInvalidData:
+        return False
+    return True
+
+
+def _permission(permission: object) -> PermissionType:
+    try:
+        return PermissionType(permission)
+    except ValueError:
+        raise MatchboxInvalidData(
+            f"Permission {permission!r} is not one of {[p.value for p in PermissionType]}."
+        ) from None
+
+
 class AuthMixin(PostgresCore):
     """Users, groups and permissions."""
 
@@ -162,6 +191,8 @@ class AuthMixin(PostgresCore):
     def _group_row(
         conn: psycopg.Connection, name: str, *, for_update: bool = False
     ) -> tuple[int, bool]:
+        if not is_valid_name(name):
+            raise MatchboxGroupNotFoundError(name)
         query = "SELECT group_id, is_system FROM groups WHERE name = %s"
         row = conn.execute(query + (" FOR UPDATE" if for_update else ""), (name,)).fetchone()
         if row is None:
@@ -170,6 +201,8 @@ class AuthMixin(PostgresCore):
 
     @staticmethod
     def _user_id(conn: psycopg.Connection, user_name: str) -> int:
+        if not _valid_user_name(user_name):
+            raise MatchboxUserNotFoundError(user_name)
         query = "SELECT user_id FROM users WHERE user_name = %s"
         row = conn.execute(query, (user_name,)).fetchone()
         if row is None:
@@ -181,6 +214,9 @@ class AuthMixin(PostgresCore):
         conn: psycopg.Connection, user_name: str, email: str | None
     ) -> tuple[int, str | None, bool]:
         """Insert or update a user; new users join ``public``. Returns (id, email, is_new)."""
+        validate_user_name(user_name)
+        if email is not None:
+            validate_text(email, "An email address")
         row = conn.execute(
             "INSERT INTO users (user_name, email) VALUES (%s, %s) ON CONFLICT (user_name) "
             "DO UPDATE SET email = coalesce(excluded.email, users.email) "
@@ -205,7 +241,7 @@ class AuthMixin(PostgresCore):
         collection: str | None,
     ) -> None:
         """Grant ``permission`` to a group on a collection (None: the system), in ``conn``."""
-        permission = PermissionType(permission)
+        permission = _permission(permission)
         group_id, _ = self._group_row(conn, group_name)
         collection_id = None if collection is None else self._collection_id(conn, collection)
         conn.execute(
@@ -223,6 +259,9 @@ class AuthMixin(PostgresCore):
         ``admins`` and gets ``setup_mode_admin=True``. Concurrent first logins are serialised,
         so exactly one of them becomes the admin.
         """
+        validate_user_name(user.user_name)
+        if user.email is not None:
+            validate_text(user.email, "An email address")
         with self.db.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.db.schema}/login",))
             user_id, email, is_new = self._upsert_user(conn, user.user_name, user.email)
@@ -269,6 +308,8 @@ class AuthMixin(PostgresCore):
     def get_group(self, name: GroupName) -> Group:
         """A group and its members."""
         self._authorise(PermissionType.READ, SYSTEM)
+        if not is_valid_name(name):
+            raise MatchboxGroupNotFoundError(name)
         with self.db.connection() as conn:
             row = conn.execute(
                 _MEMBERS + " WHERE g.name = %s GROUP BY g.group_id", (name,)
@@ -284,6 +325,9 @@ class AuthMixin(PostgresCore):
         :class:`MatchboxSystemGroupError` for ``is_system=True`` (system groups are built in).
         """
         self._authorise(PermissionType.ADMIN, SYSTEM)
+        validate_name(group.name)
+        if group.description is not None:
+            validate_text(group.description, "A group description")
         if group.is_system:
             raise MatchboxSystemGroupError(
                 f"Group {group.name!r} cannot be created as a system group: system groups are "
@@ -330,6 +374,7 @@ class AuthMixin(PostgresCore):
     def add_user_to_group(self, user_name: str, group_name: GroupName) -> None:
         """Add a user to a group; a new user is created (and joins ``public`` too)."""
         self._authorise(PermissionType.ADMIN, SYSTEM)
+        validate_user_name(user_name)
         with self.db.connection() as conn:
             group_id, _ = self._group_row(conn, group_name)
             row = conn.execute(
@@ -372,7 +417,10 @@ class AuthMixin(PostgresCore):
         collection. An unknown user holds nothing; an unknown collection raises
         :class:`~matchbox_dagster.common.errors.MatchboxCollectionNotFoundError`.
         """
-        granting = [p.value for p in PERMISSION_GRANTS[PermissionType(permission)]]
+        granting = [p.value for p in PERMISSION_GRANTS[_permission(permission)]]
+        _known_resource(resource)
+        if not _valid_user_name(user_name):
+            return False  # no such user can exist, so they hold nothing
         with self.db.connection() as conn:
             if _is_system(resource):
                 row = conn.execute(_CHECK_SYSTEM, (user_name, granting)).fetchone()
@@ -385,6 +433,7 @@ class AuthMixin(PostgresCore):
 
     def get_permissions(self, resource: Resource) -> list[PermissionGrant]:
         """Grants held on ``resource`` (the system or a collection), sorted."""
+        _known_resource(resource)
         self._authorise(PermissionType.ADMIN, str(resource))
         with self.db.connection() as conn:
             if _is_system(resource):
@@ -405,6 +454,7 @@ class AuthMixin(PostgresCore):
         self, group_name: GroupName, permission: PermissionType, resource: Resource
     ) -> None:
         """Grant a permission on the system or a collection to a group (idempotent)."""
+        _known_resource(resource)
         self._authorise(PermissionType.ADMIN, str(resource))
         with self.db.connection() as conn:
             self._grant(conn, group_name, permission, None if _is_system(resource) else resource)
@@ -418,8 +468,9 @@ class AuthMixin(PostgresCore):
         The default grants cannot be revoked (:class:`MatchboxSystemGroupError`): without them
         nobody could administer the store.
         """
+        _known_resource(resource)
         self._authorise(PermissionType.ADMIN, str(resource))
-        permission = PermissionType(permission)
+        permission = _permission(permission)
         if _is_system(resource) and any(
             grant.group_name == group_name and grant.permission == permission
             for grant, resource_type, _ in DEFAULT_PERMISSIONS

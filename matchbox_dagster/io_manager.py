@@ -1,0 +1,245 @@
+"""``MatchboxIOManager``: persists sources, models and resolvers as steps of the partition's run.
+
+It only orchestrates: the asset's metadata says which step it is (collection, name, type,
+config), the partition key says which run (a run label, see :mod:`matchbox_dagster.partitions`),
+the payload type says what is stored — :class:`SourceHashes`, :class:`ModelResults` or
+:class:`ResolverClusters`. All SQL lives in the store.
+
+Writing a step:
+
+* new step → ``create_step`` with the payload's fingerprint, then ``insert_*`` (one transaction);
+* same fingerprint and config, data complete → nothing to do (re-materialising is a no-op);
+* different data or config on a mutable run → the step and its descendants are deleted and
+  written anew (their assets must be re-materialised, which a whole-graph run does);
+* anything on an immutable run → :class:`MatchboxRunNotWriteable`, with a message saying to
+  start a new run.
+
+Reading: a model input (``AssetIn`` metadata ``matchbox/query``) comes back as a polars frame of
+``id`` + fields (:func:`matchbox_dagster.inputs.query_frame`); a model step as
+:class:`ModelResults`; other steps as the store's Arrow table.
+"""
+
+import json
+import time
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pyarrow.compute as pc
+
+from matchbox_dagster.common.arrow import ModelResults, ResolverClusters, SourceHashes
+from matchbox_dagster.common.dtos import (
+    ModelConfig,
+    QueryConfig,
+    ResolverConfig,
+    SourceConfig,
+    Step,
+    StepPath,
+    StepType,
+    UploadStage,
+)
+from matchbox_dagster.common.errors import (
+    MatchboxCollectionAlreadyExists,
+    MatchboxInvalidData,
+    MatchboxRunNotWriteable,
+    MatchboxStepNotFoundError,
+)
+from matchbox_dagster.inputs import query_frame
+from matchbox_dagster.resources import MatchboxResource
+from matchbox_dagster.store.base import MatchboxDBAdapter
+
+META_COLLECTION = "matchbox/collection"
+META_STEP = "matchbox/step"
+META_STEP_TYPE = "matchbox/step_type"
+META_CONFIG = "matchbox/config"
+META_QUERY = "matchbox/query"
+
+_PAYLOADS: dict[StepType, type] = {
+    StepType.SOURCE: SourceHashes,
+    StepType.MODEL: ModelResults,
+    StepType.RESOLVER: ResolverClusters,
+}
+_CONFIGS: dict[StepType, type] = {
+    StepType.SOURCE: SourceConfig,
+    StepType.MODEL: ModelConfig,
+    StepType.RESOLVER: ResolverConfig,
+}
+
+
+def step_metadata(
+    collection: str, name: str, step_type: StepType, config: Any, description: str | None = None
+) -> dict[str, Any]:
+    """The asset metadata that tells the IO manager which step an asset is."""
+    return {
+        META_COLLECTION: collection,
+        META_STEP: name,
+        META_STEP_TYPE: step_type.value,
+        META_CONFIG: json.dumps(config.model_dump(mode="json"), sort_keys=True),
+        **({"matchbox/description": description} if description else {}),
+    }
+
+
+def step_of(metadata: dict[str, Any], what: str) -> tuple[str, str, StepType, Any]:
+    """Collection, step name, type and config from asset metadata (a clear error if absent)."""
+    missing = [
+        k for k in (META_COLLECTION, META_STEP, META_STEP_TYPE, META_CONFIG) if k not in metadata
+    ]
+    if missing:
+        raise MatchboxInvalidData(
+            f"{what} has no matchbox step metadata {missing}; build matchbox assets with the "
+            "build_* factories (matchbox_dagster.assets) so the IO manager knows their step."
+        )
+    step_type = StepType(_plain(metadata[META_STEP_TYPE]))
+    config = _CONFIGS[step_type].model_validate_json(_plain(metadata[META_CONFIG]))
+    return _plain(metadata[META_COLLECTION]), _plain(metadata[META_STEP]), step_type, config
+
+
+def _plain(value: Any) -> Any:
+    """Metadata values may come back wrapped (``TextMetadataValue``); unwrap them."""
+    return getattr(value, "value", value)
+
+
+def run_path(
+    store: MatchboxDBAdapter, collection: str, label: str, name: str, *, create: bool
+) -> StepPath:
+    """The path of step ``name`` in the run labelled ``label`` (created if ``create``)."""
+    if create and collection not in store.list_collections():
+        try:
+            store.create_collection(collection)
+        except MatchboxCollectionAlreadyExists:
+            pass
+    run = store.run_for_label(collection, label, create=create)
+    return StepPath(collection=collection, run=run.run_id, name=name)
+
+
+class MatchboxIOManager(dg.ConfigurableIOManager):
+    """Stores each matchbox asset as a step of its partition's run in the matchbox store."""
+
+    matchbox: dg.ResourceDependency[MatchboxResource]
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        """Create or verify the step, then insert the payload (or do nothing if unchanged)."""
+        collection, name, step_type, config = step_of(
+            dict(context.definition_metadata or {}), f"Asset {context.asset_key.to_user_string()}"
+        )
+        expected = _PAYLOADS[step_type]
+        if not isinstance(obj, expected):
+            raise MatchboxInvalidData(
+                f"Asset {context.asset_key.to_user_string()} is a {step_type} step and must return "
+                f"{expected.__name__}; it returned {type(obj).__name__}."
+            )
+        if not context.has_partition_key:
+            raise MatchboxInvalidData(
+                f"Asset {context.asset_key.to_user_string()} was materialised without a partition; "
+                "matchbox assets are partitioned by run: pick or add a run partition."
+            )
+        store = self.matchbox.get_store()
+        path = run_path(store, collection, context.partition_key, name, create=True)
+        description = _plain((context.definition_metadata or {}).get("matchbox/description"))
+        step = Step(
+            step_type=step_type, fingerprint=obj.fingerprint, config=config, description=description
+        )
+        started = time.perf_counter()
+        action = self._write(store, path, step, obj)
+        metadata = {
+            "matchbox/step_path": str(path),
+            "matchbox/run": path.run,
+            "matchbox/fingerprint": obj.fingerprint.hex(),
+            "matchbox/action": action,
+            "matchbox/store_seconds": round(time.perf_counter() - started, 3),
+            **_statistics(obj, context),
+        }
+        context.add_output_metadata(metadata)
+        context.log.info("%s %s step %s (%s)", action.capitalize(), step_type, path, obj.num_rows)
+
+    def _write(self, store: MatchboxDBAdapter, path: StepPath, step: Step, payload: Any) -> str:
+        try:
+            existing = store.get_step(path)
+        except MatchboxStepNotFoundError:
+            existing = None
+        if existing is not None:
+            same = existing.fingerprint == step.fingerprint and existing.config == step.config
+            stage = store.get_step_stage(path)
+            if same and stage == UploadStage.COMPLETE:
+                return "unchanged"
+            run = store.get_run(path.collection, path.run)
+            if not run.is_mutable:
+                raise MatchboxRunNotWriteable(
+                    path.collection,
+                    path.run,
+                    f"replace step {path.name!r} with different data or config (the run is "
+                    "immutable, e.g. promoted); start a new run partition instead",
+                )
+            if not same:
+                store.delete_step(path, certain=True)
+                store.create_step(step, path)
+                action = "replaced"
+            else:
+                action = "completed"
+        else:
+            store.create_step(step, path)
+            action = "stored"
+        insert = {
+            StepType.SOURCE: store.insert_source_data,
+            StepType.MODEL: store.insert_model_data,
+            StepType.RESOLVER: store.insert_resolver_data,
+        }[step.step_type]
+        insert(path, payload)
+        return action
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        """A model input's records, a model's results, or a step's stored table."""
+        upstream = context.upstream_output
+        if upstream is None:
+            raise MatchboxInvalidData("matchbox inputs must come from matchbox assets.")
+        collection, name, step_type, _ = step_of(
+            dict(upstream.definition_metadata or {}),
+            f"Upstream asset {context.asset_key.to_user_string()}",
+        )
+        store = self.matchbox.get_store()
+        path = run_path(store, collection, context.asset_partition_key, name, create=False)
+        query = (context.definition_metadata or {}).get(META_QUERY)
+        if query is not None:
+            config = QueryConfig.model_validate_json(_plain(query))
+            return query_frame(
+                store, collection, path.run, config, batch_size=self.matchbox.batch_rows
+            )
+        if step_type == StepType.MODEL:
+            return ModelResults(store.get_model_data(path))
+        if step_type == StepType.SOURCE:
+            return store.get_source_data(path)
+        return store.get_resolver_data(path)
+
+
+def _statistics(obj: Any, context: dg.OutputContext) -> dict[str, Any]:
+    """Counts and distributions for the UI; a failure here only logs a warning."""
+    try:
+        if isinstance(obj, SourceHashes):
+            return {"dagster/row_count": obj.num_keys, "distinct_hashes": obj.num_rows}
+        if isinstance(obj, ModelResults):
+            scores = obj.table.column("score").to_numpy()
+            counts, edges = np.histogram(scores, bins=10, range=(0.0, 1.0))
+            table = "\n".join(
+                f"| {lo:.1f}–{hi:.1f} | {n:,} |"
+                for lo, hi, n in zip(edges[:-1], edges[1:], counts, strict=True)
+            )
+            return {
+                "dagster/row_count": obj.num_rows,
+                "score_histogram": dg.MetadataValue.md("| score | pairs |\n|---|---|\n" + table),
+                "min_score": float(scores.min()) if len(scores) else None,
+                "max_score": float(scores.max()) if len(scores) else None,
+            }
+        if isinstance(obj, ResolverClusters):
+            sizes = pc.value_counts(obj.table.column("parent_id")).field("counts")
+            return {
+                "dagster/row_count": obj.num_rows,
+                "clusters": obj.num_clusters,
+                "largest_cluster_children": int(pc.max(sizes).as_py() or 0),
+            }
+    except Exception as exc:  # metadata must never fail a run
+        context.log.warning("Could not compute statistics for the UI: %s", exc)
+    return {}
