@@ -92,8 +92,10 @@ def _common(
     kind: StepType,
     description: str | None,
     translator: MatchboxTranslator,
+    retry_policy: dg.RetryPolicy | None = None,
 ) -> dict[str, Any]:
     return {
+        "retry_policy": retry_policy,
         "key": translator.get_asset_key(collection, name),
         "group_name": translator.get_group_name(collection, name),
         "description": translator.get_description(collection, name, kind.value, description),
@@ -109,6 +111,7 @@ def build_source_asset(
     collection: str,
     source: SourceSpec,
     translator: MatchboxTranslator | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
 ) -> dg.AssetsDefinition:
     """An asset that extracts a source in batches, hashes its rows and stores them."""
     if not isinstance(source, SourceSpec):
@@ -118,7 +121,9 @@ def build_source_asset(
         config = source.config()
     except ValueError as exc:
         raise _fail("source", str(exc)) from exc
-    common = _common(collection, source.name, StepType.SOURCE, source.description, translator)
+    common = _common(
+        collection, source.name, StepType.SOURCE, source.description, translator, retry_policy
+    )
     key = common["key"]
 
     @dg.asset(
@@ -153,6 +158,7 @@ def build_model_asset(
     model: ModelSpec,
     sources_under: Mapping[str, Sequence[str]] | None = None,
     translator: MatchboxTranslator | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
 ) -> dg.AssetsDefinition:
     """A deduper (``model.right`` unset) or linker asset: loads its inputs, scores pairs.
 
@@ -183,7 +189,9 @@ def build_model_asset(
         translator.get_asset_key(collection, name)
         for name in sorted(read - {q.resolves_from for q in queries.values()})
     ]
-    common = _common(collection, model.name, StepType.MODEL, model.description, translator)
+    common = _common(
+        collection, model.name, StepType.MODEL, model.description, translator, retry_policy
+    )
     key = common["key"]
 
     @dg.asset(
@@ -230,6 +238,7 @@ def build_resolver_asset(
     resolver: ResolverSpec,
     sources: Sequence[str],
     translator: MatchboxTranslator | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
 ) -> dg.AssetsDefinition:
     """A resolver asset: connected components over its models' edges, then its checks.
 
@@ -262,7 +271,9 @@ def build_resolver_asset(
         for i, m in enumerate(models)
     }
     config = resolver.config()
-    common = _common(collection, resolver.name, StepType.RESOLVER, resolver.description, translator)
+    common = _common(
+        collection, resolver.name, StepType.RESOLVER, resolver.description, translator, retry_policy
+    )
     key = common["key"]
 
     @dg.asset(
@@ -318,7 +329,24 @@ def upstream_sources(spec: CollectionSpec) -> dict[str, list[str]]:
         if step in models:
             m = models[step]
             inputs = [m.left, *([m.right] if m.right else [])]
-            found = [s for i in inputs for s in (i.sources or of(i.step, (*trail, step)))]
+            found = []
+            for i in inputs:
+                reachable = of(i.step, (*trail, step))
+                if i.sources is not None:
+                    if i.step in source_names:
+                        raise _fail(
+                            "spec",
+                            f"model {step!r} reads source {i.step!r}; 'sources' only applies to "
+                            "a resolver input",
+                        )
+                    stray = sorted(set(i.sources) - set(reachable))
+                    if stray or not i.sources:
+                        raise _fail(
+                            "spec",
+                            f"model {step!r} reads sources {stray or '[]'} through resolver "
+                            f"{i.step!r}, which resolves only {reachable}",
+                        )
+                found += i.sources or reachable
         elif step in resolvers:
             found = [s for model in resolvers[step].thresholds for s in of(model, (*trail, step))]
         else:
@@ -381,8 +409,20 @@ def build_collection_assets(
         )
     under = upstream_sources(spec)
     resolver_names = {r.name for r in spec.resolvers}
+    retry = (
+        dg.RetryPolicy(
+            max_retries=spec.retries,
+            delay=2,
+            backoff=dg.Backoff.EXPONENTIAL,
+            jitter=dg.Jitter.PLUS_MINUS,
+        )
+        if spec.retries
+        else None
+    )
     assets = [
-        build_source_asset(collection=spec.collection, source=s, translator=translator)
+        build_source_asset(
+            collection=spec.collection, source=s, translator=translator, retry_policy=retry
+        )
         for s in spec.sources
     ]
     assets += [
@@ -391,12 +431,17 @@ def build_collection_assets(
             model=m,
             sources_under={k: v for k, v in under.items() if k in resolver_names},
             translator=translator,
+            retry_policy=retry,
         )
         for m in spec.models
     ]
     assets += [
         build_resolver_asset(
-            collection=spec.collection, resolver=r, sources=under[r.name], translator=translator
+            collection=spec.collection,
+            resolver=r,
+            sources=under[r.name],
+            translator=translator,
+            retry_policy=retry,
         )
         for r in spec.resolvers
     ]

@@ -87,12 +87,17 @@ def source_quality(
     store: MatchboxDBAdapter, path: StepPath, payload: SourceHashes
 ) -> dg.AssetCheckResult:
     """The stored source holds exactly the extracted keys, each once."""
-    stage = store.get_step_stage(path)
-    rows = pl.DataFrame(pl.from_arrow(store.get_source_data(path)))
-    keys = rows.get_column("key") if rows.height else pl.Series("key", [], pl.String)
-    stored, distinct, nulls = len(keys), keys.n_unique(), keys.null_count()
+    stats = store.step_statistics(path)
+    stored, distinct, nulls = (
+        stats["rows"],
+        stats.get("distinct_keys", 0),
+        stats.get("null_keys", 0),
+    )
+    stage = stats["stage"]
     passed = (
-        (stage == UploadStage.COMPLETE and stored == payload.num_keys and distinct == stored)
+        stage == UploadStage.COMPLETE
+        and stored == payload.num_keys
+        and distinct == stored
         and not nulls
         and stored > 0
     )
@@ -104,6 +109,7 @@ def source_quality(
         stored_keys=stored,
         extracted_keys=payload.num_keys,
         distinct_hashes=payload.num_rows,
+        stored_leaves=stats.get("leaves", 0),
     )
 
 
@@ -111,18 +117,15 @@ def scores_in_range(
     store: MatchboxDBAdapter, path: StepPath, payload: ModelResults
 ) -> dg.AssetCheckResult:
     """The stored edges are the model's, with scores in [0, 1]."""
-    stage = store.get_step_stage(path)
-    edges = pl.DataFrame(pl.from_arrow(store.get_model_data(path)))
-    n = edges.height
-    lo = float(edges.get_column("score").min()) if n else None  # type: ignore[arg-type]
-    hi = float(edges.get_column("score").max()) if n else None  # type: ignore[arg-type]
-    in_range = n == 0 or (lo is not None and hi is not None and 0 <= lo and hi <= 1)
-    passed = stage == UploadStage.COMPLETE and n == payload.num_rows and in_range
+    stats = store.step_statistics(path)
+    n, stage = stats["rows"], stats["stage"]
+    lo, hi, bad = stats.get("min_score"), stats.get("max_score"), stats.get("out_of_range", 0)
+    passed = stage == UploadStage.COMPLETE and n == payload.num_rows and not bad
     return _result(
         SCORES_IN_RANGE,
         passed,
-        f"{n:,} pairs stored of {payload.num_rows:,} produced; scores from {lo} to {hi}; "
-        f"upload stage {stage}.",
+        f"{n:,} pairs stored of {payload.num_rows:,} produced; scores from {lo} to {hi} "
+        f"({bad} outside [0, 1]); upload stage {stage}.",
         stored_pairs=n,
         min_score=lo,
         max_score=hi,
@@ -191,11 +194,34 @@ def _resolver_quality(entities: pl.DataFrame, checks: ResolverChecksSpec) -> dg.
 
 
 def _truth(
-    store: MatchboxDBAdapter, path: StepPath, expressions: dict[str, str], batch_size: int
+    store: MatchboxDBAdapter,
+    path: StepPath,
+    expressions: dict[str, str],
+    entities: pl.DataFrame,
+    batch_size: int,
 ) -> pl.DataFrame:
-    """``source``, ``key``, ``leaf_id``, ``entity`` from the ground-truth expressions."""
+    """``source``, ``key``, ``leaf_id``, ``entity`` from the ground-truth expressions.
+
+    An expression over ``key`` alone is evaluated on the keys already queried; one that reads
+    index fields re-reads the source.
+    """
     frames = []
     for name, expression in expressions.items():
+        keys = entities.filter(pl.col("source") == name).select(
+            "key", pl.col("leaf_id").alias("id")
+        )
+        try:
+            frames.append(
+                keys.select(
+                    pl.lit(name).alias("source"),
+                    "key",
+                    pl.col("id").alias("leaf_id"),
+                    pl.sql_expr(expression).cast(pl.String).alias("entity"),
+                )
+            )
+            continue
+        except pl.exceptions.ColumnNotFoundError:
+            pass
         records = source_records(
             store,
             StepPath(collection=path.collection, run=path.run, name=name),
@@ -224,7 +250,7 @@ def _evaluation(
     curve_rows: list[dict[str, Any]] = []
     try:
         if checks.truth:
-            truth = _truth(store, path, checks.truth, batch_size)
+            truth = _truth(store, path, checks.truth, entities, batch_size)
             joined = entities.join(truth, on=["source", "key"], how="inner")
             scores: PairwiseScores = score_against_truth(joined, cluster="id", truth="entity")
             against = "ground truth"

@@ -50,7 +50,8 @@ def query_frame(
     """The records a model input gives its methodology: ``id`` plus fields, one row per record.
 
     Several records may share an ``id`` (identical rows share a leaf; a resolver's cluster holds
-    several records). Rows identical in ``id`` and every field are kept once.
+    several records). Every record is kept, so frequency-based methodologies (Splink's term
+    frequencies, its parameter estimates) see the data as it is.
     """
     resolver = (
         StepPath(collection=collection, run=run, name=query.resolver) if query.resolver else None
@@ -74,4 +75,4 @@ def query_frame(
                     f"(columns {records.columns}): {exc}"
                 ) from exc
         frames.append(records)
-    return pl.concat(frames, how="diagonal_relaxed").unique()
+    return pl.concat(frames, how="diagonal_relaxed")

@@ -5,7 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from matchbox_dagster.partitions import add_run_partition, run_partitions
+from matchbox_dagster.partitions import add_run_partition
 from matchbox_dagster.resources import MatchboxResource
 
 
@@ -24,7 +24,6 @@ def build_graph_job(*, collection: str, asset_keys: Sequence[dg.AssetKey]) -> An
     return dg.define_asset_job(
         name=f"{_slug(collection)}_graph",
         selection=dg.AssetSelection.assets(*asset_keys),
-        partitions_def=run_partitions(collection),
         description=f"Materialise every step of collection {collection!r} for one run.",
     )
 

@@ -15,7 +15,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from matchbox_dagster.common.dtos import (
-    CollectionName,
     LocationConfig,
     ModelConfig,
     ModelType,
@@ -23,23 +22,35 @@ from matchbox_dagster.common.dtos import (
     ResolverConfig,
     SourceConfig,
     SourceField,
-    StepName,
+    validate_name,
 )
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @field_validator("name", "collection", check_fields=False)
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return validate_name(value)
+
 
 class SourceSpec(_Spec):
     """A source: where its records are, its key field and the fields that identify a record."""
 
-    name: StepName = Field(description="Step (and asset) name.")
+    name: str = Field(description="Step (and asset) name.")
     location: LocationConfig = Field(description="Location type and name (path, URI, callable).")
     key_field: str = Field(description="The source's own key column.")
-    index_fields: list[str] = Field(min_length=1, description="Columns hashed to index rows.")
+    index_fields: list[str] = Field(description="Columns hashed to index rows (one or more).")
     extract_transform: str = Field(default="", description="SQL run at the location.")
     description: str | None = None
+
+    @field_validator("index_fields")
+    @classmethod
+    def _some_fields(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("a source needs at least one index field")
+        return value
 
     def config(self) -> SourceConfig:
         """The store's step config."""
@@ -68,7 +79,7 @@ class InputSpec(_Spec):
 class ModelSpec(_Spec):
     """A deduper (``left`` only) or linker (``left`` and ``right``) and its methodology."""
 
-    name: StepName
+    name: str
     left: InputSpec
     right: InputSpec | None = None
     model_class: str = Field(description="A registered methodology, e.g. 'DeterministicRules'.")
@@ -90,10 +101,10 @@ class ResolverChecksSpec(_Spec):
     """Blocking checks of a resolver (each ``None`` switches one off)."""
 
     max_cluster_size: int | None = Field(
-        default=1000, gt=0, description="Fail if any cluster holds more records."
+        default=1000, description="Fail if any cluster holds more records (positive)."
     )
-    min_precision: float | None = Field(default=None, ge=0, le=1)
-    min_recall: float | None = Field(default=None, ge=0, le=1)
+    min_precision: float | None = Field(default=None, description="Minimum in [0, 1].")
+    min_recall: float | None = Field(default=None, description="Minimum in [0, 1].")
     truth: dict[str, str] | None = Field(
         default=None,
         description="Ground truth per source: a polars SQL expression over ``key`` and the "
@@ -102,22 +113,44 @@ class ResolverChecksSpec(_Spec):
     )
     max_churn: float | None = Field(
         default=None,
-        ge=0,
-        le=1,
         description="Fail if more than this share of keys changed entity against the "
         "collection's default run.",
     )
+
+    @field_validator("min_precision", "min_recall", "max_churn")
+    @classmethod
+    def _unit(cls, value: float | None) -> float | None:
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"must lie in [0, 1], got {value}")
+        return value
+
+    @field_validator("max_cluster_size")
+    @classmethod
+    def _positive(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"must be positive, got {value}")
+        return value
 
 
 class ResolverSpec(_Spec):
     """A resolver: connected components over its models' edges at per-model thresholds."""
 
-    name: StepName
+    name: str
     thresholds: dict[str, float] = Field(
-        min_length=1, description="Model step name → minimum score of an edge kept."
+        description="Model step name → minimum score (in [0, 1]) of an edge kept; one or more."
     )
     checks: ResolverChecksSpec = Field(default_factory=ResolverChecksSpec)
     description: str | None = None
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("a resolver needs at least one model threshold")
+        bad = {k: v for k, v in value.items() if not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"thresholds must lie in [0, 1]: {bad}")
+        return value
 
     def config(self) -> ResolverConfig:
         """The store's step config."""
@@ -130,8 +163,8 @@ class ResolverSpec(_Spec):
 class CollectionSpec(_Spec):
     """A whole collection: its graph, which resolver is final, and how runs start."""
 
-    collection: CollectionName
-    sources: list[SourceSpec] = Field(min_length=1)
+    collection: str
+    sources: list[SourceSpec] = Field(description="One or more sources.")
     models: list[ModelSpec] = Field(default_factory=list)
     resolvers: list[ResolverSpec] = Field(default_factory=list)
     final_resolver: str | None = Field(
@@ -143,6 +176,25 @@ class CollectionSpec(_Spec):
     )
     schedule: str | None = Field(default=None, description="Cron schedule starting new runs.")
     promote: bool = Field(default=True, description="Add the promotion sensor.")
+    retries: int = Field(
+        default=0,
+        description="Retries of a failed asset step (exponential backoff from 2 s, with jitter), "
+        "e.g. for a worker lost mid-write; the store itself retries transient database errors.",
+    )
+
+    @field_validator("retries")
+    @classmethod
+    def _retries(cls, value: int) -> int:
+        if not 0 <= value <= 10:
+            raise ValueError(f"retries must lie in 0..10, got {value}")
+        return value
+
+    @field_validator("sources")
+    @classmethod
+    def _some_sources(cls, value: list[SourceSpec]) -> list[SourceSpec]:
+        if not value:
+            raise ValueError("a collection needs at least one source")
+        return value
 
 
 def query_config(spec: InputSpec, sources_under: dict[str, list[str]]) -> QueryConfig:

@@ -80,6 +80,7 @@ def febrl4_spec(
     min_recall: float = 0.9,
     max_churn: float | None = 0.05,
     schedule: str | None = "0 6 * * 1",
+    retries: int = 0,
 ) -> CollectionSpec:
     """The demo collection's spec (parameters for tests and CI experiments)."""
     return CollectionSpec(
@@ -124,4 +125,5 @@ def febrl4_spec(
             )
         ],
         schedule=schedule,
+        retries=retries,
     )

@@ -1,0 +1,350 @@
+"""The whole Dagster graph on synthetic people: time per asset, peak RSS, overhead vs by hand.
+
+Two sources (the synthetic records split in two Parquet files) → a deduper each → a linker →
+a resolver with its checks (quality, precision/recall against the generator's truth, churn) →
+the promotion sensor, materialised with ``execute_in_process`` on a temporary Dagster instance
+and a throwaway store schema. Then the same work by hand, without Dagster, in the same process
+and on the same store: the same store calls (``create_step``/``insert_*``/``query``) and
+methodologies, so the ratio isolates what Dagster and the IO manager add. By hand runs before and
+after Dagster and the faster of each step is kept, so warm caches never flatter Dagster. Each size
+runs in its own subprocess so peak RSS (``ru_maxrss``) belongs to that size alone.
+
+    .venv/bin/python bench/pipeline.py                 # 100k and 1M source rows
+    .venv/bin/python bench/pipeline.py --sizes 10000000
+    .venv/bin/python bench/pipeline.py --model splink  # a Splink linker instead of rules
+
+Uses ``MATCHBOX_POSTGRES_URI`` or ``postgresql://postgres@127.0.0.1:5432/test``.
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+import psycopg
+
+URI = os.environ.get("MATCHBOX_POSTGRES_URI") or "postgresql://postgres@127.0.0.1:5432/test"
+FIELDS = ["given_name", "surname", "date_of_birth", "postcode", "town"]
+RULES = {
+    "rules": [
+        {"fields": ["given_name", "surname", "date_of_birth"], "score": 1.0},
+        {"fields": ["surname", "date_of_birth", "postcode"], "score": 0.9},
+        {"fields": ["given_name", "date_of_birth", "postcode"], "score": 0.85},
+    ]
+}
+
+
+def rss_mb() -> float:
+    """Peak resident set size of this process so far, MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def make_data(rows: int, folder: Path) -> tuple[Path, Path]:
+    """Synthetic people split into two Parquet files; keys carry the true entity."""
+    from matchbox_dagster.methods.synthetic import generate_people
+
+    records, truth = generate_people(int(rows / 1.5), duplicates_rate=0.5, seed=7)
+    records = records.join(truth, on="key").select(
+        (pl.col("entity").cast(pl.String) + "-" + pl.col("key")).alias("key"), *FIELDS
+    )
+    half = records.with_columns(side=pl.int_range(pl.len()) % 2)
+    paths = []
+    for side in (0, 1):
+        path = folder / f"people_{side}.parquet"
+        half.filter(pl.col("side") == side).drop("side").write_parquet(path, row_group_size=100_000)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def spec(collection: str, a: Path, b: Path, model: str) -> Any:
+    """The benchmark collection."""
+    from matchbox_dagster.specs import (
+        CollectionSpec,
+        InputSpec,
+        ModelSpec,
+        ResolverChecksSpec,
+        ResolverSpec,
+        SourceSpec,
+    )
+
+    def source(name: str, path: Path) -> SourceSpec:
+        return SourceSpec(
+            name=name,
+            location={"type": "parquet", "name": str(path)},
+            key_field="key",
+            index_fields=FIELDS,
+        )
+
+    truth = r"regexp_replace(key, '-.*$', '')"
+    if model == "splink":
+        from accuracy import synthetic_splink  # bench/accuracy.py: the tuned synthetic settings
+
+        splink_settings, training = synthetic_splink()
+        link = ModelSpec(
+            name="link_ab",
+            left=InputSpec(step="a"),
+            right=InputSpec(step="b"),
+            model_class="Splink",
+            settings={"splink_settings": splink_settings, "training": training, "threshold": 0.5},
+        )
+        link_threshold = 0.9
+    else:
+        link = ModelSpec(
+            name="link_ab",
+            left=InputSpec(step="a"),
+            right=InputSpec(step="b"),
+            model_class="DeterministicRules",
+            settings=RULES,
+        )
+        link_threshold = 0.85
+    return CollectionSpec(
+        collection=collection,
+        sources=[source("a", a), source("b", b)],
+        models=[
+            ModelSpec(name="dedupe_a", left="a", model_class="DeterministicRules", settings=RULES),
+            ModelSpec(name="dedupe_b", left="b", model_class="DeterministicRules", settings=RULES),
+            link,
+        ],
+        resolvers=[
+            ResolverSpec(
+                name="people",
+                thresholds={"dedupe_a": 0.85, "dedupe_b": 0.85, "link_ab": link_threshold},
+                checks=ResolverChecksSpec(
+                    max_cluster_size=50,
+                    min_precision=0.5,
+                    min_recall=0.5,
+                    truth={"a": truth, "b": truth},
+                    max_churn=1.0,
+                ),
+            )
+        ],
+    )
+
+
+def run_dagster(collection_spec: Any, schema: str) -> dict[str, Any]:
+    """Materialise the graph and evaluate the sensor; seconds per asset step."""
+    from matchbox_dagster.collection import build_collection_defs
+    from matchbox_dagster.partitions import add_run_partition
+    from matchbox_dagster.resources import MatchboxResource
+
+    res = MatchboxResource(postgres_uri=URI, postgres_schema=schema)
+    defs = build_collection_defs(collection_spec, resource=res)
+    job = defs.resolve_job_def(f"{collection_spec.collection}_graph")
+    with dg.instance_for_test() as instance:
+        label, _ = add_run_partition(instance, res.get_store(), collection_spec.collection, "bench")
+        quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        started = time.perf_counter()
+        result = job.execute_in_process(instance=instance, partition_key=label, run_config=quiet)
+        total = time.perf_counter() - started
+        steps: dict[str, float] = {}
+        stored: dict[str, float] = {}
+        begun: dict[str, float] = {}
+        for entry in instance.all_logs(result.run_id):
+            event = entry.dagster_event
+            if event is None or event.step_key is None:
+                continue
+            if event.event_type_value == "STEP_START":
+                begun[event.step_key] = entry.timestamp
+            elif event.event_type_value == "HANDLED_OUTPUT":
+                stored[event.step_key.split("__")[-1]] = entry.timestamp - begun[event.step_key]
+            elif event.event_type_value == "STEP_SUCCESS":
+                steps[event.step_key.split("__")[-1]] = entry.timestamp - begun[event.step_key]
+        checks = {
+            e.event_specific_data.check_name: e.event_specific_data.passed
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+        }
+        sensor = defs.resolve_sensor_def(f"{collection_spec.collection}_promotion")
+        started = time.perf_counter()
+        with dg.build_sensor_context(instance=instance, resources={"matchbox": res}) as ctx:
+            outcome = sensor(ctx)
+        promote = time.perf_counter() - started
+    return {
+        "total": total,
+        "steps": steps,
+        "stored": stored,
+        "promotion": promote,
+        "sensor": getattr(outcome, "skip_message", str(outcome)),
+        "checks_passed": all(checks.values()),
+    }
+
+
+def run_by_hand(collection_spec: Any, schema: str, suffix: str) -> dict[str, Any]:
+    """The same store calls and methodologies, without Dagster or the IO manager."""
+    from matchbox_dagster.assets import upstream_sources
+    from matchbox_dagster.common.dtos import Step, StepPath, StepType
+    from matchbox_dagster.common.settings import MatchboxSettings
+    from matchbox_dagster.inputs import query_frame
+    from matchbox_dagster.methods.models import build_model
+    from matchbox_dagster.methods.resolvers import ConnectedComponents
+    from matchbox_dagster.methods.sources import index_source
+    from matchbox_dagster.specs import model_config
+    from matchbox_dagster.store.postgres import MatchboxPostgres
+
+    store = MatchboxPostgres(MatchboxSettings(postgres_uri=URI, postgres_schema=schema))
+    collection = collection_spec.collection + suffix
+    store.create_collection(collection)
+    run = store.create_run(collection).run_id
+    times: dict[str, float] = {}
+    methodology: dict[str, float] = {}
+
+    def path(name: str) -> StepPath:
+        return StepPath(collection=collection, run=run, name=name)
+
+    for source in collection_spec.sources:
+        started = time.perf_counter()
+        hashes = index_source(source.config(), batch_size=store.settings.batch_size)
+        methodology[source.name] = time.perf_counter() - started
+        step = Step(
+            step_type=StepType.SOURCE, fingerprint=hashes.fingerprint, config=source.config()
+        )
+        store.create_step(step, path(source.name))
+        store.insert_source_data(path(source.name), hashes)
+        times[source.name] = time.perf_counter() - started
+    under = upstream_sources(collection_spec)
+    resolvers = {r.name for r in collection_spec.resolvers}
+    results = {}
+    for model in collection_spec.models:
+        started = time.perf_counter()
+        config = model_config(model, {k: v for k, v in under.items() if k in resolvers})
+        left = query_frame(store, collection, run, config.left_query)
+        right = (
+            query_frame(store, collection, run, config.right_query) if config.right_query else None
+        )
+        scored_at = time.perf_counter()
+        method = build_model(model.model_class, model.settings)
+        edges = method.link(left, right) if right is not None else method.dedupe(left)
+        methodology[model.name] = time.perf_counter() - scored_at
+        store.create_step(
+            Step(step_type=StepType.MODEL, fingerprint=edges.fingerprint, config=config),
+            path(model.name),
+        )
+        store.insert_model_data(path(model.name), edges)
+        results[model.name] = edges
+        times[model.name] = time.perf_counter() - started
+    for resolver in collection_spec.resolvers:
+        started = time.perf_counter()
+        clusters = ConnectedComponents(thresholds=resolver.thresholds).resolve(
+            {m: results[m] for m in resolver.thresholds}
+        )
+        methodology[resolver.name] = time.perf_counter() - started
+        store.create_step(
+            Step(
+                step_type=StepType.RESOLVER,
+                fingerprint=clusters.fingerprint,
+                config=resolver.config(),
+            ),
+            path(resolver.name),
+        )
+        store.insert_resolver_data(path(resolver.name), clusters)
+        times[resolver.name] = time.perf_counter() - started
+    store.close()
+    return {"steps": times, "methodology": methodology, "total": sum(times.values())}
+
+
+def one(rows: int, model: str) -> dict[str, Any]:
+    """Benchmark one size (in this process)."""
+    schema = f"mbbench_{uuid.uuid4().hex[:8]}"
+    with tempfile.TemporaryDirectory(prefix="mb-pipeline-") as tmp:
+        started = time.perf_counter()
+        a, b = make_data(rows, Path(tmp))
+        generated = time.perf_counter() - started
+        collection_spec = spec("bench", a, b, model)
+        try:
+            # By hand before and after Dagster, keeping the faster of each step, so caches warmed
+            # by one side never flatter the other.
+            first = run_by_hand(collection_spec, schema, "_hand1")
+            dagster_figures = run_dagster(collection_spec, schema)
+            rss_dagster = rss_mb()
+            second = run_by_hand(collection_spec, schema, "_hand2")
+            hand = {
+                part: {k: min(first[part][k], second[part][k]) for k in first[part]}
+                for part in ("steps", "methodology")
+            }
+            hand["total"] = sum(hand["steps"].values())
+        finally:
+            with psycopg.connect(URI, autocommit=True) as conn:
+                conn.execute(
+                    psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                        psycopg.sql.Identifier(schema)
+                    )
+                )
+    return {
+        "rows": rows,
+        "generate": generated,
+        "dagster": dagster_figures,
+        "hand": hand,
+        "peak_rss_mb": rss_dagster,
+    }
+
+
+def report(figures: list[dict[str, Any]]) -> None:
+    """Print the tables."""
+    print(
+        "\nasset = the whole Dagster step; stored = until the IO manager stored the output (the "
+        "rest of the step is its checks); by hand = the same store calls and methodology without "
+        "Dagster; method = the methodology alone (extract+hash, score, cluster)"
+    )
+    print(
+        f"{'rows':>10} {'step':10} {'asset s':>8} {'stored s':>9} {'checks s':>9} "
+        f"{'by hand s':>10} {'stored/hand':>12} {'method s':>9}"
+    )
+    for f in figures:
+        for name, seconds in f["dagster"]["steps"].items():
+            hand = f["hand"]["steps"].get(name) or float("nan")
+            method = f["hand"]["methodology"].get(name) or float("nan")
+            stored = f["dagster"].get("stored", {}).get(name, float("nan"))
+            print(
+                f"{f['rows']:>10,} {name:10} {seconds:>8.2f} {stored:>9.2f} "
+                f"{seconds - stored:>9.2f} {hand:>10.2f} {stored / hand:>12.2f} {method:>9.2f}"
+            )
+        d, h = f["dagster"]["total"], f["hand"]["total"]
+        print(
+            f"{f['rows']:>10,} {'TOTAL':10} {d:>8.2f} {'':>9} {'':>9} {h:>10.2f} {d / h:>12.2f}"
+            f"   peak RSS {f['peak_rss_mb']:,.0f} MB; checks passed: "
+            f"{f['dagster']['checks_passed']}; sensor: {f['dagster']['sensor']}; "
+            f"{d / f['rows'] * 1e6:.1f} µs per source row"
+        )
+    if len(figures) > 1:
+        small, big = figures[-2], figures[-1]
+        growth = (big["dagster"]["total"] / big["rows"]) / (
+            small["dagster"]["total"] / small["rows"]
+        )
+        print(f"per-row time at {big['rows']:,} / at {small['rows']:,}: {growth:.2f} (goal ≤ 1.5)")
+
+
+def main() -> None:
+    """Run each size in its own subprocess and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--model", choices=["rules", "splink"], default="rules")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.model)))
+        return
+    figures = []
+    for rows in args.sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(rows), "--model", args.model],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        )
+        figures.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"{rows:,} rows done", file=sys.stderr)
+    report(figures)
+
+
+if __name__ == "__main__":
+    main()

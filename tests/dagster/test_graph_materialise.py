@@ -1,0 +1,166 @@
+"""The whole demo graph materialised for run partitions on a real instance and a real store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import dagster as dg
+import pytest
+
+from matchbox_dagster.common.dtos import StepPath, UploadStage
+from matchbox_dagster.common.errors import MatchboxRunLabelNotFound
+from matchbox_dagster.partitions import add_run_partition, partitions_name
+from matchbox_dagster.resources import MatchboxResource
+from matchbox_dagster.store.postgres import MatchboxPostgres
+from tests.dagster.conftest import (
+    STEPS,
+    Graph,
+    actions,
+    check_evaluations,
+    make_graph,
+    materializations,
+)
+from tests.factories import store_state
+
+EXPECTED_CHECKS = {
+    ("febrl_a", "source_quality"),
+    ("febrl_b", "source_quality"),
+    ("dedupe_a", "scores_in_range"),
+    ("dedupe_b", "scores_in_range"),
+    ("link_ab", "scores_in_range"),
+    ("people", "resolver_quality"),
+    ("people", "evaluation"),
+    ("people", "churn"),
+}
+
+
+@dataclass
+class Materialised:
+    graph: Graph
+    instance: dg.DagsterInstance
+    label: str
+    run_id: int
+    result: dg.ExecuteInProcessResult
+
+
+@pytest.fixture(scope="module")
+def first(mb_resource: MatchboxResource) -> Iterator[Materialised]:
+    """The demo graph materialised once (with ``dg.materialize``) for partition ``first``."""
+    graph = make_graph(mb_resource)
+    with dg.instance_for_test() as instance:
+        label, run = add_run_partition(instance, mb_resource.get_store(), graph.collection, "first")
+        result = graph.materialize(instance, label)
+        yield Materialised(graph, instance, label, run.run_id, result)
+
+
+def test_whole_graph_stores_every_step(first: Materialised, mb_store: MatchboxPostgres) -> None:
+    assert first.result.success
+    collection = first.graph.collection
+    run = mb_store.get_run(collection, first.run_id)
+    assert set(run.steps) == set(STEPS)
+    assert run.is_mutable and not run.is_default
+    for name in STEPS:
+        path = StepPath(collection=collection, run=first.run_id, name=name)
+        assert mb_store.get_step_stage(path) == UploadStage.COMPLETE, name
+
+    resolver = StepPath(collection=collection, run=first.run_id, name="people")
+    ids: dict[str, int] = {}
+    for source in ("febrl_a", "febrl_b"):
+        table = mb_store.query(
+            StepPath(collection=collection, run=first.run_id, name=source), resolver
+        )
+        assert table.num_rows == 5_000
+        ids.update(
+            zip(table.column("key").to_pylist(), table.column("id").to_pylist(), strict=True)
+        )
+    assert len(ids) == 10_000
+    # FEBRL4 pairs rec-N-org with rec-N-dup-0: most pairs share an entity through the resolver.
+    linked = sum(ids[k] == ids.get(k.replace("-org", "-dup-0")) for k in ids if k.endswith("-org"))
+    assert linked > 4_500
+
+
+def test_whole_graph_checks_all_pass(first: Materialised) -> None:
+    evaluations = check_evaluations(first.result)
+    assert set(evaluations) == EXPECTED_CHECKS
+    failed = {k: e.description for k, e in evaluations.items() if not e.passed}
+    assert not failed
+    evaluation = evaluations[("people", "evaluation")]
+    assert evaluation.metadata["precision"].value >= 0.95
+    assert evaluation.metadata["recall"].value >= 0.9
+    assert "precision_recall_by_threshold" in evaluation.metadata
+    assert evaluations[("people", "resolver_quality")].metadata["keys"].value == 10_000
+
+
+def test_whole_graph_output_metadata(first: Materialised) -> None:
+    meta = materializations(first.result)
+    assert set(meta) == set(STEPS)
+    assert actions(first.result) == dict.fromkeys(STEPS, "stored")
+    for step, values in meta.items():
+        assert values["dagster/row_count"].value >= 0, step
+        assert values["matchbox/run"].value == first.run_id
+        assert values["matchbox/step_path"].value.endswith(f"/{step}")
+    assert meta["febrl_a"]["dagster/row_count"].value == 5_000
+    assert meta["febrl_b"]["dagster/row_count"].value == 5_000
+    # FEBRL4 A and B hold no duplicates within themselves; the linker finds most A-B pairs
+    # (records identical in every index field share a leaf, so need no edge).
+    assert meta["link_ab"]["dagster/row_count"].value > 3_000
+    assert meta["people"]["dagster/row_count"].value > 0
+    for model in ("dedupe_a", "dedupe_b", "link_ab"):
+        histogram = meta[model]["score_histogram"].value
+        assert "| score | pairs |" in histogram
+    assert meta["people"]["clusters"].value > 0
+
+
+def test_second_materialisation_is_a_no_op(first: Materialised, mb_store: MatchboxPostgres) -> None:
+    before = store_state(mb_store)
+    again = first.graph.run(first.instance, first.label)
+    assert again.success
+    assert actions(again) == dict.fromkeys(STEPS, "unchanged")
+    assert all(e.passed for e in again.get_asset_check_evaluations())
+    assert store_state(mb_store) == before
+
+
+def test_two_partitions_side_by_side(first: Materialised, mb_store: MatchboxPostgres) -> None:
+    collection = first.graph.collection
+    # Added the way the Dagster UI adds a partition: no store run yet; the IO manager creates
+    # it on the first write.
+    label = "second"
+    first.instance.add_dynamic_partitions(partitions_name(collection), [label])
+    with pytest.raises(MatchboxRunLabelNotFound):
+        mb_store.run_for_label(collection, label, create=False)
+    result = first.graph.run(first.instance, label)
+    assert result.success
+    assert actions(result) == dict.fromkeys(STEPS, "stored")
+    run = mb_store.run_for_label(collection, label, create=False)
+    assert run.run_id != first.run_id
+    assert set(run.steps) == set(STEPS)
+
+    labels = mb_store.run_labels(collection)
+    assert labels[first.run_id] == "first"
+    assert labels[run.run_id] == "second"
+    assert mb_store.run_for_label(collection, "second", create=False).run_id == run.run_id
+    assert set(first.instance.get_dynamic_partitions(partitions_name(collection))) >= {
+        "first",
+        "second",
+    }
+
+    # Each run answers queries through its own resolver; same data, so the same keys.
+    per_run = {}
+    for run_id in (first.run_id, run.run_id):
+        resolver = StepPath(collection=collection, run=run_id, name="people")
+        table = mb_store.query(
+            StepPath(collection=collection, run=run_id, name="febrl_a"), resolver
+        )
+        per_run[run_id] = sorted(table.column("key").to_pylist())
+    assert len(per_run[run.run_id]) == 5_000
+    assert per_run[first.run_id] == per_run[run.run_id]
+
+    # Each partition's materialisation names its own run.
+    meta = materializations(result)
+    assert {m["matchbox/run"].value for m in meta.values()} == {run.run_id}
+
+
+def test_unknown_partition_is_refused(first: Materialised) -> None:
+    with pytest.raises(dg.DagsterUnknownPartitionError):
+        first.graph.run(first.instance, "never-added")

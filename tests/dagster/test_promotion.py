@@ -1,0 +1,172 @@
+"""The promotion sensor, evaluated against a real instance after real materialisations."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import dagster as dg
+import pytest
+
+from matchbox_dagster.partitions import add_run_partition
+from matchbox_dagster.resources import MatchboxResource
+from matchbox_dagster.sensors import PromotionCursor, check_results, promote_run
+from matchbox_dagster.store.postgres import MatchboxPostgres
+from tests.dagster.conftest import (
+    Graph,
+    check_evaluations,
+    evaluate_sensor,
+    make_graph,
+    unique_collection,
+)
+
+STRICT = {"min_precision": 0.99999, "min_recall": 0.9999}
+"""Evaluation minimums the demo graph cannot reach (precision ≈ 0.999, recall ≈ 0.98)."""
+
+
+def _materialise(
+    graph: Graph, instance: dg.DagsterInstance, store: MatchboxPostgres, label: str
+) -> tuple[int, dg.ExecuteInProcessResult]:
+    _, run = add_run_partition(instance, store, graph.collection, label)
+    return run.run_id, graph.run(instance, label, raise_on_error=False)
+
+
+def _default(store: MatchboxPostgres, collection: str) -> int | None:
+    return store.get_collection(collection).default_run
+
+
+def test_promotion_lifecycle(
+    instance: dg.DagsterInstance, mb_resource: MatchboxResource, mb_store: MatchboxPostgres
+) -> None:
+    collection = unique_collection("promo")
+    strict = make_graph(mb_resource, collection=collection, **STRICT)
+    passing = make_graph(mb_resource, collection=collection)
+
+    # 1. A run whose evaluation check fails is not promoted; the log says which check failed.
+    run1, result = _materialise(strict, instance, mb_store, "p1")
+    evaluations = check_evaluations(result)
+    assert not evaluations[("people", "evaluation")].passed
+    assert evaluations[("people", "resolver_quality")].passed
+    # What the sensor reads: the resolver's check evaluations in that Dagster run, only its own.
+    found = check_results(instance, result.run_id, passing.resolver_key())
+    assert set(found) == {"resolver_quality", "evaluation", "churn"}
+    assert found["evaluation"][0] is False and "precision" in (found["evaluation"][1] or "")
+    assert found["resolver_quality"][0] is True
+    tick = evaluate_sensor(passing, instance)
+    assert _default(mb_store, collection) is None
+    assert mb_store.get_run(collection, run1).is_mutable
+    assert "p1: rejected" in tick.message
+    warning = tick.log_text(logging.WARNING)
+    assert "Not promoting" in warning and "p1" in warning
+    assert "evaluation (" in warning and "precision" in warning
+    assert "resolver_quality" not in warning and "churn" not in warning
+    cursor = PromotionCursor.from_json(tick.cursor)
+    assert cursor.rejected == ["p1"] and cursor.promoted == []
+
+    # Evaluated again with its cursor, the sensor has nothing new.
+    idle = evaluate_sensor(passing, instance, tick.cursor)
+    assert "No new materialisation" in idle.message
+    assert idle.cursor == tick.cursor
+
+    # 2. A passing run is promoted: immutable and default, exactly once.
+    run2, result = _materialise(passing, instance, mb_store, "p2")
+    assert result.success
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    tick = evaluate_sensor(passing, instance, tick.cursor)
+    assert f"p2: promoted run {run2}" in tick.message
+    assert "Promoted" in tick.log_text() and "p2" in tick.log_text()
+    assert _default(mb_store, collection) == run2
+    run = mb_store.get_run(collection, run2)
+    assert run.is_default and not run.is_mutable
+    assert PromotionCursor.from_json(tick.cursor).promoted == ["p2"]
+
+    again = evaluate_sensor(passing, instance, tick.cursor)
+    assert "No new materialisation" in again.message
+    assert again.cursor == tick.cursor
+    assert _default(mb_store, collection) == run2
+
+    # Starting afresh (lost cursor) re-decides the same way and promotes nothing twice.
+    fresh = evaluate_sensor(passing, instance, None)
+    assert "p1: rejected" in fresh.message
+    assert "p2: already default" in fresh.message
+    assert _default(mb_store, collection) == run2
+    cursor_after_p2 = tick.cursor
+
+    # 3. A later passing run becomes the new default (churn against p2 is nil).
+    run3, result = _materialise(passing, instance, mb_store, "p3")
+    churn = check_evaluations(result)[("people", "churn")]
+    assert churn.passed
+    assert churn.metadata["churn"].value == 0.0
+    assert churn.metadata["default_run"].value == run2
+    tick = evaluate_sensor(passing, instance, cursor_after_p2)
+    assert f"p3: promoted run {run3}" in tick.message
+    assert _default(mb_store, collection) == run3
+    assert not mb_store.get_run(collection, run2).is_default
+    assert not mb_store.get_run(collection, run2).is_mutable
+
+    # 4. A failing run afterwards leaves the default alone.
+    _, result = _materialise(strict, instance, mb_store, "p4")
+    assert not check_evaluations(result)[("people", "evaluation")].passed
+    tick = evaluate_sensor(passing, instance, tick.cursor)
+    assert "p4: rejected" in tick.message
+    assert "evaluation" in tick.log_text(logging.WARNING)
+    assert _default(mb_store, collection) == run3
+
+    # 5. Re-materialising the older p2 (unchanged, checks pass) does not steal the default.
+    result = passing.run(instance, "p2")
+    assert result.success
+    tick = evaluate_sensor(passing, instance, tick.cursor)
+    assert "p2: older than default" in tick.message
+    assert _default(mb_store, collection) == run3
+    assert "matchbox-dagster promote" in tick.log_text()
+
+    # 6. Rollback is explicit and one call.
+    promote_run(mb_store, collection, run2)
+    assert _default(mb_store, collection) == run2
+    assert not mb_store.get_run(collection, run3).is_default
+    assert not mb_store.get_run(collection, run3).is_mutable
+    idle = evaluate_sensor(passing, instance, tick.cursor)
+    assert "No new materialisation" in idle.message
+    assert _default(mb_store, collection) == run2
+
+
+def test_sensor_without_materialisations_skips(
+    instance: dg.DagsterInstance, mb_resource: MatchboxResource
+) -> None:
+    graph = make_graph(mb_resource)
+    tick = evaluate_sensor(graph, instance)
+    assert isinstance(tick.result, dg.SkipReason)
+    assert "No new materialisation" in tick.message
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        None,
+        "",
+        "not json",
+        "[1, 2]",
+        "null",
+        '"text"',
+        "{}",
+        '{"after_storage_id": "many"}',
+        '{"after_storage_id": 7, "promoted": 3}',
+    ],
+)
+def test_cursor_from_garbage_starts_afresh(garbage: str | None) -> None:
+    assert PromotionCursor.from_json(garbage) == PromotionCursor()
+
+
+def test_cursor_round_trip_bounds_its_lists() -> None:
+    cursor = PromotionCursor(
+        after_storage_id=42,
+        promoted=[f"p{i}" for i in range(150)],
+        rejected=["r1"],
+    )
+    data = json.loads(cursor.to_json())
+    assert data["after_storage_id"] == 42
+    assert len(data["promoted"]) == 100 and data["promoted"][-1] == "p149"
+    back = PromotionCursor.from_json(cursor.to_json())
+    assert back.after_storage_id == 42
+    assert back.promoted == [f"p{i}" for i in range(50, 150)]
+    assert back.rejected == ["r1"]
