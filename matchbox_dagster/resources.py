@@ -5,6 +5,9 @@ falls back to the ``MATCHBOX_*`` environment), and :meth:`MatchboxResource.get_s
 the :class:`MatchboxPostgres` adapter — once per process and configuration, because building it
 connects, migrates the schema and, without a URI, starts the embedded PostgreSQL.
 
+Pass a URI holding a password as ``dg.EnvVar("MATCHBOX_POSTGRES_URI")`` (or leave it unset): a
+literal value is resource configuration, which the Dagster UI displays.
+
 >>> import dagster as dg
 >>> MatchboxResource(postgres_uri=dg.EnvVar("MATCHBOX_POSTGRES_URI"))  # doctest: +SKIP
 """

@@ -182,7 +182,7 @@ class SourceHashes:
             # only when digests repeat are the values themselves compared.
             ids = leaf_ids(table.column("hash"))
             object.__setattr__(self, "_leaf_ids", ids)
-            if pc.count_distinct(ids).as_py() != table.num_rows:
+            if pl.Series(ids).n_unique() != table.num_rows:
                 hashes = pl.Series(table.column("hash"))
                 if hashes.n_unique() != len(hashes):
                     raise MatchboxInvalidData(

@@ -293,11 +293,6 @@ def test_judgement_tags(w: World, judged: tuple[MatchboxPostgres, int], attack: 
 
 @pytest.mark.parametrize("attack", sorted(UNSTORABLE))
 def test_judgement_filter_by_unstorable_tag_is_refused(w: World, attack: str) -> None:
-    if attack == "lone surrogate":
-        pytest.xfail(
-            "evaluation.py get_judgements: a tag with a lone surrogate raises a raw "
-            "UnicodeEncodeError from psycopg (db.py's retry wrapper maps only database errors)"
-        )
     refused(w.store, lambda: w.store.get_judgements(tag=ATTACKS[attack]))
 
 

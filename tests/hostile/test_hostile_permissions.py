@@ -223,30 +223,18 @@ def test_reads_with_the_grant_are_allowed(w: World) -> None:
     assert bob.get_user_groups("bob") == ["analysts", "public"]
 
 
-@pytest.mark.xfail(
-    reason="query.py match(): authorises READ on the source's collection only, so targets (and "
-    "the resolver) in a collection the user cannot read are read too: leaves are shared across "
-    "collections, so keys of 'people' come back to a user who may read 'companies' only.",
-    strict=False,
-)
 def test_match_cannot_reach_into_a_collection_without_read(w: World) -> None:
+    """Leaves are shared across collections, so match must check READ on every collection it
+    reads: bob may read 'companies' only, and the target is in 'people'."""
     bob = w.guarded.as_user("bob")
     refused(
         w.store,
         lambda: bob.match("c1", w.data.crm, [w.other_crm], w.data.r_all),
         MatchboxPermissionDenied,
     )
-
-
-def test_match_leak_is_real(w: World) -> None:
-    """What the xfail above guards against, shown plainly (passes while the bug is there, and
-    also once it is fixed: then the call is refused)."""
-    bob = w.guarded.as_user("bob")
-    try:
-        found = bob.match("c1", w.data.crm, [w.other_crm], w.data.r_all)
-    except MatchboxPermissionDenied:
-        return
-    assert found[0].target_id == {"p1"}  # a key of 'people', which bob may not read
+    # The same call by someone who may read both collections finds the shared key.
+    found = w.store.match("c1", w.data.crm, [w.other_crm], w.data.r_all)
+    assert found[0].target_id == {"p1"}
 
 
 # --- system groups ------------------------------------------------------------------------------

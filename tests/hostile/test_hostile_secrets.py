@@ -220,19 +220,21 @@ def test_dagster_materialisation_never_shows_the_password(
         drop_schema(schema)
 
 
-@pytest.mark.xfail(
-    reason="resources.py: MatchboxResource.postgres_uri is a plain str config field, so its repr "
-    "and Dagster's repository snapshot (the UI's resource configuration) show the URI with its "
-    "password; only dg.EnvVar('MATCHBOX_POSTGRES_URI') keeps it out (see the next test).",
-    strict=False,
-)
-def test_the_resource_itself_does_not_show_the_password() -> None:
+def test_the_default_resource_reads_the_uri_at_run_time_and_shows_no_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """definitions.py's MatchboxResource() holds no URI: the password stays in the environment.
+
+    (A literal ``postgres_uri=...`` is resource configuration, which Dagster displays; the docs
+    say to use ``dg.EnvVar`` or leave it unset.)"""
     from dagster._core.remote_representation.external_data import RepositorySnap
 
-    resource = MatchboxResource(postgres_uri=_uri(PASSWORD), postgres_schema="x")
+    monkeypatch.setenv("MATCHBOX_POSTGRES_URI", _uri(PASSWORD))
+    resource = MatchboxResource()
     defs = build_collection_defs(febrl4_spec(collection="sec"), resource=resource)
     snap = RepositorySnap.from_def(defs.get_repository_def())
     _assert_clean(repr(resource) + repr(snap.resources), PASSWORD)
+    assert PASSWORD in resource.settings().postgres_uri.get_secret_value()
 
 
 def test_a_resource_configured_from_the_environment_keeps_the_password_out(

@@ -27,6 +27,7 @@ from matchbox_dagster.common.dtos import (
     ResolverStepPath,
     StepType,
     UploadStage,
+    validate_text,
 )
 from matchbox_dagster.common.errors import (
     MatchboxDataNotFound,
@@ -194,6 +195,8 @@ class EvaluationMixin(PostgresCore):
         The expansion (``SCHEMA_CLUSTER_EXPANSION``) gives the leaves of every shown and
         endorsed cluster id; a leaf expands to itself. ``tag`` filters the judgements.
         """
+        if tag is not None:
+            validate_text(tag, "A judgement tag")
         self._authorise(PermissionType.READ, SYSTEM)
         with self.db.connection() as conn:
             rows = conn.execute(_JUDGEMENTS, {"tag": tag}).fetchall()
@@ -216,7 +219,7 @@ class EvaluationMixin(PostgresCore):
                 "fewer and call again."
             )
         if n < 0:
-            raise ValueError(f"n must be zero or positive, not {n}")
+            raise MatchboxInvalidData(f"n must be zero or positive, not {n}.")
         self._authorise(PermissionType.READ, path.collection)
         with self.db.connection() as conn:
             user_id = self._user_id(conn, user_name)  # type: ignore[attr-defined]

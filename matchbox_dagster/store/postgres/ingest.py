@@ -20,7 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
+import numpy as np
 import polars as pl
+import polars_hash as plh
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -63,7 +65,7 @@ from matchbox_dagster.store.postgres.core import (
     partition_name,
     step_from_row,
 )
-from matchbox_dagster.store.postgres.db import compose, sqlstate
+from matchbox_dagster.store.postgres.db import compose, quote_ident, sqlstate
 
 BULK_READ_SETTINGS = (
     "SET LOCAL enable_nestloop = off",
@@ -74,45 +76,22 @@ BULK_READ_SETTINGS = (
 fresh partitions are far off, and a nested loop over a million index probes is 5× slower than a
 hash join; JIT compilation does not pay off for statements this short."""
 
-INPUT_IDS_OF_SOURCES = "SELECT leaf_id AS id FROM source_rows WHERE step_id = ANY($1::bigint[])"
-"""The ids a model input made of sources gives its records: their leaves."""
-
-INPUT_IDS_OF_RESOLVER = """
-SELECT coalesce(r.root_id, s.leaf_id) AS id FROM source_rows s
-LEFT JOIN resolver_leaves r ON r.step_id = $2 AND r.leaf_id = s.leaf_id
-WHERE s.step_id = ANY($1::bigint[])
-"""
-"""The ids a model input resolved by a resolver gives its records."""
-
-CREATE_PARENTS = """
-CREATE TEMP TABLE mb_parents ON COMMIT DROP AS
-SELECT parent_id, size, cluster_hash,
-       CASE WHEN size = 1 THEN min_leaf
-            ELSE (('x' || encode(substr(cluster_hash, 1, 8), 'hex'))::bit(64)::bigint
-                  & 9223372036854775807)
-       END AS cluster_id
-FROM (
-    SELECT parent_id, count(*)::int AS size, min(leaf_id) AS min_leaf,
-           sha256(string_agg(int8send(leaf_id), ''::bytea ORDER BY leaf_id)) AS cluster_hash
-    FROM mb_expanded GROUP BY parent_id
-) g
-"""
-"""Content-addressed ids per parent: the first 63 bits of SHA-256 over the sorted leaf ids
-(8-byte big-endian), or the leaf itself for a parent of one leaf (mirrors ``cluster_id``)."""
-
 INSERT_CLUSTERS = """
-CREATE TEMP TABLE mb_new ON COMMIT DROP AS
 WITH ins AS (
     INSERT INTO clusters (cluster_id, cluster_hash, size)
-    SELECT cluster_id, cluster_hash, size FROM mb_parents WHERE size > 1 ORDER BY cluster_id
+    SELECT cluster_id, cluster_hash, size FROM mb_parents ORDER BY cluster_id
     ON CONFLICT (cluster_id) DO UPDATE SET size = excluded.size
     WHERE clusters.cluster_hash IS DISTINCT FROM excluded.cluster_hash
     RETURNING cluster_id, (xmax <> 0) AS collided
 )
 SELECT cluster_id, collided FROM ins
 """
-"""Insert new multi-leaf clusters into ``mb_new``; an existing id with another hash is a
-collision (the ``DO UPDATE … WHERE`` returns it with ``xmax <> 0``)."""
+"""Insert the new multi-leaf clusters of ``mb_parents`` and return them; an existing id with
+another hash is a collision (the ``DO UPDATE … WHERE`` returns it with ``xmax <> 0``)."""
+
+
+_LEAF_IDS = pa.schema([("leaf_id", pa.int64())])
+_ROOTS = pa.schema([("leaf_id", pa.int64()), ("root_id", pa.int64())])
 
 
 def _rows(cur: adbc.Cursor) -> list[dict[str, Any]]:
@@ -293,6 +272,17 @@ class DataMixin(PostgresCore):
         )
         return {r["name"]: int(r["step_id"]) for r in _rows(cur)}
 
+    def _source_leaves(self, cur: adbc.Cursor, step_ids: list[int]) -> pl.Series:
+        """The leaf id of every key of the given source steps (repeats included)."""
+        reads = [
+            self._read_partition(
+                cur, (StepType.SOURCE, sid), "SELECT leaf_id FROM {part}", _LEAF_IDS
+            ).column("leaf_id")
+            for sid in step_ids
+        ]
+        chunks = [chunk for read in reads for chunk in read.chunks]
+        return pl.Series("leaf_id", pa.chunked_array(chunks, type=pa.int64()))
+
     def _check_input_ids(
         self,
         cur: adbc.Cursor,
@@ -303,19 +293,31 @@ class DataMixin(PostgresCore):
     ) -> None:
         """Raise unless every id in ``columns`` is an id the input ``query`` gives its keys.
 
-        The input's ids are read once, as Arrow, inside the insert's transaction, and membership
-        is tested with a hash set: cheaper than an anti-join over unindexed partitions.
+        The input's ids are computed in memory from its partitions, read as Arrow inside the
+        insert's transaction (the sources' leaves; through a resolver, its cluster where it
+        claims a leaf), and membership is tested with a hash set: cheaper than an anti-join
+        over unindexed partitions.
         """
         names = [*query.sources, *([query.resolver] if query.resolver else [])]
         ids = self._input_step_ids(cur, step.run_id, names)
-        sources = "{" + ",".join(str(ids[name]) for name in query.sources) + "}"
-        for setting in BULK_READ_SETTINGS:
-            cur.execute(setting)
-        if query.resolver is None:
-            cur.execute(INPUT_IDS_OF_SOURCES, parameters=(sources,))
-        else:
-            cur.execute(INPUT_IDS_OF_RESOLVER, parameters=(sources, ids[query.resolver]))
-        valid = pl.Series(cur.fetch_arrow_table().column("id"))
+        valid = self._source_leaves(cur, [ids[name] for name in query.sources if name in ids])
+        if query.resolver is not None:
+            roots = pl.from_arrow(
+                self._read_partition(
+                    cur,
+                    (StepType.RESOLVER, ids.get(query.resolver, -1)),
+                    "SELECT leaf_id, root_id FROM {part}",
+                    _ROOTS,
+                )
+            )
+            assert isinstance(roots, pl.DataFrame)
+            valid = (
+                valid.unique()
+                .to_frame()
+                .join(roots, on="leaf_id", how="left")
+                .select(pl.coalesce("root_id", "leaf_id"))
+                .to_series()
+            )
         used = pl.concat([pl.Series(edges.column(c)) for c in columns])
         unknown = used.filter(~used.is_in(valid.implode())).unique().sort()
         if len(unknown):
@@ -350,118 +352,176 @@ class DataMixin(PostgresCore):
     def _load_resolver(
         self, cur: adbc.Cursor, step: StepRow, table: str, clusters: ResolverClusters
     ) -> int:
+        """Expand, check and content-address the clusters in memory; COPY the results.
+
+        Reads (as Arrow, in the insert's transaction) the leaves of the lineage's sources and
+        the ``contains`` rows of children that are not such leaves; expands children to
+        leaves, checks them, and computes every parent's cluster id and hash with polars.
+        PostgreSQL then only takes COPYs: the multi-leaf clusters (one ``INSERT … ON
+        CONFLICT`` finds the new ones and any id collision), ``contains`` for the new ones and
+        the resolver's own partition, whose indexes are built after the load.
+        """
         sid = int(step.step_id)
         cur.execute(
-            "CREATE TEMP TABLE mb_incoming (parent_id bigint NOT NULL, child_id bigint NOT NULL) "
-            "ON COMMIT DROP"
-        )
-        self._ingest(cur, "mb_incoming", clusters.table, temporary=True)
-        # Expand children to leaves: a multi-leaf cluster through `contains`, a leaf to itself.
-        cur.execute(
-            "CREATE TEMP TABLE mb_expanded ON COMMIT DROP AS "
-            "SELECT DISTINCT i.parent_id, coalesce(c.leaf, i.child_id) AS leaf_id "
-            "FROM mb_incoming i LEFT JOIN contains c ON c.root = i.child_id"
-        )
-        cur.execute("ANALYZE mb_expanded")
-        for setting in BULK_READ_SETTINGS:
-            cur.execute(setting)
-        cur.execute(
-            "SELECT string_agg(l.parent_id::text, ',') AS ids FROM step_lineage l "
-            "JOIN steps s ON s.step_id = l.parent_id WHERE l.child_id = $1 "
-            "AND s.step_type = 'source'",
+            "SELECT l.parent_id, s.step_type, l.level FROM step_lineage l "
+            "JOIN steps s ON s.step_id = l.parent_id WHERE l.child_id = $1",
             parameters=(sid,),
         )
-        lineage_sources = "{" + (_rows(cur)[0]["ids"] or "") + "}"
-        # No LIMIT here: with one, the planner picks a nested loop over unindexed partitions.
-        cur.execute(
-            "SELECT (array_agg(e.leaf_id))[1:5] AS ids FROM mb_expanded e WHERE NOT EXISTS "
-            "(SELECT 1 FROM source_rows s WHERE s.step_id = ANY($1::bigint[]) "
-            "AND s.leaf_id = e.leaf_id)",
-            parameters=(lineage_sources,),
-        )
-        unknown = _rows(cur)[0]["ids"] or []
-        if unknown:
-            raise MatchboxStepInvalidData(
-                f"Resolver clusters for {step.path()} use child id(s) {unknown} that are neither "
-                "leaves of the sources nor clusters of the resolvers this resolver descends from."
-            )
-        cur.execute(
-            "SELECT (array_agg(leaf_id))[1:5] AS ids FROM (SELECT leaf_id FROM mb_expanded "
-            "GROUP BY leaf_id HAVING count(*) > 1) o"
-        )
-        overlapping = _rows(cur)[0]["ids"] or []
-        if overlapping:
-            raise MatchboxStepInvalidData(
-                f"Resolver clusters for {step.path()} overlap: leaf id(s) {overlapping} belong to "
-                "more than one parent once children are expanded to leaves. Each leaf must end "
-                "up in exactly one cluster."
-            )
-        cur.execute(CREATE_PARENTS)
+        lineage = _rows(cur)
+        sources = sorted(int(r["parent_id"]) for r in lineage if r["step_type"] == "source")
+        ancestors = [r for r in lineage if r["step_type"] == "resolver"]
+        leaves = self._source_leaves(cur, sources).unique()
+        assigned = pl.from_arrow(clusters.table)
+        assert isinstance(assigned, pl.DataFrame)
+        expanded = self._expand(cur, assigned, leaves)
+        if expanded is None:  # every child is a lineage leaf, listed once: nothing to check
+            expanded = assigned.rename({"child_id": "leaf_id"})
+        else:
+            self._check_expanded(step, expanded, leaves)
+        rows, parents = content_address(expanded)
         # New multi-leaf clusters; an id already held by other content is a collision.
+        cur.execute(
+            "CREATE TEMP TABLE mb_parents (cluster_id bigint NOT NULL, cluster_hash bytea NOT "
+            "NULL, size integer NOT NULL) ON COMMIT DROP"
+        )
+        self._ingest(cur, "mb_parents", parents, temporary=True)
         cur.execute(INSERT_CLUSTERS)
-        cur.execute("SELECT count(*) FILTER (WHERE collided) AS collided FROM mb_new")
-        counts = _rows(cur)[0]
-        if counts["collided"]:
+        new = pl.from_arrow(cur.fetch_arrow_table())
+        assert isinstance(new, pl.DataFrame)
+        collided = new.filter(pl.col("collided")).height
+        if collided:
             raise MatchboxStepInvalidData(
-                f"Resolver clusters for {step.path()}: {counts['collided']} cluster id(s) collide "
-                "with different content already in the store (a 63-bit id collision). Nothing "
-                "was written; please report this."
+                f"Resolver clusters for {step.path()}: {collided} cluster id(s) collide with "
+                "different content already in the store (a 63-bit id collision). Nothing was "
+                "written; please report this."
             )
         # Contents of clusters that existed before are already recorded (content addressing).
-        cur.execute(
-            "INSERT INTO contains (root, leaf) "
-            "SELECT p.cluster_id, e.leaf_id FROM mb_expanded e JOIN mb_parents p USING (parent_id) "
-            "JOIN mb_new n ON n.cluster_id = p.cluster_id ORDER BY 1, 2"
-        )
+        if new.height == parents.num_rows:  # all new (the usual case): no join needed
+            fresh = rows.filter("multi")
+        else:
+            fresh = rows.join(new.select(pl.col("cluster_id").alias("root_id")), on="root_id")
+        contains = fresh.select(
+            pl.col("root_id").alias("root"), pl.col("leaf_id").alias("leaf")
+        ).sort("root", "leaf")
+        if contains.height:
+            self._ingest(cur, "contains", contains.to_arrow())
         self._create_step_table(
             cur,
             table,
             sid,
             "leaf_id bigint NOT NULL, root_id bigint NOT NULL, own boolean NOT NULL",
         )
-        cur.execute(
-            compose(
-                "INSERT INTO {table} (leaf_id, root_id, own) SELECT e.leaf_id, p.cluster_id, true "
-                "FROM mb_expanded e JOIN mb_parents p USING (parent_id)",
-                table=table,
+        own = rows.select("leaf_id", "root_id", pl.lit(True).alias("own"))
+        self._ingest(cur, table, own.to_arrow())
+        if ancestors:
+            # Inherit the nearest ancestor resolver's cluster for leaves this one leaves alone.
+            for setting in BULK_READ_SETTINGS:
+                cur.execute(setting)
+            cur.execute(
+                compose(
+                    "INSERT INTO {table} (leaf_id, root_id, own) "
+                    "SELECT DISTINCT ON (r.leaf_id) r.leaf_id, r.root_id, false "
+                    "FROM resolver_leaves r JOIN step_lineage l ON l.parent_id = r.step_id "
+                    "WHERE l.child_id = $1 AND NOT EXISTS "
+                    "(SELECT 1 FROM {table} o WHERE o.leaf_id = r.leaf_id) "
+                    "ORDER BY r.leaf_id, l.level, r.step_id",
+                    table=table,
+                ),
+                parameters=(sid,),
             )
-        )
-        own = cur.rowcount
-        # Inherit the nearest ancestor resolver's cluster for leaves this one leaves alone.
-        cur.execute(
-            compose(
-                "INSERT INTO {table} (leaf_id, root_id, own) "
-                "SELECT DISTINCT ON (r.leaf_id) r.leaf_id, r.root_id, false "
-                "FROM resolver_leaves r JOIN step_lineage l ON l.parent_id = r.step_id "
-                "WHERE l.child_id = $1 AND NOT EXISTS "
-                "(SELECT 1 FROM {table} o WHERE o.leaf_id = r.leaf_id) "
-                "ORDER BY r.leaf_id, l.level, r.step_id",
-                table=table,
-            ),
-            parameters=(sid,),
-        )
         cur.execute(compose("CREATE UNIQUE INDEX ON {table} (leaf_id)", table=table))
         cur.execute(compose("CREATE INDEX ON {table} (root_id)", table=table))
         # Statistics now, so match()'s index lookups on this fresh partition get sound plans
         # (whole-partition reads force hash joins and need none).
         cur.execute(compose("ANALYZE {table}", table=table))
-        return max(own, 0)
+        return rows.height
+
+    @staticmethod
+    def _expand(cur: adbc.Cursor, assigned: pl.DataFrame, leaves: pl.Series) -> pl.DataFrame | None:
+        """Distinct (``parent_id``, ``leaf_id``): a multi-leaf child through ``contains``.
+
+        Children that are leaves of the lineage's sources stand for themselves; the others are
+        looked up in ``contains`` (index probes on its primary key); what is neither stays as
+        it is, for :meth:`_check_expanded` to refuse. None if every child is a lineage leaf
+        (the common case, where there is nothing to expand or check).
+        """
+        is_leaf = assigned.get_column("child_id").is_in(leaves.implode())
+        if is_leaf.all():
+            return None
+        others = assigned.filter(~is_leaf)
+        roots = others.get_column("child_id").unique()
+        cur.execute(
+            "SELECT root AS child_id, leaf AS leaf_id FROM contains WHERE root = ANY($1::bigint[])",
+            parameters=("{" + ",".join(map(str, roots.to_list())) + "}",),
+        )
+        contents = pl.from_arrow(cur.fetch_arrow_table())
+        assert isinstance(contents, pl.DataFrame)
+        rest = others.join(contents, on="child_id", how="left").select(
+            "parent_id", pl.coalesce("leaf_id", "child_id").alias("leaf_id")
+        )
+        return pl.concat([assigned.filter(is_leaf).rename({"child_id": "leaf_id"}), rest]).unique()
+
+    @staticmethod
+    def _check_expanded(step: StepRow, expanded: pl.DataFrame, leaves: pl.Series) -> None:
+        """Every expanded leaf is a lineage leaf, in one parent only."""
+        unknown = expanded.filter(~pl.col("leaf_id").is_in(leaves.implode()))
+        if unknown.height:
+            raise MatchboxStepInvalidData(
+                f"Resolver clusters for {step.path()} use child id(s) "
+                f"{unknown.get_column('leaf_id').unique().sort().head(5).to_list()} that are "
+                "neither leaves of the sources nor clusters of the resolvers this resolver "
+                "descends from."
+            )
+        overlapping = expanded.get_column("leaf_id").filter(
+            expanded.get_column("leaf_id").is_duplicated()
+        )
+        if len(overlapping):
+            raise MatchboxStepInvalidData(
+                f"Resolver clusters for {step.path()} overlap: leaf id(s) "
+                f"{overlapping.unique().sort().head(5).to_list()} belong to more than one "
+                "parent once children are expanded to leaves. Each leaf must end up in exactly "
+                "one cluster."
+            )
 
     # --- reads ------------------------------------------------------------------------------
 
-    def _read_step(self, path: StepPath, expected: StepType, select: str) -> pa.Table:
+    def _read_partition(
+        self, cur: adbc.Cursor, step: StepRow | tuple[StepType, int], select: str, empty: pa.Schema
+    ) -> pa.Table:
+        """Rows of ``select`` over a step's own partition (``{part}`` in the SQL text).
+
+        The partition is named from the step's integer id, so the statement needs no
+        parameters: ADBC then streams the result with ``COPY … TO STDOUT (FORMAT binary)``,
+        ~1.4× faster than its row-wise path for parameterised statements, and no row is
+        filtered on ``step_id``. A step without a partition (no data yet) gives an empty table
+        of schema ``empty``. ``step`` is a step row or a (step type, step id) pair.
+        """
+        step_type, step_id = step if isinstance(step, tuple) else (step.step_type, step.step_id)
+        part = partition_name(step_type, step_id)
+        cur.execute(
+            "SELECT to_regclass($1) IS NOT NULL AS present",
+            parameters=(quote_ident(self.db.schema) + "." + quote_ident(part),),
+        )
+        if not _rows(cur)[0]["present"]:
+            return empty.empty_table()
+        cur.execute(compose(select, part=part))
+        return cur.fetch_arrow_table()
+
+    def _read_step(
+        self, path: StepPath, expected: StepType, select: str, empty: pa.Schema
+    ) -> pa.Table:
         self._authorise(PermissionType.READ, path.collection)
         with self.db.adbc() as conn, conn.cursor() as cur:
             step = self._adbc_step(cur, path, expected, lock=False)
-            cur.execute(select, parameters=(step.step_id,))
-            return cur.fetch_arrow_table()
+            return self._read_partition(cur, step, select, empty)
 
     def get_source_data(self, path: SourceStepPath) -> pa.Table:
         """A source step's rows: ``leaf_id``, ``hash``, ``key`` (``SCHEMA_SOURCE_ROWS``)."""
         table = self._read_step(
             path,
             StepType.SOURCE,
-            "SELECT leaf_id, hash, key FROM source_rows WHERE step_id = $1",
+            "SELECT leaf_id, hash, key FROM {part}",
+            SCHEMA_SOURCE_ROWS,
         )
         return conform(table, SCHEMA_SOURCE_ROWS, "source rows")
 
@@ -470,7 +530,8 @@ class DataMixin(PostgresCore):
         table = self._read_step(
             path,
             StepType.MODEL,
-            "SELECT left_id, right_id, score FROM model_edges WHERE step_id = $1",
+            "SELECT left_id, right_id, score FROM {part}",
+            SCHEMA_MODEL_EDGES,
         )
         return conform(table, SCHEMA_MODEL_EDGES, "model edges")
 
@@ -479,8 +540,8 @@ class DataMixin(PostgresCore):
         table = self._read_step(
             path,
             StepType.RESOLVER,
-            "SELECT root_id AS parent_id, leaf_id AS child_id FROM resolver_leaves "
-            "WHERE step_id = $1 AND own",
+            "SELECT root_id AS parent_id, leaf_id AS child_id FROM {part} WHERE own",
+            SCHEMA_CLUSTERS,
         )
         return conform(table, SCHEMA_CLUSTERS, "resolver clusters")
 
@@ -511,12 +572,88 @@ class DataMixin(PostgresCore):
 def source_rows(hashes: SourceHashes) -> pa.Table:
     """One row per key (``leaf_id``, ``hash``, ``key``) from validated source hashes."""
     ids = hashes.leaf_ids
-    if len(ids) and pc.count_distinct(ids).as_py() != hashes.num_rows:
+    # polars' n_unique: ~20× faster than pyarrow's count_distinct on a million int64.
+    if len(ids) and pl.Series(ids).n_unique() != hashes.num_rows:
         raise MatchboxStepInvalidData(
             "Two different row hashes map to the same leaf id (a 63-bit id collision); "
             "nothing was written. Please report this."
         )
-    frame = pl.from_arrow(hashes.table)
-    assert isinstance(frame, pl.DataFrame)
-    rows = frame.with_columns(pl.Series("leaf_id", ids)).explode("keys")
-    return rows.select("leaf_id", "hash", pl.col("keys").alias("key")).to_arrow()
+    keys = hashes.table.column("keys")
+    lengths = pc.list_value_length(keys).to_numpy(zero_copy_only=False)
+    parent = pa.array(np.repeat(np.arange(len(lengths), dtype=np.int64), lengths))
+    return pa.table(
+        {
+            "leaf_id": ids.take(parent),
+            "hash": hashes.table.column("hash").take(parent),
+            "key": pc.list_flatten(keys),
+        },
+        schema=SCHEMA_SOURCE_ROWS,
+    )
+
+
+def content_address(expanded: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
+    """Each leaf's cluster (``leaf_id``, ``root_id``) and the multi-leaf clusters.
+
+    A parent of one leaf is that leaf; a parent of several has the id of the first 63 bits of
+    ``sha256`` over its sorted leaf ids as 8-byte big-endian integers (``cluster_id`` in
+    :mod:`matchbox_dagster.common.fingerprint`), computed for all parents at once: the sorted
+    leaves of each parent are one slice of a single big-endian buffer, hashed by polars-hash.
+    Returns the rows (``leaf_id``, ``root_id``, ``multi``: whether the cluster has several
+    leaves) and an Arrow table (``cluster_id``, ``cluster_hash``, ``size``) of the clusters of two
+    or more leaves.
+    """
+    ordered = expanded.sort("parent_id", "leaf_id")
+    sizes = ordered.group_by("parent_id", maintain_order=True).len()
+    size = sizes.get_column("len").to_numpy().astype(np.int64)
+    buffer = ordered.get_column("leaf_id").to_numpy().astype(">i8").tobytes()
+    offsets = np.concatenate([[0], np.cumsum(size) * 8]).astype(np.int64)
+    packed = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(size), [None, pa.py_buffer(offsets), pa.py_buffer(buffer)]
+    )
+    hexes = (
+        pl.DataFrame({"packed": pl.Series("packed", packed)})
+        .select(plh.col("packed").chash.sha2_256())
+        .to_series()
+        .to_arrow()
+    )
+    digest = _unhex(hexes, 32)  # (parents, 32) uint8
+    first = np.ascontiguousarray(digest[:, :8]).view(">u8").ravel()
+    cluster = (first & np.uint64(0x7FFF_FFFF_FFFF_FFFF)).astype(np.int64)
+    digests = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(32), len(digest), [None, pa.py_buffer(digest.tobytes())]
+    )
+    starts = offsets[:-1] // 8
+    cluster = np.where(size == 1, ordered.get_column("leaf_id").to_numpy()[starts], cluster)
+    multi = size > 1
+    rows = ordered.select("leaf_id").with_columns(
+        pl.Series("root_id", np.repeat(cluster, size)),
+        pl.Series("multi", np.repeat(multi, size)),
+    )
+    parents = pa.table(
+        {
+            "cluster_id": pa.array(cluster[multi]),
+            "cluster_hash": digests.filter(pa.array(multi)).cast(pa.large_binary()),
+            "size": pa.array(size[multi].astype(np.int32)),
+        }
+    )
+    return rows, parents
+
+
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _unhex(hexes: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray:
+    """Hex strings of ``2 * width`` characters each as a (rows, width) ``uint8`` array."""
+    flat = pa.chunked_array([hexes]) if isinstance(hexes, pa.Array) else hexes
+    flat = flat.cast(pa.large_string()).combine_chunks()
+    if len(flat) == 0:
+        return np.empty((0, width), dtype=np.uint8)
+    offsets = np.frombuffer(flat.buffers()[1], dtype=np.int64)[flat.offset : flat.offset + 2]
+    chars = np.frombuffer(flat.buffers()[2], dtype=np.uint8)
+    nibbles = _HEX[chars[offsets[0] : offsets[0] + len(flat) * 2 * width]]
+    if len(nibbles) != len(flat) * 2 * width or (nibbles == 255).any():
+        raise ValueError("not hex digests of the expected width")
+    pairs = nibbles.reshape(len(flat), width, 2)
+    return (pairs[:, :, 0] << 4) | pairs[:, :, 1]

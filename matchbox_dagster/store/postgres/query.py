@@ -15,7 +15,11 @@ from matchbox_dagster.common.dtos import (
     StepType,
     UploadStage,
 )
-from matchbox_dagster.common.errors import MatchboxStepInvalidData, MatchboxStepNotQueriable
+from matchbox_dagster.common.errors import (
+    MatchboxInvalidData,
+    MatchboxStepInvalidData,
+    MatchboxStepNotQueriable,
+)
 from matchbox_dagster.store.postgres.core import StepRow
 from matchbox_dagster.store.postgres.ingest import DataMixin
 
@@ -32,6 +36,10 @@ QUERY_RESOLVED = {
     "LEFT JOIN resolver_leaves r ON r.step_id = $2 AND r.leaf_id = s.leaf_id WHERE s.step_id = $1",
 }
 """Every key of a source with the cluster of the resolver claiming its leaf, else the leaf."""
+
+
+_KEYS = pa.schema([("leaf_id", pa.int64()), ("key", pa.large_string())])
+_ROOTS = pa.schema([("leaf_id", pa.int64()), ("root_id", pa.int64())])
 
 
 class QueryMixin(DataMixin):
@@ -52,7 +60,7 @@ class QueryMixin(DataMixin):
         """
         self._authorise(PermissionType.READ, source.collection)
         if limit is not None and limit < 0:
-            raise ValueError("limit must be zero or positive")
+            raise MatchboxInvalidData(f"limit must be zero or positive, not {limit}.")
         with self.db.adbc() as conn, conn.cursor() as cur:
             # One snapshot for every read below, even if a step is deleted meanwhile.
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -69,37 +77,37 @@ class QueryMixin(DataMixin):
                 cur.execute(sql + " ORDER BY 1, 2 LIMIT " + str(int(limit)), parameters=params)
                 table = cur.fetch_arrow_table()
             else:
-                table = self._resolve_all(cur, src.step_id, res.step_id if res else None)
+                table = self._resolve_all(cur, src, res)
                 if not return_leaf_id:
                     table = table.select(["id", "key"])
         schema = SCHEMA_QUERY_WITH_LEAVES if return_leaf_id else SCHEMA_QUERY
         return conform(table, schema, "query result")
 
-    @staticmethod
-    def _resolve_all(cur: adbc.Cursor, source_id: int, resolver_id: int | None) -> pa.Table:
+    def _resolve_all(self, cur: adbc.Cursor, source: StepRow, resolver: StepRow | None) -> pa.Table:
         """Every key of a source with its id: two plain partition scans joined in memory.
 
-        Reading the source's (leaf, key) rows and the resolver's (leaf, cluster) rows and joining
-        them with polars is ~2× faster than PostgreSQL's hash join over the same partitions,
-        whose result it then has to serialise row by row.
+        Each step's rows are read straight from its partition, named from its integer id: a
+        statement without parameters streams through ``COPY … TO STDOUT (FORMAT binary)``,
+        about 1.4× faster than ADBC's row-wise path for a parameterised statement, and there is
+        no per-row ``step_id`` filter. The resolver's (leaf, cluster) rows are joined to the
+        keys with polars (faster than PostgreSQL's hash join, whose result it then has to
+        serialise row by row); the key strings stay in Arrow.
         """
-        cur.execute(
-            "SELECT leaf_id, key FROM source_rows WHERE step_id = $1", parameters=(source_id,)
+        keys = self._read_partition(cur, source, "SELECT leaf_id, key FROM {part}", _KEYS)
+        leaf = keys.column("leaf_id")
+        if resolver is None:
+            return pa.table({"id": leaf, "key": keys.column("key"), "leaf_id": leaf})
+        roots = pl.from_arrow(
+            self._read_partition(cur, resolver, "SELECT leaf_id, root_id FROM {part}", _ROOTS)
         )
-        keys = pl.from_arrow(cur.fetch_arrow_table())
-        assert isinstance(keys, pl.DataFrame)
-        if resolver_id is None:
-            return keys.select(pl.col("leaf_id").alias("id"), "key", "leaf_id").to_arrow()
-        cur.execute(
-            "SELECT leaf_id, root_id FROM resolver_leaves WHERE step_id = $1",
-            parameters=(resolver_id,),
-        )
-        roots = pl.from_arrow(cur.fetch_arrow_table())
         assert isinstance(roots, pl.DataFrame)
-        joined = keys.join(roots, on="leaf_id", how="left").with_columns(
-            pl.coalesce("root_id", "leaf_id").alias("id")
+        leaves = pl.DataFrame({"leaf_id": pl.Series("leaf_id", leaf)})
+        ids = leaves.join(roots, on="leaf_id", how="left", maintain_order="left").select(
+            pl.coalesce("root_id", "leaf_id")
         )
-        return joined.select("id", "key", "leaf_id").to_arrow()
+        return pa.table(
+            {"id": ids.to_series().to_arrow(), "key": keys.column("key"), "leaf_id": leaf}
+        )
 
     def match(
         self,
@@ -109,7 +117,11 @@ class QueryMixin(DataMixin):
         resolver: ResolverStepPath,
     ) -> list[Match]:
         """For each target, the keys sharing ``key``'s entity under ``resolver``."""
-        self._authorise(PermissionType.READ, source.collection)
+        # Leaves are shared across collections: every collection read needs READ on it.
+        for collection in dict.fromkeys(
+            [source.collection, resolver.collection, *(t.collection for t in targets)]
+        ):
+            self._authorise(PermissionType.READ, collection)
         with self.db.connection() as conn:
             src = self._step_row(conn, source, expected=StepType.SOURCE)
             res = self._step_row(conn, resolver, expected=StepType.RESOLVER)
