@@ -23,6 +23,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -46,6 +47,37 @@ RULES = {
 def rss_mb() -> float:
     """Peak resident set size of this process so far, MB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RssSampler:
+    """Samples this process's current RSS (``/proc/self/statm``) every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with open("/proc/self/statm") as statm:
+                pages = int(statm.read().split()[1])
+            self.samples.append((time.time(), pages * self._page_mb))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peak_between(self, start: float, end: float) -> float:
+        """Highest sampled RSS (MB) in the wall-clock window [start, end]."""
+        values = [mb for t, mb in self.samples if start <= t <= end]
+        return max(values) if values else float("nan")
 
 
 def make_data(rows: int, folder: Path) -> tuple[Path, Path]:
@@ -143,9 +175,13 @@ def run_dagster(collection_spec: Any, schema: str) -> dict[str, Any]:
         label, _ = add_run_partition(instance, res.get_store(), collection_spec.collection, "bench")
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         started = time.perf_counter()
-        result = job.execute_in_process(instance=instance, partition_key=label, run_config=quiet)
+        with RssSampler() as sampler:
+            result = job.execute_in_process(
+                instance=instance, partition_key=label, run_config=quiet
+            )
         total = time.perf_counter() - started
         steps: dict[str, float] = {}
+        step_rss: dict[str, float] = {}
         stored: dict[str, float] = {}
         begun: dict[str, float] = {}
         for entry in instance.all_logs(result.run_id):
@@ -157,7 +193,9 @@ def run_dagster(collection_spec: Any, schema: str) -> dict[str, Any]:
             elif event.event_type_value == "HANDLED_OUTPUT":
                 stored[event.step_key.split("__")[-1]] = entry.timestamp - begun[event.step_key]
             elif event.event_type_value == "STEP_SUCCESS":
-                steps[event.step_key.split("__")[-1]] = entry.timestamp - begun[event.step_key]
+                name = event.step_key.split("__")[-1]
+                steps[name] = entry.timestamp - begun[event.step_key]
+                step_rss[name] = sampler.peak_between(begun[event.step_key], entry.timestamp)
         checks = {
             e.event_specific_data.check_name: e.event_specific_data.passed
             for e in result.all_events
@@ -172,6 +210,7 @@ def run_dagster(collection_spec: Any, schema: str) -> dict[str, Any]:
         "total": total,
         "steps": steps,
         "stored": stored,
+        "step_rss_mb": step_rss,
         "promotion": promote,
         "sensor": getattr(outcome, "skip_message", str(outcome)),
         "checks_passed": all(checks.values()),
@@ -296,16 +335,18 @@ def report(figures: list[dict[str, Any]]) -> None:
     )
     print(
         f"{'rows':>10} {'step':10} {'asset s':>8} {'stored s':>9} {'checks s':>9} "
-        f"{'by hand s':>10} {'stored/hand':>12} {'method s':>9}"
+        f"{'by hand s':>10} {'stored/hand':>12} {'method s':>9} {'peak MB':>8}"
     )
     for f in figures:
         for name, seconds in f["dagster"]["steps"].items():
             hand = f["hand"]["steps"].get(name) or float("nan")
             method = f["hand"]["methodology"].get(name) or float("nan")
             stored = f["dagster"].get("stored", {}).get(name, float("nan"))
+            peak = f["dagster"].get("step_rss_mb", {}).get(name, float("nan"))
             print(
                 f"{f['rows']:>10,} {name:10} {seconds:>8.2f} {stored:>9.2f} "
-                f"{seconds - stored:>9.2f} {hand:>10.2f} {stored / hand:>12.2f} {method:>9.2f}"
+                f"{seconds - stored:>9.2f} {hand:>10.2f} {stored / hand:>12.2f} {method:>9.2f} "
+                f"{peak:>8,.0f}"
             )
         d, h = f["dagster"]["total"], f["hand"]["total"]
         print(

@@ -23,21 +23,6 @@ from matchbox_dagster.common.errors import (
 from matchbox_dagster.store.postgres.core import StepRow
 from matchbox_dagster.store.postgres.ingest import DataMixin
 
-QUERY_LEAVES = {
-    False: "SELECT leaf_id AS id, key FROM source_rows WHERE step_id = $1",
-    True: "SELECT leaf_id AS id, key, leaf_id FROM source_rows WHERE step_id = $1",
-}
-"""Every key of a source with its leaf id."""
-
-QUERY_RESOLVED = {
-    False: "SELECT coalesce(r.root_id, s.leaf_id) AS id, s.key FROM source_rows s "
-    "LEFT JOIN resolver_leaves r ON r.step_id = $2 AND r.leaf_id = s.leaf_id WHERE s.step_id = $1",
-    True: "SELECT coalesce(r.root_id, s.leaf_id) AS id, s.key, s.leaf_id FROM source_rows s "
-    "LEFT JOIN resolver_leaves r ON r.step_id = $2 AND r.leaf_id = s.leaf_id WHERE s.step_id = $1",
-}
-"""Every key of a source with the cluster of the resolver claiming its leaf, else the leaf."""
-
-
 _KEYS = pa.schema([("leaf_id", pa.int64()), ("key", pa.large_string())])
 _ROOTS = pa.schema([("leaf_id", pa.int64()), ("root_id", pa.int64())])
 
@@ -71,15 +56,14 @@ class QueryMixin(DataMixin):
                 res = self._adbc_step(cur, resolver, StepType.RESOLVER, lock=False)
                 self._queriable(res)
                 self._resolves(cur, src, res)
-            if limit is not None:
-                sql = QUERY_RESOLVED[return_leaf_id] if res else QUERY_LEAVES[return_leaf_id]
-                params = (src.step_id, res.step_id) if res else (src.step_id,)
-                cur.execute(sql + " ORDER BY 1, 2 LIMIT " + str(int(limit)), parameters=params)
-                table = cur.fetch_arrow_table()
-            else:
-                table = self._resolve_all(cur, src, res)
-                if not return_leaf_id:
-                    table = table.select(["id", "key"])
+            table = self._resolve_all(cur, src, res)
+        if limit is not None:
+            # The first ``limit`` rows by (id, key), sliced from the in-memory join: a SQL
+            # ORDER BY … LIMIT over the two partitions was planned as a nested loop of index
+            # probes (1.7–3.3 s at 1M keys, against ~0.5 s for the whole join).
+            table = pl.DataFrame(pl.from_arrow(table)).sort("id", "key").head(limit).to_arrow()
+        if not return_leaf_id:
+            table = table.select(["id", "key"])
         schema = SCHEMA_QUERY_WITH_LEAVES if return_leaf_id else SCHEMA_QUERY
         return conform(table, schema, "query result")
 
