@@ -34,6 +34,7 @@ import polars as pl
 import psycopg
 
 URI = os.environ.get("MATCHBOX_POSTGRES_URI") or "postgresql://postgres@127.0.0.1:5432/test"
+MULTI = os.environ.get("MB_BENCH_MULTIPROCESS") == "1"
 FIELDS = ["given_name", "surname", "date_of_birth", "postcode", "town"]
 RULES = {
     "rules": [
@@ -217,6 +218,80 @@ def run_dagster(collection_spec: Any, schema: str) -> dict[str, Any]:
     }
 
 
+def bench_job() -> dg.JobDefinition:
+    """The graph job from ``MB_BENCH_SPEC``/``MB_BENCH_SCHEMA`` (rebuilt in each step process)."""
+    from matchbox_dagster.collection import build_collection_defs
+    from matchbox_dagster.resources import MatchboxResource
+    from matchbox_dagster.specs import CollectionSpec
+
+    collection_spec = CollectionSpec.model_validate_json(os.environ["MB_BENCH_SPEC"])
+    res = MatchboxResource(postgres_uri=URI, postgres_schema=os.environ["MB_BENCH_SCHEMA"])
+    defs = build_collection_defs(collection_spec, resource=res)
+    return defs.resolve_job_def(f"{collection_spec.collection}_graph")
+
+
+def run_dagster_multiprocess(collection_spec: Any, schema: str) -> dict[str, Any]:
+    """The graph with the multiprocess executor (one process per step, one at a time), as a
+    deployment runs it: seconds per step and the peak RSS of the largest step process."""
+    from matchbox_dagster.partitions import add_run_partition
+    from matchbox_dagster.resources import MatchboxResource
+
+    os.environ["MB_BENCH_SPEC"] = collection_spec.model_dump_json()
+    os.environ["MB_BENCH_SCHEMA"] = schema
+    res = MatchboxResource(postgres_uri=URI, postgres_schema=schema)
+    with dg.instance_for_test() as instance:
+        label, _ = add_run_partition(
+            instance, res.get_store(), collection_spec.collection, "bench-mp"
+        )
+        config = {
+            "execution": {"config": {"multiprocess": {"max_concurrent": 1}}},
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        }
+        started = time.perf_counter()
+        with dg.execute_job(
+            dg.reconstructable(bench_job),
+            instance=instance,
+            tags={"dagster/partition": label},
+            run_config=config,
+        ) as result:
+            success = result.success
+            run_id = result.run_id
+        total = time.perf_counter() - started
+        steps: dict[str, float] = {}
+        begun: dict[str, float] = {}
+        for entry in instance.all_logs(run_id):
+            event = entry.dagster_event
+            if event is None or event.step_key is None:
+                continue
+            if event.event_type_value == "STEP_START":
+                begun[event.step_key] = entry.timestamp
+            elif event.event_type_value == "STEP_SUCCESS":
+                steps[event.step_key.split("__")[-1]] = entry.timestamp - begun[event.step_key]
+    return {
+        "total": total,
+        "steps": steps,
+        "success": success,
+        "largest_step_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+
+
+def multiprocess_in_fresh_process(collection_spec: Any, schema: str) -> dict[str, Any]:
+    """:func:`run_dagster_multiprocess` from a small fresh parent: step processes start by
+    forking it, so a large parent would inflate their RSS figures."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--multi"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "MB_BENCH_SPEC": collection_spec.model_dump_json(),
+            "MB_BENCH_SCHEMA": schema,
+        },
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_by_hand(collection_spec: Any, schema: str, suffix: str) -> dict[str, Any]:
     """The same store calls and methodologies, without Dagster or the IO manager."""
     from matchbox_dagster.assets import upstream_sources
@@ -305,6 +380,7 @@ def one(rows: int, model: str) -> dict[str, Any]:
             dagster_figures = run_dagster(collection_spec, schema)
             rss_dagster = rss_mb()
             second = run_by_hand(collection_spec, schema, "_hand2")
+            multiprocess = multiprocess_in_fresh_process(collection_spec, schema) if MULTI else None
             hand = {
                 part: {k: min(first[part][k], second[part][k]) for k in first[part]}
                 for part in ("steps", "methodology")
@@ -323,6 +399,7 @@ def one(rows: int, model: str) -> dict[str, Any]:
         "dagster": dagster_figures,
         "hand": hand,
         "peak_rss_mb": rss_dagster,
+        "multiprocess": multiprocess,
     }
 
 
@@ -355,6 +432,15 @@ def report(figures: list[dict[str, Any]]) -> None:
             f"{f['dagster']['checks_passed']}; sensor: {f['dagster']['sensor']}; "
             f"{d / f['rows'] * 1e6:.1f} µs per source row"
         )
+    for f in figures:
+        multi = f.get("multiprocess")
+        if multi:
+            per_step = ", ".join(f"{k} {v:.1f}" for k, v in multi["steps"].items())
+            print(
+                f"{f['rows']:>10,} multiprocess executor (a process per step): total "
+                f"{multi['total']:.1f} s ({per_step}); largest step process peak RSS "
+                f"{multi['largest_step_rss_mb']:,.0f} MB; success {multi['success']}"
+            )
     if len(figures) > 1:
         small, big = figures[-2], figures[-1]
         growth = (big["dagster"]["total"] / big["rows"]) / (
@@ -368,8 +454,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--model", choices=["rules", "splink"], default="rules")
+    parser.add_argument(
+        "--multiprocess",
+        action="store_true",
+        help="also run the graph with the multiprocess executor (peak RSS per step process)",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--multi", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.multi:
+        from matchbox_dagster.specs import CollectionSpec
+
+        collection_spec = CollectionSpec.model_validate_json(os.environ["MB_BENCH_SPEC"])
+        print(json.dumps(run_dagster_multiprocess(collection_spec, os.environ["MB_BENCH_SCHEMA"])))
+        return
     if args.one:
         print(json.dumps(one(args.one, args.model)))
         return
@@ -380,7 +478,11 @@ def main() -> None:
             check=True,
             capture_output=True,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+            env={
+                **os.environ,
+                "PYTHONPATH": str(Path(__file__).parent),
+                "MB_BENCH_MULTIPROCESS": "1" if args.multiprocess else "0",
+            },
         )
         figures.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"{rows:,} rows done", file=sys.stderr)
