@@ -163,6 +163,19 @@ def spec(collection: str, a: Path, b: Path, model: str) -> Any:
     )
 
 
+def step_windows(instance: dg.DagsterInstance, run_id: str) -> dict[str, dict[str, float]]:
+    """Wall-clock ``start``, ``stored`` (output handled) and ``end`` of each step of a run."""
+    windows: dict[str, dict[str, float]] = {}
+    marks = {"STEP_START": "start", "HANDLED_OUTPUT": "stored", "STEP_SUCCESS": "end"}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None or event.event_type_value not in marks:
+            continue
+        name = event.step_key.split("__")[-1]
+        windows.setdefault(name, {})[marks[event.event_type_value]] = entry.timestamp
+    return {name: w for name, w in windows.items() if "end" in w}
+
+
 def run_dagster(collection_spec: Any, schema: str) -> dict[str, Any]:
     """Materialise the graph and evaluate the sensor; seconds per asset step."""
     from matchbox_dagster.collection import build_collection_defs
@@ -181,22 +194,10 @@ def run_dagster(collection_spec: Any, schema: str) -> dict[str, Any]:
                 instance=instance, partition_key=label, run_config=quiet
             )
         total = time.perf_counter() - started
-        steps: dict[str, float] = {}
-        step_rss: dict[str, float] = {}
-        stored: dict[str, float] = {}
-        begun: dict[str, float] = {}
-        for entry in instance.all_logs(result.run_id):
-            event = entry.dagster_event
-            if event is None or event.step_key is None:
-                continue
-            if event.event_type_value == "STEP_START":
-                begun[event.step_key] = entry.timestamp
-            elif event.event_type_value == "HANDLED_OUTPUT":
-                stored[event.step_key.split("__")[-1]] = entry.timestamp - begun[event.step_key]
-            elif event.event_type_value == "STEP_SUCCESS":
-                name = event.step_key.split("__")[-1]
-                steps[name] = entry.timestamp - begun[event.step_key]
-                step_rss[name] = sampler.peak_between(begun[event.step_key], entry.timestamp)
+        windows = step_windows(instance, result.run_id)
+        steps = {name: w["end"] - w["start"] for name, w in windows.items()}
+        stored = {name: w["stored"] - w["start"] for name, w in windows.items() if "stored" in w}
+        step_rss = {name: sampler.peak_between(w["start"], w["end"]) for name, w in windows.items()}
         checks = {
             e.event_specific_data.check_name: e.event_specific_data.passed
             for e in result.all_events
@@ -257,16 +258,7 @@ def run_dagster_multiprocess(collection_spec: Any, schema: str) -> dict[str, Any
             success = result.success
             run_id = result.run_id
         total = time.perf_counter() - started
-        steps: dict[str, float] = {}
-        begun: dict[str, float] = {}
-        for entry in instance.all_logs(run_id):
-            event = entry.dagster_event
-            if event is None or event.step_key is None:
-                continue
-            if event.event_type_value == "STEP_START":
-                begun[event.step_key] = entry.timestamp
-            elif event.event_type_value == "STEP_SUCCESS":
-                steps[event.step_key.split("__")[-1]] = entry.timestamp - begun[event.step_key]
+        steps = {name: w["end"] - w["start"] for name, w in step_windows(instance, run_id).items()}
     return {
         "total": total,
         "steps": steps,

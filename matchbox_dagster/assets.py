@@ -35,7 +35,7 @@ from matchbox_dagster.io_manager import (
 from matchbox_dagster.methods.models import build_model
 from matchbox_dagster.methods.resolvers import ConnectedComponents
 from matchbox_dagster.methods.sources import index_source
-from matchbox_dagster.partitions import run_partitions
+from matchbox_dagster.partitions import dagster_name, run_partitions
 from matchbox_dagster.resources import MatchboxResource
 from matchbox_dagster.specs import (
     CollectionSpec,
@@ -59,7 +59,7 @@ class MatchboxTranslator:
 
     def get_group_name(self, collection: str, step: str) -> str:
         """Asset group of a step (default: the collection)."""
-        return collection.replace("-", "_").replace(".", "_")
+        return dagster_name(collection)
 
     def get_description(self, collection: str, step: str, kind: str, given: str | None) -> str:
         """Description shown in the UI."""

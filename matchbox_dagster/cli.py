@@ -30,7 +30,7 @@ from matchbox_dagster.common.dtos import StepPath, StepType
 from matchbox_dagster.common.errors import MatchboxError
 from matchbox_dagster.partitions import add_run_partition, new_run_label
 from matchbox_dagster.resources import MatchboxResource
-from matchbox_dagster.sensors import promote_run
+from matchbox_dagster.sensors import promote_run, promotion_sensor_name
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 
@@ -86,9 +86,7 @@ class _Graph:
         self.collection = collection
         self.job = collections[collection]
         self.resource: MatchboxResource = defs.resources.get("matchbox") or MatchboxResource()
-        self.sensors = [
-            s for s in repo.sensor_defs if s.name == f"{collection}_promotion".replace("-", "_")
-        ]
+        self.sensors = [s for s in repo.sensor_defs if s.name == promotion_sensor_name(collection)]
 
     @property
     def store(self) -> MatchboxDBAdapter:

@@ -39,12 +39,12 @@ from matchbox_dagster.common.dtos import (
     UploadStage,
 )
 from matchbox_dagster.common.errors import (
-    MatchboxCollectionAlreadyExists,
     MatchboxInvalidData,
     MatchboxRunNotWriteable,
     MatchboxStepNotFoundError,
 )
 from matchbox_dagster.inputs import query_frame
+from matchbox_dagster.partitions import ensure_collection
 from matchbox_dagster.resources import MatchboxResource
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
@@ -103,11 +103,8 @@ def run_path(
     store: MatchboxDBAdapter, collection: str, label: str, name: str, *, create: bool
 ) -> StepPath:
     """The path of step ``name`` in the run labelled ``label`` (created if ``create``)."""
-    if create and collection not in store.list_collections():
-        try:
-            store.create_collection(collection)
-        except MatchboxCollectionAlreadyExists:
-            pass
+    if create:
+        ensure_collection(store, collection)
     run = store.run_for_label(collection, label, create=create)
     return StepPath(collection=collection, run=run.run_id, name=name)
 

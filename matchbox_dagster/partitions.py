@@ -14,12 +14,31 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from matchbox_dagster.common.dtos import Run
+from matchbox_dagster.common.errors import MatchboxCollectionAlreadyExists
 from matchbox_dagster.store.base import MatchboxDBAdapter
+
+
+def dagster_name(collection: str) -> str:
+    """``collection`` as a Dagster name (``-`` and ``.`` become ``_``).
+
+    Collection names may hold ``-`` and ``.``, Dagster names may not; every Dagster definition
+    named after a collection goes through this one function.
+    """
+    return collection.replace("-", "_").replace(".", "_")
 
 
 def partitions_name(collection: str) -> str:
     """Name of the collection's dynamic partitions definition."""
-    return f"matchbox_{collection}_runs".replace("-", "_").replace(".", "_")
+    return f"matchbox_{dagster_name(collection)}_runs"
+
+
+def ensure_collection(store: MatchboxDBAdapter, collection: str) -> None:
+    """Create ``collection`` unless it exists (a concurrent creator is not an error)."""
+    if collection not in store.list_collections():
+        try:
+            store.create_collection(collection)
+        except MatchboxCollectionAlreadyExists:
+            pass
 
 
 def run_partitions(collection: str) -> dg.DynamicPartitionsDefinition:
@@ -40,8 +59,7 @@ def add_run_partition(
 ) -> tuple[str, Run]:
     """Create (or find) the run labelled ``label`` and add it as a partition; returns both."""
     label = label or new_run_label()
-    if collection not in store.list_collections():
-        store.create_collection(collection)
+    ensure_collection(store, collection)
     run = store.run_for_label(collection, label)
     instance.add_dynamic_partitions(partitions_name(collection), [label])
     return label, run

@@ -5,12 +5,8 @@ from typing import Any
 
 import dagster as dg
 
-from matchbox_dagster.partitions import add_run_partition
+from matchbox_dagster.partitions import add_run_partition, dagster_name
 from matchbox_dagster.resources import MatchboxResource
-
-
-def _slug(collection: str) -> str:
-    return collection.replace("-", "_").replace(".", "_")
 
 
 def build_graph_job(*, collection: str, asset_keys: Sequence[dg.AssetKey]) -> Any:
@@ -22,7 +18,7 @@ def build_graph_job(*, collection: str, asset_keys: Sequence[dg.AssetKey]) -> An
     if not asset_keys:
         raise dg.DagsterInvalidDefinitionError("Argument 'asset_keys': the graph has no assets.")
     return dg.define_asset_job(
-        name=f"{_slug(collection)}_graph",
+        name=f"{dagster_name(collection)}_graph",
         selection=dg.AssetSelection.assets(*asset_keys),
         description=f"Materialise every step of collection {collection!r} for one run.",
     )
@@ -41,7 +37,7 @@ def build_run_schedule(
     @dg.schedule(
         cron_schedule=cron_schedule,
         job=job,
-        name=name or f"{_slug(collection)}_new_run",
+        name=name or f"{dagster_name(collection)}_new_run",
         default_status=default_status,
         description=f"Start a new run of {collection!r} and materialise its graph.",
     )

@@ -23,6 +23,7 @@ import dagster as dg
 
 from matchbox_dagster.common.dtos import Run
 from matchbox_dagster.common.errors import MatchboxNotFoundError
+from matchbox_dagster.partitions import dagster_name
 from matchbox_dagster.resources import MatchboxResource
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
@@ -84,6 +85,11 @@ def promote_run(store: MatchboxDBAdapter, collection: str, run_id: int) -> Run:
     return store.set_run_default(collection, run_id, True)
 
 
+def promotion_sensor_name(collection: str) -> str:
+    """Default name of a collection's promotion sensor."""
+    return f"{dagster_name(collection)}_promotion"
+
+
 def build_promotion_sensor(
     *,
     collection: str,
@@ -101,7 +107,7 @@ def build_promotion_sensor(
         )
 
     @dg.sensor(
-        name=name or f"{collection}_promotion".replace("-", "_").replace(".", "_"),
+        name=name or promotion_sensor_name(collection),
         minimum_interval_seconds=minimum_interval_seconds,
         asset_selection=None,
         default_status=default_status,
