@@ -31,10 +31,12 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+import psutil
 import psycopg
 
 URI = os.environ.get("MATCHBOX_POSTGRES_URI") or "postgresql://postgres@127.0.0.1:5432/test"
-MULTI = os.environ.get("MB_BENCH_MULTIPROCESS") == "1"
+MULTI = os.environ.get("MB_BENCH_MULTIPROCESS") in ("1", "only")
+ONLY_MULTI = os.environ.get("MB_BENCH_MULTIPROCESS") == "only"
 FIELDS = ["given_name", "surname", "date_of_birth", "postcode", "town"]
 RULES = {
     "rules": [
@@ -51,20 +53,33 @@ def rss_mb() -> float:
 
 
 class RssSampler:
-    """Samples this process's current RSS (``/proc/self/statm``) every ``interval`` seconds."""
+    """Samples this process's current RSS (``/proc/self/statm``) every ``interval`` seconds; with
+    ``children``, the largest RSS among its descendant processes instead (step processes of the
+    multiprocess executor run one at a time, so that is the running step's)."""
 
-    def __init__(self, interval: float = 0.2) -> None:
+    def __init__(self, interval: float = 0.2, *, children: bool = False) -> None:
         self.interval = interval
+        self.children = children
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
 
     def _run(self) -> None:
+        me = psutil.Process()
         while not self._stop.is_set():
-            with open("/proc/self/statm") as statm:
-                pages = int(statm.read().split()[1])
-            self.samples.append((time.time(), pages * self._page_mb))
+            if self.children:
+                sizes = []
+                for child in me.children(recursive=True):
+                    try:
+                        sizes.append(child.memory_info().rss / 2**20)
+                    except psutil.Error:  # ended between listing and reading
+                        pass
+                mb = max(sizes, default=0.0)
+            else:
+                with open("/proc/self/statm") as statm:
+                    mb = int(statm.read().split()[1]) * self._page_mb
+            self.samples.append((time.time(), mb))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RssSampler":
@@ -249,19 +264,25 @@ def run_dagster_multiprocess(collection_spec: Any, schema: str) -> dict[str, Any
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         }
         started = time.perf_counter()
-        with dg.execute_job(
-            dg.reconstructable(bench_job),
-            instance=instance,
-            tags={"dagster/partition": label},
-            run_config=config,
-        ) as result:
+        with (
+            RssSampler(children=True) as sampler,
+            dg.execute_job(
+                dg.reconstructable(bench_job),
+                instance=instance,
+                tags={"dagster/partition": label},
+                run_config=config,
+            ) as result,
+        ):
             success = result.success
             run_id = result.run_id
         total = time.perf_counter() - started
-        steps = {name: w["end"] - w["start"] for name, w in step_windows(instance, run_id).items()}
+        windows = step_windows(instance, run_id)
+        steps = {name: w["end"] - w["start"] for name, w in windows.items()}
+        step_rss = {name: sampler.peak_between(w["start"], w["end"]) for name, w in windows.items()}
     return {
         "total": total,
         "steps": steps,
+        "step_rss_mb": step_rss,
         "success": success,
         "largest_step_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
@@ -322,12 +343,15 @@ def run_by_hand(collection_spec: Any, schema: str, suffix: str) -> dict[str, Any
     for model in collection_spec.models:
         started = time.perf_counter()
         config = model_config(model, {k: v for k, v in under.items() if k in resolvers})
-        left = query_frame(store, collection, run, config.left_query)
+        method = build_model(model.model_class, model.settings)
+        fields = method.input_fields  # what the asset's IO manager reads too
+        left = query_frame(store, collection, run, config.left_query, fields=fields)
         right = (
-            query_frame(store, collection, run, config.right_query) if config.right_query else None
+            query_frame(store, collection, run, config.right_query, fields=fields)
+            if config.right_query
+            else None
         )
         scored_at = time.perf_counter()
-        method = build_model(model.model_class, model.settings)
         edges = method.link(left, right) if right is not None else method.dedupe(left)
         methodology[model.name] = time.perf_counter() - scored_at
         store.create_step(
@@ -366,6 +390,12 @@ def one(rows: int, model: str) -> dict[str, Any]:
         generated = time.perf_counter() - started
         collection_spec = spec("bench", a, b, model)
         try:
+            if ONLY_MULTI:
+                return {
+                    "rows": rows,
+                    "generate": generated,
+                    "multiprocess": multiprocess_in_fresh_process(collection_spec, schema),
+                }
             # By hand before and after Dagster, keeping the faster of each step, so caches warmed
             # by one side never flatter the other.
             first = run_by_hand(collection_spec, schema, "_hand1")
@@ -407,6 +437,8 @@ def report(figures: list[dict[str, Any]]) -> None:
         f"{'by hand s':>10} {'stored/hand':>12} {'method s':>9} {'peak MB':>8}"
     )
     for f in figures:
+        if "dagster" not in f:  # --multiprocess-only
+            continue
         for name, seconds in f["dagster"]["steps"].items():
             hand = f["hand"]["steps"].get(name) or float("nan")
             method = f["hand"]["methodology"].get(name) or float("nan")
@@ -427,13 +459,16 @@ def report(figures: list[dict[str, Any]]) -> None:
     for f in figures:
         multi = f.get("multiprocess")
         if multi:
-            per_step = ", ".join(f"{k} {v:.1f}" for k, v in multi["steps"].items())
+            per_step = ", ".join(
+                f"{k} {v:.1f} s {multi['step_rss_mb'].get(k, float('nan')):,.0f} MB"
+                for k, v in multi["steps"].items()
+            )
             print(
                 f"{f['rows']:>10,} multiprocess executor (a process per step): total "
                 f"{multi['total']:.1f} s ({per_step}); largest step process peak RSS "
                 f"{multi['largest_step_rss_mb']:,.0f} MB; success {multi['success']}"
             )
-    if len(figures) > 1:
+    if len(figures) > 1 and all("dagster" in f for f in figures):
         small, big = figures[-2], figures[-1]
         growth = (big["dagster"]["total"] / big["rows"]) / (
             small["dagster"]["total"] / small["rows"]
@@ -450,6 +485,11 @@ def main() -> None:
         "--multiprocess",
         action="store_true",
         help="also run the graph with the multiprocess executor (peak RSS per step process)",
+    )
+    parser.add_argument(
+        "--multiprocess-only",
+        action="store_true",
+        help="run only the multiprocess executor (no in-process run, nothing by hand)",
     )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--multi", action="store_true", help=argparse.SUPPRESS)
@@ -473,7 +513,11 @@ def main() -> None:
             env={
                 **os.environ,
                 "PYTHONPATH": str(Path(__file__).parent),
-                "MB_BENCH_MULTIPROCESS": "1" if args.multiprocess else "0",
+                "MB_BENCH_MULTIPROCESS": "only"
+                if args.multiprocess_only
+                else "1"
+                if args.multiprocess
+                else "0",
             },
         )
         figures.append(json.loads(out.stdout.strip().splitlines()[-1]))

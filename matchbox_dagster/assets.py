@@ -9,11 +9,13 @@ groups and descriptions come from a :class:`MatchboxTranslator`, the one customi
 into assets, computing what each resolver input reads.
 """
 
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 
 from matchbox_dagster.checks import (
     SCORES_IN_RANGE,
@@ -28,6 +30,7 @@ from matchbox_dagster.common.arrow import ModelResults
 from matchbox_dagster.common.dtos import StepType
 from matchbox_dagster.common.errors import MatchboxError
 from matchbox_dagster.io_manager import (
+    META_FIELDS,
     META_QUERY,
     run_path,
     step_metadata,
@@ -144,10 +147,12 @@ def build_source_asset(
             config.location_config.name,
             seconds,
         )
+        extracted = (hashes.num_keys, hashes.num_rows)
         yield dg.Output(hashes, metadata={"extract_seconds": round(seconds, 3)})
+        del hashes  # stored by now: free it before the check
         store = matchbox.get_store()
         path = run_path(store, collection, context.partition_key, source.name, create=False)
-        yield source_quality(store, path, hashes)
+        yield source_quality(store, path, *extracted)
 
     return _source
 
@@ -180,7 +185,15 @@ def build_model_asset(
     ins = {
         side: dg.AssetIn(
             key=translator.get_asset_key(collection, query.resolves_from),
-            metadata={META_QUERY: query.model_dump_json()},
+            metadata={
+                META_QUERY: query.model_dump_json(),
+                # Methodologies that read only known fields spare their inputs the rest.
+                **(
+                    {META_FIELDS: json.dumps(methodology.input_fields)}
+                    if methodology.input_fields is not None
+                    else {}
+                ),
+            },
         )
         for side, query in queries.items()
     }
@@ -218,6 +231,7 @@ def build_model_asset(
             rows,
             seconds,
         )
+        produced = results.num_rows
         yield dg.Output(
             results,
             metadata={
@@ -225,9 +239,10 @@ def build_model_asset(
                 **{f"{k}_records": v for k, v in rows.items()},
             },
         )
+        del results, inputs  # stored by now: free them before the check
         store = matchbox.get_store()
         path = run_path(store, collection, context.partition_key, model.name, create=False)
-        yield scores_in_range(store, path, results)
+        yield scores_in_range(store, path, produced)
 
     return _model
 
@@ -298,6 +313,10 @@ def build_resolver_asset(
             seconds,
         )
         yield dg.Output(clusters, metadata={"resolve_seconds": round(seconds, 3)})
+        # Stored by now; the checks read the store, so free the payloads first (at 10M keys
+        # they are gigabytes the checks would otherwise sit on).
+        del clusters, edges, inputs
+        pa.default_memory_pool().release_unused()
         store = matchbox.get_store()
         path = run_path(store, collection, context.partition_key, resolver.name, create=False)
         yield from resolver_checks(

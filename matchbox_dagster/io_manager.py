@@ -53,6 +53,7 @@ META_STEP = "matchbox/step"
 META_STEP_TYPE = "matchbox/step_type"
 META_CONFIG = "matchbox/config"
 META_QUERY = "matchbox/query"
+META_FIELDS = "matchbox/fields"
 
 _PAYLOADS: dict[StepType, type] = {
     StepType.SOURCE: SourceHashes,
@@ -202,8 +203,14 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
         query = (context.definition_metadata or {}).get(META_QUERY)
         if query is not None:
             config = QueryConfig.model_validate_json(_plain(query))
+            fields = (context.definition_metadata or {}).get(META_FIELDS)
             return query_frame(
-                store, collection, path.run, config, batch_size=self.matchbox.batch_rows
+                store,
+                collection,
+                path.run,
+                config,
+                batch_size=self.matchbox.batch_rows,
+                fields=None if fields is None else json.loads(_plain(fields)),
             )
         if step_type == StepType.MODEL:
             return ModelResults(store.get_model_data(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from unittest.mock import patch
 
 import numpy as np
 import polars as pl
@@ -18,6 +19,7 @@ from matchbox_dagster.methods.models import (
     ExactMatch,
     Model,
     build_model,
+    deterministic,
     finish_pairs,
     model_class,
 )
@@ -97,6 +99,19 @@ def test_exact_link_across_differently_typed_fields():
     left32 = left.with_columns(pl.col("age").cast(pl.Int32))
     right64 = pl.DataFrame({"id": [10, 20], "age": [30, 31]})
     assert pairs(ExactMatch(fields=["age"]).link(left32, right64)) == {(2, 10): 1.0}
+
+
+def test_sliced_joins_across_differently_typed_fields():
+    """Big inputs are joined in hash slices; types that hash differently are joined whole."""
+    left = pl.DataFrame({"id": list(range(1, 41)), "age": [i % 10 for i in range(40)]})
+    as_text = pl.DataFrame({"id": [100, 200], "age": ["3", "11"]})
+    as_float = pl.DataFrame({"id": [100, 200], "age": [3.0, 11.0]})
+    with patch.object(deterministic, "CHUNK_ROWS", 4):
+        model = ExactMatch(fields=["age"])
+        expected = {(i, 100): 1.0 for i in range(1, 41) if (i - 1) % 10 == 3}
+        assert pairs(model.link(left, as_text)) == expected
+        assert pairs(model.link(left, as_float)) == expected
+        assert len(pairs(model.dedupe(left))) == 10 * 6  # ten ages, four ids each: C(4,2) pairs
 
 
 def test_exact_non_string_fields():
@@ -232,6 +247,18 @@ def test_rules_link_matches_reference(left, right, rules):
     model = DeterministicRules(rules=[{"fields": f, "score": s} for f, s in rules])
     got = pairs(model.link(frame_of(left), frame_of(right)))
     assert got == reference(left, right, rules, dedupe=False)
+
+
+@settings(max_examples=100, deadline=None)
+@given(left=ROWS, right=ROWS, rules=RULE_SETS, chunk=st.integers(1, 5))
+def test_rules_in_hash_slices_match_reference(left, right, rules, chunk):
+    """Joining in slices (tiny ``CHUNK_ROWS``) finds exactly the pairs of a whole join."""
+    model = DeterministicRules(rules=[{"fields": f, "score": s} for f, s in rules])
+    with patch.object(deterministic, "CHUNK_ROWS", chunk):
+        deduped = pairs(model.dedupe(frame_of(left)))
+        linked = pairs(model.link(frame_of(left), frame_of(right)))
+    assert deduped == reference(left, left, rules, dedupe=True)
+    assert linked == reference(left, right, rules, dedupe=False)
 
 
 # --- settings and the registry -------------------------------------------------------------

@@ -63,6 +63,15 @@ class Model(BaseModel, ABC):
         """Input fields the methodology reads (besides ``id``)."""
         return []
 
+    @property
+    def input_fields(self) -> list[str] | None:
+        """The only fields the methodology reads, so inputs may skip the rest (None: any).
+
+        None is the default: a methodology may read columns it does not list (e.g. Splink's
+        blocking rules).
+        """
+        return None
+
 
 def model_class(name: str) -> type[Model]:
     """The methodology registered under ``name`` (e.g. ``"DeterministicRules"``)."""
@@ -88,26 +97,35 @@ def require_columns(frame: pl.DataFrame, columns: list[str], what: str) -> None:
         )
 
 
-def finish_pairs(pairs: pl.DataFrame, *, dedupe: bool) -> ModelResults:
+def finish_pairs(pairs: pl.DataFrame | pl.LazyFrame, *, dedupe: bool) -> ModelResults:
     """Turn candidate ``(left_id, right_id, score)`` rows into valid :class:`ModelResults`.
 
     Drops self-pairs, orders deduper pairs as ``left_id < right_id``, keeps the best score of
-    repeated pairs, and clips scores into [0, 1].
+    repeated pairs, and clips scores into [0, 1]. A lazy frame runs on polars' streaming
+    engine, so the candidates of millions of records never sit in memory at once.
     """
-    if pairs.height == 0:
-        return ModelResults(SCHEMA_MODEL_EDGES.empty_table())
     left, right = pl.col("left_id"), pl.col("right_id")
-    frame = pairs.select(
-        left.cast(pl.Int64), right.cast(pl.Int64), pl.col("score").cast(pl.Float32).clip(0, 1)
-    ).filter(left != right)
+    frame = (
+        pairs.lazy()
+        .select(
+            left.cast(pl.Int64), right.cast(pl.Int64), pl.col("score").cast(pl.Float32).clip(0, 1)
+        )
+        .filter(left != right)
+    )
     if dedupe:
         frame = frame.select(
             pl.min_horizontal(left, right).alias("left_id"),
             pl.max_horizontal(left, right).alias("right_id"),
             "score",
         )
-    frame = frame.group_by(["left_id", "right_id"]).agg(pl.col("score").max())
-    return ModelResults(frame.to_arrow().cast(SCHEMA_MODEL_EDGES))
+    result = (
+        frame.group_by(["left_id", "right_id"])
+        .agg(pl.col("score").max())
+        .collect(engine="streaming")
+    )
+    if result.height == 0:
+        return ModelResults(SCHEMA_MODEL_EDGES.empty_table())
+    return ModelResults(result.to_arrow().cast(SCHEMA_MODEL_EDGES))
 
 
 def empty_results() -> ModelResults:

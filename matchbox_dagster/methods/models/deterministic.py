@@ -14,36 +14,81 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from matchbox_dagster.common.arrow import ModelResults
 from matchbox_dagster.methods.models.base import ID, Model, finish_pairs, require_columns
 
+CHUNK_ROWS = 1_000_000
+"""Records joined at a time: a rule's join runs over slices of about this many rows."""
 
-def _usable(frame: pl.DataFrame, fields: list[str]) -> pl.DataFrame:
-    """Rows with a value in every field, de-duplicated per (id, fields)."""
+
+def _usable(frame: pl.DataFrame, fields: list[str], casts: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Distinct (id, fields) rows with a value in every field, fields cast as ``casts`` says."""
     present = [pl.col(f).is_not_null() & (pl.col(f).cast(pl.String) != "") for f in fields]
-    return frame.select([ID, *fields]).filter(pl.all_horizontal(present)).unique()
+    return (
+        frame.lazy()
+        .select([ID, *fields])
+        .filter(pl.all_horizontal(present))
+        .with_columns(pl.col(f).cast(t) for f, t in casts.items())
+        .unique()
+        .collect()
+    )
+
+
+def _slice_of(
+    frame: pl.DataFrame, fields: list[str], casts: dict[str, pl.DataType], slices: int
+) -> pl.Series:
+    """Each row's slice: a hash of its ``fields`` values (cast as ``casts`` says)."""
+    values = [pl.col(f).cast(casts[f]) if f in casts else pl.col(f) for f in fields]
+    return frame.select((pl.struct(values).hash() % slices).cast(pl.UInt32)).to_series()
+
+
+def _common_types(
+    left: pl.DataFrame, right: pl.DataFrame, fields: list[str]
+) -> dict[str, pl.DataType]:
+    """Casts that give each field one type on both sides.
+
+    Numbers of different widths or kinds become Float64 (if either is a float) or Int64;
+    anything else mismatched becomes String (an Int64 age against a CSV's text age compares as
+    text). One type per field also makes equal values hash alike, which slicing relies on.
+    """
+    casts: dict[str, pl.DataType] = {}
+    for f in fields:
+        a, b = left.schema[f], right.schema[f]
+        if a == b:
+            continue
+        if a.is_numeric() and b.is_numeric():
+            casts[f] = pl.Float64() if a.is_float() or b.is_float() else pl.Int64()
+        else:
+            casts[f] = pl.String()
+    return casts
 
 
 def rule_pairs(
     left: pl.DataFrame, right: pl.DataFrame | None, fields: list[str], score: float
 ) -> pl.DataFrame:
-    """``(left_id, right_id, score)`` for rows equal on ``fields`` (within ``left`` if no right)."""
-    a = _usable(left, fields)
-    b = a if right is None else _usable(right, fields)
-    # Inputs typed differently (an Int64 age against a CSV's text age) compare as text.
-    differ = [
-        f
-        for f in fields
-        if a.schema[f] != b.schema[f]
-        and not (a.schema[f].is_numeric() and b.schema[f].is_numeric())
-    ]
-    if differ:
-        a = a.with_columns(pl.col(differ).cast(pl.String))
-        b = b.with_columns(pl.col(differ).cast(pl.String))
-    joined = a.join(b, on=fields, suffix="_r")
-    pairs = joined.select(
-        pl.col(ID).alias("left_id"), pl.col(f"{ID}_r").alias("right_id"), pl.lit(score)
-    )
-    if right is None:
-        pairs = pairs.filter(pl.col("left_id") < pl.col("right_id"))
-    return pairs.rename({"literal": "score"})
+    """``(left_id, right_id, score)`` for rows equal on ``fields`` (within ``left`` if no right).
+
+    Big inputs are split into slices by a hash of the rule's values, so equal rows always meet
+    in the same slice, and each slice is joined on the values themselves (the hash never
+    decides a match): memory holds one slice's rows and join at a time, and each input once.
+    """
+    other = left if right is None else right
+    casts = _common_types(left, other, fields)
+    slices = max(1, -(-max(left.height, other.height) // CHUNK_ROWS))
+    a_slice = _slice_of(left, fields, casts, slices) if slices > 1 else None
+    b_slice = _slice_of(other, fields, casts, slices) if slices > 1 and right is not None else None
+    pairs = []
+    for i in range(slices):
+        a_i = _usable(left if a_slice is None else left.filter(a_slice == i), fields, casts)
+        if right is None:
+            b_i = a_i
+        else:
+            b_i = _usable(other if b_slice is None else other.filter(b_slice == i), fields, casts)
+        joined = a_i.join(b_i, on=fields, suffix="_r").select(
+            pl.col(ID).alias("left_id"), pl.col(f"{ID}_r").alias("right_id")
+        )
+        del a_i, b_i
+        if right is None:
+            joined = joined.filter(pl.col("left_id") < pl.col("right_id"))
+        pairs.append(joined.unique())
+    return pl.concat(pairs).with_columns(pl.lit(score, dtype=pl.Float64).alias("score"))
 
 
 class ExactMatch(Model):
@@ -57,6 +102,11 @@ class ExactMatch(Model):
     def fields(self) -> list[str]:
         """The compared fields."""
         return list(self.fields_)
+
+    @property
+    def input_fields(self) -> list[str]:
+        """Exactly :attr:`fields`."""
+        return self.fields
 
     def dedupe(self, data: pl.DataFrame) -> ModelResults:
         """Pairs of distinct ids equal on every field."""
@@ -102,6 +152,11 @@ class DeterministicRules(Model):
     def fields(self) -> list[str]:
         """Every field any rule reads."""
         return list(dict.fromkeys(f for rule in self.rules for f in rule.fields_))
+
+    @property
+    def input_fields(self) -> list[str]:
+        """Exactly :attr:`fields`."""
+        return self.fields
 
     def _pairs(self, left: pl.DataFrame, right: pl.DataFrame | None) -> pl.DataFrame:
         return pl.concat(

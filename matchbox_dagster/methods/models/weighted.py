@@ -93,6 +93,11 @@ class WeightedRules(Model):
         blocking = [f for rule in self.blocking for f in rule]
         return list(dict.fromkeys([*self.weights, *blocking]))
 
+    @property
+    def input_fields(self) -> list[str]:
+        """Exactly :attr:`fields`."""
+        return self.fields
+
     def dedupe(self, data: pl.DataFrame) -> ModelResults:
         """Pairs of distinct ids within ``data`` scoring at least the threshold."""
         require_columns(data, self.fields, "WeightedRules")

@@ -1,0 +1,137 @@
+"""Model inputs read back from the store: the streamed key lookup against a plain string join."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from matchbox_dagster import inputs
+from matchbox_dagster.common.dtos import (
+    LocationConfig,
+    LocationType,
+    QueryConfig,
+    SourceConfig,
+    SourceField,
+    Step,
+    StepPath,
+    StepType,
+)
+from matchbox_dagster.inputs import query_frame, source_records
+from matchbox_dagster.methods.sources import index_source
+from matchbox_dagster.store.postgres import MatchboxPostgres
+from tests.factories import add_model, add_resolver
+
+N = 500
+
+
+def people(n: int = N) -> pl.DataFrame:
+    """Records with repeated rows (shared leaves) and a non-string key."""
+    return pl.DataFrame(
+        {
+            "pid": list(range(1000, 1000 + n)),
+            "name": [f"name{i % 20}" for i in range(n)],
+            "town": [f"town{i % 5}" for i in range(n)],
+            "age": [i % 7 for i in range(n)],
+        }
+    )
+
+
+def indexed(store: MatchboxPostgres, collection: str, run: int, file: Path) -> StepPath:
+    """Index ``file`` as source ``people`` of the run; returns its path."""
+    config = SourceConfig(
+        location_config=LocationConfig(type=LocationType.PARQUET, name=str(file)),
+        key_field=SourceField(name="pid"),
+        index_fields=(SourceField(name="name"), SourceField(name="town")),
+    )
+    hashes = index_source(config)
+    path = StepPath(collection=collection, run=run, name="people")
+    store.create_step(
+        Step(step_type=StepType.SOURCE, fingerprint=hashes.fingerprint, config=config), path
+    )
+    store.insert_source_data(path, hashes)
+    return path
+
+
+def joined_on_text(store: MatchboxPostgres, path: StepPath, data: pl.DataFrame) -> pl.DataFrame:
+    """What ``source_records`` must return: ``query()`` joined to the data on the key text."""
+    ids = pl.DataFrame(pl.from_arrow(store.query(path)))
+    records = data.select(pl.col("pid").cast(pl.String).alias("key"), "name", "town")
+    return ids.join(records, on="key").select("id", "key", "name", "town").sort("key")
+
+
+@pytest.fixture
+def source(store: MatchboxPostgres, collection: str, run: int, tmp_path: Path) -> StepPath:
+    people().write_parquet(tmp_path / "people.parquet")
+    return indexed(store, collection, run, tmp_path / "people.parquet")
+
+
+def test_records_equal_a_join_on_the_key_text(
+    store: MatchboxPostgres, source: StepPath, tmp_path: Path
+) -> None:
+    expected = joined_on_text(store, source, people())
+    for batch_size in (7, 10_000):
+        got = source_records(store, source, batch_size=batch_size).sort("key")
+        assert got.columns == ["id", "key", "name", "town"]
+        assert got.equals(expected)
+    # Identical rows share a leaf, so fewer ids than keys.
+    assert expected.get_column("id").n_unique() < expected.height
+
+
+def test_fields_and_key_can_be_left_out(store: MatchboxPostgres, source: StepPath) -> None:
+    narrow = source_records(store, source, fields=["town"], with_key=False)
+    assert narrow.columns == ["id", "town"]
+    assert narrow.height == N
+
+
+def test_records_the_store_does_not_hold_are_left_out(
+    store: MatchboxPostgres, source: StepPath, tmp_path: Path
+) -> None:
+    location = store.get_step(source).config.location_config.name
+    grown = pl.concat([people(), people(N + 20).tail(20).with_columns(pl.col("pid") + 10**6)])
+    grown.write_parquet(location)  # the source gained 20 records since it was indexed
+    got = source_records(store, source, batch_size=64).sort("key")
+    assert got.height == N
+    assert got.equals(joined_on_text(store, source, people()))
+
+
+def test_hash_collisions_fall_back_to_the_text_join(
+    store: MatchboxPostgres, source: StepPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = source_records(store, source).sort("key")
+    monkeypatch.setattr(inputs, "_shared_hashes", lambda ordered: True)
+    assert inputs._KeyIndex(store.query(source)).exact is False
+    assert source_records(store, source, batch_size=7).sort("key").equals(expected)
+    keyless = source_records(store, source, with_key=False, fields=["name"])
+    assert keyless.columns == ["id", "name"]
+    assert keyless.height == N
+
+
+def test_query_frame_gives_resolver_ids(
+    store: MatchboxPostgres, collection: str, run: int, source: StepPath
+) -> None:
+    leaves = pl.DataFrame(pl.from_arrow(store.query(source))).unique("id").sort("key")
+    first, second = leaves.get_column("id").head(2).to_list()
+    add_model(
+        store,
+        collection,
+        run,
+        "dedupe",
+        [(min(first, second), max(first, second), 0.9)],
+        QueryConfig(sources=["people"]),
+    )
+    resolver = add_resolver(store, collection, run, "resolved", [[first, second]], ("dedupe",))
+    frame = query_frame(
+        store,
+        collection,
+        run,
+        QueryConfig(sources=["people"], resolver=resolver.name),
+        fields=["name"],
+    )
+    assert frame.columns == ["id", "name"]
+    assert frame.height == N
+    merged = set(frame.get_column("id").to_list())
+    assert first not in merged and second not in merged  # both leaves now share one cluster
+    ids = pl.DataFrame(pl.from_arrow(store.query(source, resolver)))
+    assert sorted(frame.get_column("id").to_list()) == sorted(ids.get_column("id").to_list())
