@@ -32,8 +32,11 @@ Run: ``python bench/accuracy.py [--big] [--synthetic N]`` (uses ``MATCHBOX_POSTG
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -571,6 +574,68 @@ def _row(dataset: str, method: str, scores: Scores, seconds: float) -> str:
     )
 
 
+def one_side(load: Any, side: str) -> None:
+    """Run one side on one dataset in this (fresh) process; print a JSON line of figures."""
+    data = load()
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if side == "standalone":
+        scores, times = run_standalone(data)
+    else:
+        schema = f"mbacc_{uuid.uuid4().hex[:8]}"
+        store = MatchboxPostgres(
+            MatchboxSettings(postgres_uri=URI, postgres_schema=schema, log_level="WARNING")
+        )
+        model = SplinkModel(splink_settings=data.settings, training=data.training, threshold=0.5)
+        try:
+            with tempfile.TemporaryDirectory(prefix="mbacc-") as tmp:
+                scores, times = run_ours(store, data, model, Path(tmp), "splink", THRESHOLD)
+        finally:
+            store.close()
+            with psycopg.connect(URI, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures = {
+        "dataset": data.name,
+        "records": data.records,
+        "seconds": times["total"],
+        "peak_mb": peak,
+        "loaded_mb": loaded,
+        "f1": scores.pairs.f1,
+    }
+    print(json.dumps(figures))
+
+
+def isolate(count: int) -> None:
+    """Ours (Splink through the store) and standalone Splink, each dataset and side in a fresh
+    process (alternating, standalone first), so neither inherits the other's memory."""
+    rows = []
+    for index in range(count):
+        figures = {}
+        for side in ("standalone", "ours"):
+            out = subprocess.run(
+                [sys.executable, __file__, *sys.argv[1:], "--side", side, "--index", str(index)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            figures[side] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{side}: {figures[side]}", file=sys.stderr)
+        ours, alone = figures["ours"], figures["standalone"]
+        rows.append(
+            f"| {ours['dataset']} | {ours['records']:,} | {ours['seconds']:.1f} | "
+            f"{alone['seconds']:.1f} | {ours['seconds'] / alone['seconds']:.2f} | "
+            f"{ours['peak_mb']:,.0f} | {alone['peak_mb']:,.0f} | "
+            f"{ours['peak_mb'] / alone['peak_mb']:.2f} | {ours['f1']:.4f} | {alone['f1']:.4f} |"
+        )
+    print(
+        "\n| dataset | records | ours s | Splink alone s | time ratio | ours peak MB | "
+        "Splink alone peak MB | RSS ratio | ours F1 | alone F1 |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
+    print("\n".join(rows))
+    print("\n(goal: time and RSS ratios ≤ 1.2; each process loads the same records first)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--big", action="store_true", help="also ~1M synthetic records")
@@ -580,6 +645,14 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", choices=["febrl3", "febrl4", "synthetic"], help="datasets to run"
     )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="only ours (Splink) against standalone Splink, each in a fresh process: seconds and "
+        "peak RSS side by side",
+    )
+    parser.add_argument("--side", choices=["ours", "standalone"], help=argparse.SUPPRESS)
+    parser.add_argument("--index", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -591,6 +664,12 @@ def main() -> None:
     if args.big:
         datasets["synthetic"].append(lambda: synthetic(666_667))
     chosen = [load for name in (args.only or datasets) for load in datasets[name]]
+    if args.side:
+        one_side(chosen[args.index], args.side)
+        return
+    if args.isolate:
+        isolate(len(chosen))
+        return
 
     schema = f"mbacc_{uuid.uuid4().hex[:8]}"
     store = MatchboxPostgres(

@@ -21,14 +21,10 @@ CHUNK_ROWS = 1_000_000
 def _usable(frame: pl.DataFrame, fields: list[str], casts: dict[str, pl.DataType]) -> pl.DataFrame:
     """Distinct (id, fields) rows with a value in every field, fields cast as ``casts`` says."""
     present = [pl.col(f).is_not_null() & (pl.col(f).cast(pl.String) != "") for f in fields]
-    return (
-        frame.lazy()
-        .select([ID, *fields])
-        .filter(pl.all_horizontal(present))
-        .with_columns(pl.col(f).cast(t) for f, t in casts.items())
-        .unique()
-        .collect()
-    )
+    rows = frame.select([ID, *fields]).filter(pl.all_horizontal(present))
+    if casts:
+        rows = rows.with_columns(pl.col(f).cast(t) for f, t in casts.items())
+    return rows.unique()
 
 
 def _slice_of(
@@ -87,7 +83,7 @@ def rule_pairs(
         del a_i, b_i
         if right is None:
             joined = joined.filter(pl.col("left_id") < pl.col("right_id"))
-        pairs.append(joined.unique())
+        pairs.append(joined)
     return pl.concat(pairs).with_columns(pl.lit(score, dtype=pl.Float64).alias("score"))
 
 
