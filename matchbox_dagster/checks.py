@@ -161,11 +161,15 @@ def _entities(
             expression = pl.sql_expr(truth[name]).cast(pl.String)
             if not set(expression.meta.root_names()) <= {"key"}:
                 # It reads index fields: re-read the source for them, joined on the key.
-                labelled = source_records(
-                    store,
-                    StepPath(collection=path.collection, run=path.run, name=name),
-                    batch_size=batch_size,
-                ).select("key", expression.alias("entity"))
+                labelled = (
+                    source_records(
+                        store,
+                        StepPath(collection=path.collection, run=path.run, name=name),
+                        batch_size=batch_size,
+                    )
+                    .select("key", expression.alias("entity"))
+                    .unique(subset="key")
+                )
                 keys = keys.join(labelled, on="key", how="left")
                 expression = pl.col("entity")
             entity = pl.when(expression.is_not_null()).then(expression.hash())

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from matchbox_dagster import inputs
+from matchbox_dagster.checks import _entities
 from matchbox_dagster.common.dtos import (
     LocationConfig,
     LocationType,
@@ -135,3 +136,33 @@ def test_query_frame_gives_resolver_ids(
     assert first not in merged and second not in merged  # both leaves now share one cluster
     ids = pl.DataFrame(pl.from_arrow(store.query(source, resolver)))
     assert sorted(frame.get_column("id").to_list()) == sorted(ids.get_column("id").to_list())
+
+
+def test_resolver_check_entities_read_truth_from_keys_or_fields(
+    store: MatchboxPostgres, collection: str, run: int, source: StepPath
+) -> None:
+    """The checks' lean entity frame: truth from the key alone, or re-read from index fields."""
+    leaves = pl.DataFrame(pl.from_arrow(store.query(source))).unique("id").sort("key")
+    first, second = leaves.get_column("id").head(2).to_list()
+    add_model(
+        store,
+        collection,
+        run,
+        "dedupe",
+        [(min(first, second), max(first, second), 0.9)],
+        QueryConfig(sources=["people"]),
+    )
+    resolver = add_resolver(store, collection, run, "resolved", [[first, second]], ("dedupe",))
+    data = people().select(pl.col("pid").cast(pl.String).alias("key"), "town")
+    for expression, truth in [
+        ("key", pl.col("key")),
+        ("upper(town)", pl.col("town").str.to_uppercase()),
+    ]:
+        frame = _entities(store, resolver, ["people"], 64, {"people": expression})
+        assert frame.columns == ["key", "id", "leaf_id", "entity"]
+        expected = data.select(pl.col("key").hash(seed=0), truth.hash().alias("entity"))
+        got = frame.select("key", "entity")
+        assert got.sort("key").equals(expected.sort("key"))
+    # Two sources' equal keys hash apart (seeded by position), so runs compare source by source.
+    twice = _entities(store, resolver, ["people", "people"], 64)
+    assert twice.get_column("key").n_unique() == 2 * N
