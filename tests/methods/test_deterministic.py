@@ -114,6 +114,16 @@ def test_sliced_joins_across_differently_typed_fields():
         assert len(pairs(model.dedupe(left))) == 10 * 6  # ten ages, four ids each: C(4,2) pairs
 
 
+def test_sliced_joins_of_categorical_fields_with_different_categories():
+    left = pl.DataFrame({"id": list(range(1, 31)), "town": [f"t{i % 6}" for i in range(30)]})
+    right = pl.DataFrame({"id": [100, 200], "town": ["t5", "zz"]})
+    left = left.with_columns(pl.col("town").cast(pl.Enum([f"t{i}" for i in range(6)])))
+    right = right.with_columns(pl.col("town").cast(pl.Enum(["zz", "t5"])))
+    expected = {(i, 100): 1.0 for i in range(1, 31) if (i - 1) % 6 == 5}
+    with patch.object(deterministic, "CHUNK_ROWS", 4):
+        assert pairs(ExactMatch(fields=["town"]).link(left, right)) == expected
+
+
 def test_exact_non_string_fields():
     frame = pl.DataFrame({"id": [1, 2, 3], "n": [0, 0, None]})
     assert pairs(ExactMatch(fields=["n"]).dedupe(frame)) == {(1, 2): 1.0}

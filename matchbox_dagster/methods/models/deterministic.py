@@ -30,8 +30,18 @@ def _usable(frame: pl.DataFrame, fields: list[str], casts: dict[str, pl.DataType
 def _slice_of(
     frame: pl.DataFrame, fields: list[str], casts: dict[str, pl.DataType], slices: int
 ) -> pl.Series:
-    """Each row's slice: a hash of its ``fields`` values (cast as ``casts`` says)."""
-    values = [pl.col(f).cast(casts[f]) if f in casts else pl.col(f) for f in fields]
+    """Each row's slice: a hash of its ``fields`` values (cast as ``casts`` says).
+
+    Categorical values are hashed as text: two inputs' categories may encode one value apart.
+    """
+    values = [
+        pl.col(f).cast(pl.String)
+        if isinstance(frame.schema[f], pl.Categorical | pl.Enum)
+        else pl.col(f).cast(casts[f])
+        if f in casts
+        else pl.col(f)
+        for f in fields
+    ]
     return frame.select((pl.struct(values).hash() % slices).cast(pl.UInt32)).to_series()
 
 
