@@ -109,9 +109,11 @@ def test_hash_collisions_fall_back_to_the_text_join(
     assert keyless.height == N
 
 
-def test_query_frame_gives_resolver_ids(
+@pytest.fixture
+def merged(
     store: MatchboxPostgres, collection: str, run: int, source: StepPath
-) -> None:
+) -> tuple[StepPath, int, int]:
+    """A resolver over ``source`` that merges its first two leaves: (path, leaf, leaf)."""
     leaves = pl.DataFrame(pl.from_arrow(store.query(source))).unique("id").sort("key")
     first, second = leaves.get_column("id").head(2).to_list()
     add_model(
@@ -123,6 +125,17 @@ def test_query_frame_gives_resolver_ids(
         QueryConfig(sources=["people"]),
     )
     resolver = add_resolver(store, collection, run, "resolved", [[first, second]], ("dedupe",))
+    return resolver, first, second
+
+
+def test_query_frame_gives_resolver_ids(
+    store: MatchboxPostgres,
+    collection: str,
+    run: int,
+    source: StepPath,
+    merged: tuple[StepPath, int, int],
+) -> None:
+    resolver, first, second = merged
     frame = query_frame(
         store,
         collection,
@@ -132,27 +145,17 @@ def test_query_frame_gives_resolver_ids(
     )
     assert frame.columns == ["id", "name"]
     assert frame.height == N
-    merged = set(frame.get_column("id").to_list())
-    assert first not in merged and second not in merged  # both leaves now share one cluster
+    ids_seen = set(frame.get_column("id").to_list())
+    assert first not in ids_seen and second not in ids_seen  # both leaves now share one cluster
     ids = pl.DataFrame(pl.from_arrow(store.query(source, resolver)))
     assert sorted(frame.get_column("id").to_list()) == sorted(ids.get_column("id").to_list())
 
 
 def test_resolver_check_entities_read_truth_from_keys_or_fields(
-    store: MatchboxPostgres, collection: str, run: int, source: StepPath
+    store: MatchboxPostgres, merged: tuple[StepPath, int, int]
 ) -> None:
     """The checks' lean entity frame: truth from the key alone, or re-read from index fields."""
-    leaves = pl.DataFrame(pl.from_arrow(store.query(source))).unique("id").sort("key")
-    first, second = leaves.get_column("id").head(2).to_list()
-    add_model(
-        store,
-        collection,
-        run,
-        "dedupe",
-        [(min(first, second), max(first, second), 0.9)],
-        QueryConfig(sources=["people"]),
-    )
-    resolver = add_resolver(store, collection, run, "resolved", [[first, second]], ("dedupe",))
+    resolver = merged[0]
     data = people().select(pl.col("pid").cast(pl.String).alias("key"), "town")
     for expression, truth in [
         ("key", pl.col("key")),
