@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from matchbox_dagster.common.arrow import ModelResults, ResolverClusters
+from matchbox_dagster.common.arrow import ResolverClusters
 from matchbox_dagster.common.dtos import (
     Group,
     MatchboxSnapshot,
@@ -42,6 +42,7 @@ from tests.factories import (
     clusters_table,
     edges_table,
     leaf_of,
+    model_step,
 )
 from tests.store.conftest_gov import Populated, populate
 from tests.test_helpers_steps import declare_pending_source
@@ -88,15 +89,7 @@ def _extras(store: MatchboxPostgres, data: Populated) -> dict[str, StepPath]:
     add_source(store, c, draft, "erp", {"acme": ["e1"], "beta inc": ["e2"]})
     pending_model = StepPath(collection=c, run=draft, name="pending_dedupe")
     store.create_step(
-        Step(
-            step_type=StepType.MODEL,
-            fingerprint=ModelResults(edges_table([(lc["c1"], lc["c9"], 0.5)])).fingerprint,
-            config=ModelConfig(
-                type=ModelType.DEDUPER,
-                model_class="Hostile",
-                left_query=QueryConfig(sources=("crm",)),
-            ),
-        ),
+        model_step(edges_table([(lc["c1"], lc["c9"], 0.5)]), QueryConfig(sources=("crm",))),
         pending_model,
     )
     pending_linker = StepPath(collection=c, run=draft, name="pending_link")
@@ -299,8 +292,9 @@ def all_refused(
     return errors
 
 
-@pytest.fixture(scope="session")
-def _scratch_store(settings: MatchboxSettings) -> Iterator[MatchboxPostgres]:
+@contextlib.contextmanager
+def throwaway_store(settings: MatchboxSettings) -> Iterator[MatchboxPostgres]:
+    """A store in a schema of its own, dropped (and forgotten) on exit."""
     own = settings.model_copy(update={"postgres_schema": f"mbt_{uuid.uuid4().hex[:10]}"})
     store = MatchboxPostgres(own)
     try:
@@ -309,6 +303,12 @@ def _scratch_store(settings: MatchboxSettings) -> Iterator[MatchboxPostgres]:
         store.close()
         _forget(own.postgres_schema)
         drop_schema(own.postgres_schema)
+
+
+@pytest.fixture(scope="session")
+def _scratch_store(settings: MatchboxSettings) -> Iterator[MatchboxPostgres]:
+    with throwaway_store(settings) as store:
+        yield store
 
 
 @pytest.fixture

@@ -36,7 +36,14 @@ from matchbox_dagster.common.errors import (
     MatchboxInvalidData,
     MatchboxStepInvalidData,
 )
-from tests.factories import clusters_table, edges_table, hashes_table, leaf_of, source_config
+from tests.factories import (
+    clusters_table,
+    edges_table,
+    hashes_table,
+    leaf_of,
+    model_step,
+    source_config,
+)
 from tests.hostile.conftest import World, refused, unchanged
 
 BIN, STR = pa.large_binary(), pa.large_string()
@@ -522,18 +529,7 @@ def test_generated_unknown_ids_never_reach_the_model(w: World, ids: list[int]) -
     if all(a in valid and b in valid for a, b, _ in pairs):
         return
     path = w.path("generated_model")
-    w.store.create_step(
-        Step(
-            step_type=StepType.MODEL,
-            fingerprint=ModelResults(table).fingerprint,
-            config=ModelConfig(
-                type=ModelType.DEDUPER,
-                model_class="Hostile",
-                left_query=QueryConfig(sources=("crm",)),
-            ),
-        ),
-        path,
-    )
+    w.store.create_step(model_step(table, QueryConfig(sources=("crm",))), path)
     try:
         refused(
             w.store,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,21 +28,14 @@ from matchbox_dagster.common.errors import (
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from matchbox_dagster.store.postgres.admin import MANIFEST, snapshot_digest
-from tests.conftest import drop_schema
-from tests.hostile.conftest import World, _forget, observe, refused
+from tests.hostile.conftest import World, observe, refused, throwaway_store
 
 
 @pytest.fixture(scope="module")
 def target(settings: MatchboxSettings) -> Iterator[MatchboxPostgres]:
     """An empty store to restore into (every refused restore must leave it empty)."""
-    own = settings.model_copy(update={"postgres_schema": f"mbt_{uuid.uuid4().hex[:10]}"})
-    store = MatchboxPostgres(own)
-    try:
+    with throwaway_store(settings) as store:
         yield store
-    finally:
-        store.close()
-        _forget(own.postgres_schema)
-        drop_schema(own.postgres_schema)
 
 
 def _rows(data: dict[str, Any], table: str) -> list[list[Any]]:

@@ -44,7 +44,7 @@ from matchbox_dagster.common.errors import (
 )
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from matchbox_dagster.store.postgres.ingest import DataMixin
-from tests.factories import clusters_table, edges_table, hashes_table, source_config
+from tests.factories import clusters_table, edges_table, hashes_table, model_step, source_config
 from tests.hostile.conftest import World, refused, unchanged
 
 Call = Callable[[MatchboxPostgres, StepPath], Any]
@@ -456,20 +456,7 @@ def _writers(w: World, kind: str) -> tuple[StepPath, Callable[[], None]]:
     if kind == "model":
         edges = edges_table([(leaves[0], leaves[1], 0.9)])
         path = w.path("raced_model")
-        from matchbox_dagster.common.arrow import ModelResults
-
-        s.create_step(
-            Step(
-                step_type=StepType.MODEL,
-                fingerprint=ModelResults(edges).fingerprint,
-                config=ModelConfig(
-                    type=ModelType.DEDUPER,
-                    model_class="X",
-                    left_query=QueryConfig(sources=("crm",)),
-                ),
-            ),
-            path,
-        )
+        s.create_step(model_step(edges, QueryConfig(sources=("crm",))), path)
         return path, lambda: s.insert_model_data(path, edges)
     from matchbox_dagster.common.arrow import ResolverClusters
 
