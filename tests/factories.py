@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pyarrow as pa
 
 from matchbox_dagster.common.arrow import ModelResults, ResolverClusters, SourceHashes
@@ -64,6 +65,19 @@ def add_source(
     )
     store.insert_source_data(path, table)
     return path
+
+
+def pairs(results: ModelResults) -> dict[tuple[int, int], float]:
+    """A model's results as ``{(left_id, right_id): score}``; asserts each pair is listed once."""
+    rows = results.table.to_pylist()
+    out = {(r["left_id"], r["right_id"]): r["score"] for r in rows}
+    assert len(out) == len(rows)
+    return out
+
+
+def f32(value: float) -> float:
+    """``value`` as the float32 a stored score holds."""
+    return float(np.float32(value))
 
 
 def edges_table(edges: list[tuple[int, int, float]]) -> pa.Table:

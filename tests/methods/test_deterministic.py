@@ -5,14 +5,13 @@ from __future__ import annotations
 import itertools
 from unittest.mock import patch
 
-import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from matchbox_dagster.common.arrow import SCHEMA_MODEL_EDGES, ModelResults
+from matchbox_dagster.common.arrow import SCHEMA_MODEL_EDGES
 from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.methods.models import (
     DeterministicRules,
@@ -23,19 +22,7 @@ from matchbox_dagster.methods.models import (
     finish_pairs,
     model_class,
 )
-
-
-def pairs(results: ModelResults) -> dict[tuple[int, int], float]:
-    """{(left_id, right_id): score}; asserts each pair is listed once."""
-    rows = results.table.to_pylist()
-    out = {(r["left_id"], r["right_id"]): r["score"] for r in rows}
-    assert len(out) == len(rows)
-    return out
-
-
-def f32(value: float) -> float:
-    return float(np.float32(value))
-
+from tests.factories import f32, pairs
 
 PEOPLE = pl.DataFrame(
     {

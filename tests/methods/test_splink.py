@@ -29,6 +29,7 @@ from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.methods import ConnectedComponents, SplinkModel, build_model, index_rows
 from matchbox_dagster.methods.models import model_class
 from matchbox_dagster.methods.models.splink import SPARK_HINT, blocking_rule, comparison
+from tests.factories import pairs
 
 FIELDS = ["given_name", "surname", "street_number", "address_1", "suburb", "postcode"]
 FIELDS += ["state", "date_of_birth", "soc_sec_id"]
@@ -110,13 +111,6 @@ def febrl3_slice() -> pl.DataFrame:
     entities = frame.get_column("entity").unique().sort().head(300)
     frame = frame.filter(pl.col("entity").is_in(entities.implode())).sort("rec_id")
     return frame.with_row_index("id").with_columns(pl.col("id").cast(pl.Int64))
-
-
-def pairs(results: ModelResults) -> dict[tuple[int, int], float]:
-    rows = results.table.to_pylist()
-    out = {(r["left_id"], r["right_id"]): r["score"] for r in rows}
-    assert len(out) == len(rows)
-    return out
 
 
 def true_pairs(left: pl.DataFrame, right: pl.DataFrame | None) -> set[tuple[int, int]]:
