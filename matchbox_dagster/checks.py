@@ -141,13 +141,16 @@ def _entities(
     sources: Sequence[str],
     batch_size: int,
     truth: dict[str, str] | None = None,
+    *,
+    ids_only: bool = False,
 ) -> pl.DataFrame:
     """One row per key under the resolver, lean enough for tens of millions of keys.
 
     Columns: ``key`` (a 64-bit hash of the key, seeded with the source's position in
     ``sources``, so equal keys of two sources differ), ``id`` (entity), ``leaf_id`` and
     ``entity`` (a 64-bit hash of the true entity from ``truth``; null for a source without
-    one). Strings are dropped source by source, so memory holds four integers a key.
+    one); with ``ids_only``, just ``key`` and ``id``. Strings are dropped source by source, so
+    memory holds at most four integers a key.
     """
     frames = []
     for position, name in enumerate(sources):
@@ -173,14 +176,10 @@ def _entities(
                 keys = keys.join(labelled, on="key", how="left")
                 expression = pl.col("entity")
             entity = pl.when(expression.is_not_null()).then(expression.hash())
-        frames.append(
-            keys.select(
-                pl.col("key").hash(seed=position),
-                pl.col("id").cast(pl.Int64),
-                pl.col("leaf_id").cast(pl.Int64),
-                entity.alias("entity"),
-            )
-        )
+        columns = [pl.col("key").hash(seed=position), pl.col("id").cast(pl.Int64)]
+        if not ids_only:
+            columns += [pl.col("leaf_id").cast(pl.Int64), entity.alias("entity")]
+        frames.append(keys.select(columns))
         del keys
     return pl.concat(frames, how="vertical")
 
@@ -329,7 +328,11 @@ def _churn(
         return _result(CHURN, True, "No other default run to compare with.", churn=0.0)
     try:
         previous = _entities(
-            store, StepPath(collection=path.collection, run=default, name=path.name), sources, 0
+            store,
+            StepPath(collection=path.collection, run=default, name=path.name),
+            sources,
+            0,
+            ids_only=True,
         )
     except MatchboxError as exc:
         return _result(

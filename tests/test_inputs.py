@@ -169,3 +169,7 @@ def test_resolver_check_entities_read_truth_from_keys_or_fields(
     # Two sources' equal keys hash apart (seeded by position), so runs compare source by source.
     twice = _entities(store, resolver, ["people", "people"], 64)
     assert twice.get_column("key").n_unique() == 2 * N
+    # What churn reads of the default run: the same keys and ids, nothing else.
+    ids = _entities(store, resolver, ["people", "people"], 64, ids_only=True)
+    assert ids.columns == ["key", "id"]
+    assert ids.equals(twice.select("key", "id"))
