@@ -272,12 +272,21 @@ def test_delete_orphans(gov: MatchboxPostgres, populated: Populated) -> None:
     assert clusters == 5  # acme (r_crm), beta (r_all), acme_12 (judged, reused here), 2 new
     # x1, x2 are leaves "acme" and "acme ltd": their pair is the cluster alice endorsed.
     gov.delete_run(c, run, certain=True)
-    assert gov.delete_orphans() == 2  # p1+p2 and p3+p4; acme_12 is kept by the judgement
+    # A resolver's clusters live in its partition and go with it; acme_12 stays (judged).
+    assert gov.model_clusters.count() == clusters - 2
+    assert gov.delete_orphans() == 0
+    # An unreferenced cluster left in `clusters` (as a store before revision 0004 could hold)
+    # is an orphan: it goes, with its contents.
+    sql(gov, "INSERT INTO clusters VALUES (42, '\\x00', 2)")
+    sql(gov, "INSERT INTO contains VALUES (42, %s), (42, %s)", (leaf["p1"], leaf["p2"]))
+    assert gov.model_clusters.count() == clusters - 1
+    assert gov.delete_orphans() == 1
     assert gov.delete_orphans() == 0
     assert gov.model_clusters.count() == clusters - 2
     dangling = "SELECT count(*) FROM contains c WHERE NOT EXISTS " \
         "(SELECT 1 FROM clusters k WHERE k.cluster_id = c.root)"  # fmt: skip
     assert sql(gov, dangling)[0][0] == 0
+    assert sql(gov, "SELECT count(*) FROM contains WHERE root = 42")[0][0] == 0
     assert len(gov.get_judgements()[1]) == 4  # every judged cluster still expands
 
 

@@ -8,6 +8,7 @@ import pytest
 from matchbox_dagster.common.dtos import QueryConfig, StepPath, UploadStage
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres
+from matchbox_dagster.store.postgres.db import compose
 from matchbox_dagster.store.postgres.ingest import DataMixin
 from tests.factories import (
     add_model,
@@ -82,7 +83,7 @@ def test_failure_mid_copy_leaves_no_rows(
 def test_failure_after_clusters_written_rolls_them_back(
     store: MatchboxPostgres, collection: str, run: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A resolver insert that dies after writing clusters/contains keeps none of them."""
+    """A resolver insert that dies after loading its partition keeps none of it."""
     src = add_source(store, collection, run, "people", {"a": ["1"], "b": ["2"], "c": ["3"]})
     leaves = leaf_of(store, src)
     add_model(
@@ -107,18 +108,19 @@ def test_failure_after_clusters_written_rolls_them_back(
         path,
     )
     before = store_state(store)
-    original = DataMixin._create_step_table
+    original = DataMixin._ingest
 
-    def failing_create(self, cur, name, step_id, columns):
-        cur.execute("SELECT count(*) AS n FROM clusters")
-        assert cur.fetch_arrow_table().column("n")[0].as_py() >= 1  # clusters were written
-        raise Injected("crash after clusters")
+    def failing_ingest(self, cur, name, data, *, temporary=False):
+        original(self, cur, name, data, temporary=temporary)
+        cur.execute(compose("SELECT count(*) AS n FROM {t}", t=name))
+        assert cur.fetch_arrow_table().column("n")[0].as_py() == 3  # the leaves were loaded
+        raise Injected("crash after the partition load")
 
-    monkeypatch.setattr(DataMixin, "_create_step_table", failing_create)
+    monkeypatch.setattr(DataMixin, "_ingest", failing_ingest)
     with pytest.raises(Injected):
         store.insert_resolver_data(path, table)
     assert store_state(store) == before
-    monkeypatch.setattr(DataMixin, "_create_step_table", original)
+    monkeypatch.setattr(DataMixin, "_ingest", original)
     store.insert_resolver_data(path, table)
     assert len(set(store.query(src, path).column("id").to_pylist())) == 1
 

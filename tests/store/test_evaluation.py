@@ -81,8 +81,8 @@ def test_judgements_are_stored_as_content_addressed_clusters(
         lc["c5"]: [lc["c5"]],
         beta: sorted([lc["c3"], le["e2"]]),
     }
-    # The judgement's new cluster is stored like a resolver's, hash and all; the shown
-    # clusters already existed (the resolvers made them) and were reused.
+    # Judged clusters are stored with their hash and leaves, under the id a resolver gives
+    # the same leaves (acme is r_crm's cluster; acme_12 is new).
     rows = dict(sql(gov, "SELECT cluster_id, cluster_hash FROM clusters"))
     assert bytes(rows[acme_12]) == cluster_hash([lc["c1"], lc["c2"]])
     assert bytes(rows[acme]) == cluster_hash([lc["c1"], lc["c2"], lc["c5"]])

@@ -78,18 +78,29 @@ class MatchboxPostgres(
         self.source_clusters = _Count(
             db, "SELECT count(*) FROM (SELECT DISTINCT leaf_id FROM source_rows) l"
         )
-        self.model_clusters = _Count(db, "SELECT count(*) FROM clusters")
+        # Multi-leaf clusters live in resolver partitions (a row whose root is not its own
+        # leaf) and, for judged ones, in clusters/contains.
+        self.model_clusters = _Count(
+            db,
+            "SELECT count(*) FROM (SELECT cluster_id FROM clusters UNION "
+            "SELECT root_id FROM resolver_leaves WHERE own AND root_id <> leaf_id) c",
+        )
         self.all_clusters = _Count(
             db,
-            "SELECT count(*) FROM (SELECT leaf_id FROM source_rows "
-            "UNION SELECT cluster_id FROM clusters) a",
+            "SELECT count(*) FROM (SELECT leaf_id FROM source_rows UNION "
+            "SELECT cluster_id FROM clusters UNION "
+            "SELECT root_id FROM resolver_leaves WHERE own AND root_id <> leaf_id) a",
         )
         self.creates = _Count(
             db,
             "SELECT count(*) FROM (SELECT DISTINCT step_id, root_id FROM resolver_leaves "
             "WHERE own) c",
         )
-        self.merges = _Count(db, "SELECT count(*) FROM contains")
+        self.merges = _Count(
+            db,
+            "SELECT count(*) FROM (SELECT root, leaf FROM contains UNION SELECT root_id, leaf_id "
+            "FROM resolver_leaves WHERE own AND root_id <> leaf_id) m",
+        )
         self.proposes = _Count(db, "SELECT count(*) FROM model_edges")
         self.users = _Count(db, "SELECT count(*) FROM users")
 

@@ -813,11 +813,13 @@ class AdminMixin(PostgresCore):
         logger.info("Dropped and re-created the store in schema %s", self.db.schema)
 
     def delete_orphans(self) -> int:
-        """Delete multi-leaf clusters nothing refers to; return how many.
+        """Delete multi-leaf clusters of ``clusters`` nothing refers to; return how many.
 
-        A cluster is kept while a resolver's data, a model's edges or a judgement (shown or
-        endorsed) refers to it. Uploads that add clusters wait for this to finish (and it for
-        them), so a cluster being re-used is never deleted under an upload.
+        ``clusters`` holds the clusters judgements were made of (a resolver's own clusters live
+        in its partition and go with it). A cluster is kept while a resolver's data, a model's
+        edges or a judgement (shown or endorsed) refers to it. Judgements that add clusters wait
+        for this to finish (and it for them), so a cluster being re-used is never deleted under
+        one.
         """
         self._authorise(PermissionType.ADMIN, SYSTEM)
         with self.db.connection() as conn:

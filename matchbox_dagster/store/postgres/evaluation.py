@@ -2,8 +2,9 @@
 
 A judgement records which of the leaf clusters shown to a person belong together. The shown set
 and every endorsed group are stored as content-addressed clusters (a group of one leaf is the
-leaf itself; larger groups go into ``clusters``/``contains`` exactly as resolver clusters do), so
-a judgement made in one run still refers to the same entity in every later run.
+leaf itself; larger groups go into ``clusters``/``contains``, with the id a resolver gives the
+same leaves), so a judgement made in one run still refers to the same entity in every later run,
+after that run's resolver partitions are gone.
 """
 
 from __future__ import annotations

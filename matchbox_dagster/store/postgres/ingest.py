@@ -76,22 +76,9 @@ BULK_READ_SETTINGS = (
 fresh partitions are far off, and a nested loop over a million index probes is 5× slower than a
 hash join; JIT compilation does not pay off for statements this short."""
 
-INSERT_CLUSTERS = """
-WITH ins AS (
-    INSERT INTO clusters (cluster_id, cluster_hash, size)
-    SELECT cluster_id, cluster_hash, size FROM mb_parents ORDER BY cluster_id
-    ON CONFLICT (cluster_id) DO UPDATE SET size = excluded.size
-    WHERE clusters.cluster_hash IS DISTINCT FROM excluded.cluster_hash
-    RETURNING cluster_id, (xmax <> 0) AS collided
-)
-SELECT cluster_id, collided FROM ins
-"""
-"""Insert the new multi-leaf clusters of ``mb_parents`` and return them; an existing id with
-another hash is a collision (the ``DO UPDATE … WHERE`` returns it with ``xmax <> 0``)."""
-
-
 _LEAF_IDS = pa.schema([("leaf_id", pa.int64())])
 _ROOTS = pa.schema([("leaf_id", pa.int64()), ("root_id", pa.int64())])
+_JUDGED = pa.schema([("cluster_id", pa.int64()), ("cluster_hash", pa.binary())])
 
 
 def _rows(cur: adbc.Cursor) -> list[dict[str, Any]]:
@@ -352,14 +339,15 @@ class DataMixin(PostgresCore):
     def _load_resolver(
         self, cur: adbc.Cursor, step: StepRow, table: str, clusters: ResolverClusters
     ) -> int:
-        """Expand, check and content-address the clusters in memory; COPY the results.
+        """Expand, check and content-address the clusters in memory; COPY one partition.
 
-        Reads (as Arrow, in the insert's transaction) the leaves of the lineage's sources and
-        the ``contains`` rows of children that are not such leaves; expands children to
-        leaves, checks them, and computes every parent's cluster id and hash with polars.
-        PostgreSQL then only takes COPYs: the multi-leaf clusters (one ``INSERT … ON
-        CONFLICT`` finds the new ones and any id collision), ``contains`` for the new ones and
-        the resolver's own partition, whose indexes are built after the load.
+        Reads (as Arrow, in the insert's transaction) the leaves of the lineage's sources and,
+        for children that are not such leaves, their leaves from the ancestor resolvers (or a
+        judged cluster); expands children to leaves, checks them, and computes every parent's
+        cluster id with polars. The resolver's partition, one row per leaf, is then the only
+        record of its clusters: nothing is written to the shared ``clusters``/``contains``
+        tables (they hold the clusters judgements refer to), so the load is one ``COPY`` plus
+        the indexes built after it.
         """
         sid = int(step.step_id)
         cur.execute(
@@ -369,49 +357,25 @@ class DataMixin(PostgresCore):
         )
         lineage = _rows(cur)
         sources = sorted(int(r["parent_id"]) for r in lineage if r["step_type"] == "source")
-        ancestors = [r for r in lineage if r["step_type"] == "resolver"]
+        ancestors = sorted(int(r["parent_id"]) for r in lineage if r["step_type"] == "resolver")
         leaves = self._source_leaves(cur, sources).unique()
         assigned = pl.from_arrow(clusters.table)
         assert isinstance(assigned, pl.DataFrame)
-        expanded = self._expand(cur, assigned, leaves)
+        expanded = self._expand(cur, assigned, leaves, ancestors)
         if expanded is None:  # every child is a lineage leaf, listed once: nothing to check
             expanded = assigned.rename({"child_id": "leaf_id"})
         else:
             self._check_expanded(step, expanded, leaves)
         rows, parents = content_address(expanded)
-        # New multi-leaf clusters; an id already held by other content is a collision.
-        cur.execute(
-            "CREATE TEMP TABLE mb_parents (cluster_id bigint NOT NULL, cluster_hash bytea NOT "
-            "NULL, size integer NOT NULL) ON COMMIT DROP"
-        )
-        self._ingest(cur, "mb_parents", parents, temporary=True)
-        cur.execute(INSERT_CLUSTERS)
-        new = pl.from_arrow(cur.fetch_arrow_table())
-        assert isinstance(new, pl.DataFrame)
-        collided = new.filter(pl.col("collided")).height
-        if collided:
-            raise MatchboxStepInvalidData(
-                f"Resolver clusters for {step.path()}: {collided} cluster id(s) collide with "
-                "different content already in the store (a 63-bit id collision). Nothing was "
-                "written; please report this."
-            )
-        # Contents of clusters that existed before are already recorded (content addressing).
-        if new.height == parents.num_rows:  # all new (the usual case): no join needed
-            fresh = rows.filter("multi")
-        else:
-            fresh = rows.join(new.select(pl.col("cluster_id").alias("root_id")), on="root_id")
-        contains = fresh.select(
-            pl.col("root_id").alias("root"), pl.col("leaf_id").alias("leaf")
-        ).sort("root", "leaf")
-        if contains.height:
-            self._ingest(cur, "contains", contains.to_arrow())
+        self._check_cluster_ids(cur, step, parents, leaves)
         self._create_step_table(
             cur,
             table,
             sid,
             "leaf_id bigint NOT NULL, root_id bigint NOT NULL, own boolean NOT NULL",
         )
-        own = rows.select("leaf_id", "root_id", pl.lit(True).alias("own"))
+        # In leaf order, so the unique index on leaf_id is built from presorted rows.
+        own = rows.select("leaf_id", "root_id", pl.lit(True).alias("own")).sort("leaf_id")
         self._ingest(cur, table, own.to_arrow())
         if ancestors:
             # Inherit the nearest ancestor resolver's cluster for leaves this one leaves alone.
@@ -437,22 +401,59 @@ class DataMixin(PostgresCore):
         return rows.height
 
     @staticmethod
-    def _expand(cur: adbc.Cursor, assigned: pl.DataFrame, leaves: pl.Series) -> pl.DataFrame | None:
-        """Distinct (``parent_id``, ``leaf_id``): a multi-leaf child through ``contains``.
+    def _check_cluster_ids(
+        cur: adbc.Cursor, step: StepRow, parents: pa.Table, leaves: pl.Series
+    ) -> None:
+        """Refuse a cluster id that already names other content (a 63-bit id collision).
+
+        Within the resolver, two parents' ids must differ and no parent's id may be a leaf id of
+        its lineage (either would merge two clusters); across the store, an id must not be a
+        judged cluster (``clusters``) with another hash. Clusters of other resolvers are not
+        compared: each resolver's clusters are read only through its own partition.
+        """
+        ids = pl.Series("cluster_id", parents.column("cluster_id"))
+        clashes = ids.filter(ids.is_duplicated() | ids.is_in(leaves.implode()))
+        cur.execute("SELECT cluster_id, cluster_hash FROM clusters")
+        judged = pl.from_arrow(cur.fetch_arrow_table())
+        assert isinstance(judged, pl.DataFrame)
+        if judged.height:
+            ours = pl.from_arrow(parents.select(["cluster_id", "cluster_hash"]))
+            assert isinstance(ours, pl.DataFrame)
+            differs = ours.join(judged, on="cluster_id", suffix="_judged").filter(
+                pl.col("cluster_hash").cast(pl.Binary)
+                != pl.col("cluster_hash_judged").cast(pl.Binary)
+            )
+            clashes = pl.concat([clashes, differs.get_column("cluster_id")])
+        if len(clashes):
+            raise MatchboxStepInvalidData(
+                f"Resolver clusters for {step.path()}: {clashes.n_unique()} cluster id(s) collide "
+                "with different content (a 63-bit id collision), e.g. "
+                f"{clashes.unique().sort().head(5).to_list()}. Nothing was written; please "
+                "report this."
+            )
+
+    @staticmethod
+    def _expand(
+        cur: adbc.Cursor, assigned: pl.DataFrame, leaves: pl.Series, ancestors: list[int]
+    ) -> pl.DataFrame | None:
+        """Distinct (``parent_id``, ``leaf_id``): a multi-leaf child expanded to its leaves.
 
         Children that are leaves of the lineage's sources stand for themselves; the others are
-        looked up in ``contains`` (index probes on its primary key); what is neither stays as
-        it is, for :meth:`_check_expanded` to refuse. None if every child is a lineage leaf
-        (the common case, where there is nothing to expand or check).
+        looked up as clusters of the ancestor resolvers (index probes on each partition's
+        ``root_id``) or as judged clusters (``contains``); what is none of these stays as it
+        is, for :meth:`_check_expanded` to refuse. None if every child is a lineage leaf (the
+        common case, where there is nothing to expand or check).
         """
         is_leaf = assigned.get_column("child_id").is_in(leaves.implode())
         if is_leaf.all():
             return None
         others = assigned.filter(~is_leaf)
-        roots = others.get_column("child_id").unique()
+        roots = "{" + ",".join(map(str, others.get_column("child_id").unique().to_list())) + "}"
         cur.execute(
-            "SELECT root AS child_id, leaf AS leaf_id FROM contains WHERE root = ANY($1::bigint[])",
-            parameters=("{" + ",".join(map(str, roots.to_list())) + "}",),
+            "SELECT root_id AS child_id, leaf_id FROM resolver_leaves "
+            "WHERE step_id = ANY($2::bigint[]) AND root_id = ANY($1::bigint[]) "
+            "UNION SELECT root, leaf FROM contains WHERE root = ANY($1::bigint[])",
+            parameters=(roots, "{" + ",".join(map(str, ancestors)) + "}"),
         )
         contents = pl.from_arrow(cur.fetch_arrow_table())
         assert isinstance(contents, pl.DataFrame)
@@ -546,7 +547,7 @@ class DataMixin(PostgresCore):
         return conform(table, SCHEMA_CLUSTERS, "resolver clusters")
 
     def validate_ids(self, ids: list[int]) -> bool:
-        """True if every id is a leaf of some source or a multi-leaf cluster."""
+        """True if every id is a leaf of some source, a resolver's cluster or a judged cluster."""
         self._authorise(PermissionType.READ, SYSTEM)
         wanted = sorted({int(i) for i in ids})
         if not wanted:
@@ -557,6 +558,7 @@ class DataMixin(PostgresCore):
                 for r in conn.execute(
                     "SELECT i FROM unnest(%s::bigint[]) AS i WHERE NOT EXISTS "
                     "(SELECT 1 FROM clusters c WHERE c.cluster_id = i) AND NOT EXISTS "
+                    "(SELECT 1 FROM resolver_leaves r WHERE r.root_id = i) AND NOT EXISTS "
                     "(SELECT 1 FROM source_rows s WHERE s.leaf_id = i)",
                     (wanted,),
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -11,7 +12,7 @@ from alembic.config import Config
 from matchbox_dagster.store.postgres.db import compose, quote_ident
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = "0003"
+HEAD = "0004"
 
 
 def upgrade(engine: sa.Engine, schema: str, revision: str = "head") -> None:
@@ -19,6 +20,20 @@ def upgrade(engine: sa.Engine, schema: str, revision: str = "head") -> None:
 
     A transaction-level advisory lock keyed on the schema name makes concurrent first starts safe.
     """
+    _run(engine, schema, command.upgrade, revision)
+
+
+def downgrade(engine: sa.Engine, schema: str, revision: str) -> None:
+    """Take ``schema`` back to ``revision``, in one transaction under the same lock.
+
+    For rolling the library back to a release that expects an older schema.
+    """
+    _run(engine, schema, command.downgrade, revision)
+
+
+def _run(
+    engine: sa.Engine, schema: str, action: Callable[[Config, str], None], revision: str
+) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": schema})
         conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
@@ -27,7 +42,7 @@ def upgrade(engine: sa.Engine, schema: str, revision: str = "head") -> None:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.attributes["connection"] = conn
         cfg.attributes["schema"] = schema
-        command.upgrade(cfg, revision)
+        action(cfg, revision)
 
 
 def current_revision(engine: sa.Engine, schema: str) -> str | None:
