@@ -338,3 +338,27 @@ def test_empty_data_is_allowed(store: MatchboxPostgres, collection: str, run: in
     src = add_source(store, collection, run, "empty", {})
     assert store.query(src).num_rows == 0
     assert store.get_step_stage(src) == UploadStage.COMPLETE
+
+
+def test_partitions_are_written_in_leaf_order(
+    store: MatchboxPostgres, collection: str, run: int
+) -> None:
+    """Source rows and a resolver's own rows are stored by leaf id (query() merges them)."""
+    rows = {f"row {i}": [f"k{i}", f"j{i}"] for i in range(300)}
+    src = add_source(store, collection, run, "people", rows)
+    stored = store.get_source_data(src).column("leaf_id").to_pylist()
+    assert stored == sorted(stored) and len(set(stored)) == 300
+    leaves = sorted(set(stored))
+    add_model(
+        store,
+        collection,
+        run,
+        "dedupe",
+        [(leaves[i], leaves[i + 1], 0.9) for i in range(0, 300, 2)],
+        QueryConfig(sources=("people",)),
+    )
+    # Parents listed against leaf order, so only the store's sort can put them in order.
+    pairs = [[leaves[i], leaves[299 - i]] for i in range(150)]
+    res = add_resolver(store, collection, run, "resolve", pairs, ("dedupe",))
+    own = store.get_resolver_data(res).column("child_id").to_pylist()
+    assert own == sorted(own) and len(own) == 300

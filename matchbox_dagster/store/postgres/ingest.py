@@ -583,7 +583,7 @@ def source_rows(hashes: SourceHashes) -> pa.Table:
     keys = hashes.table.column("keys")
     lengths = pc.list_value_length(keys).to_numpy(zero_copy_only=False)
     parent = pa.array(np.repeat(np.arange(len(lengths), dtype=np.int64), lengths))
-    return pa.table(
+    flat = pa.table(
         {
             "leaf_id": ids.take(parent),
             "hash": hashes.table.column("hash").take(parent),
@@ -591,6 +591,10 @@ def source_rows(hashes: SourceHashes) -> pa.Table:
         },
         schema=SCHEMA_SOURCE_ROWS,
     )
+    # In leaf order (~60 ms a million rows, polars' parallel sort), so the partition is stored
+    # in leaf order and query() can join it to a resolver's rows with a merge join.
+    ordered = pl.DataFrame(pl.from_arrow(flat)).sort("leaf_id", maintain_order=True)
+    return ordered.to_arrow().cast(SCHEMA_SOURCE_ROWS)
 
 
 def content_address(expanded: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
