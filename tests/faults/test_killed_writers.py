@@ -3,7 +3,7 @@
 Each writer (a process of its own) locks its step (READY → PROCESSING, committed), then
 inserts a payload of a million rows or so; the test watches ``pg_stat_activity``/``pg_locks``
 and kills the writer while its backend streams the data in (``COPY … FROM STDIN``) or — for the
-resolver — once its transaction has written clusters and is writing ``contains``. Afterwards:
+resolver — once its transaction has loaded the partition and is building its indexes. Afterwards:
 
 * the store holds exactly what it held before (a digest of every relation and row),
 * the upload audit finds the step stuck in PROCESSING and resets it to READY,
@@ -128,24 +128,6 @@ def loading(conn: psycopg.Connection, writer: str) -> bool:
     return bool(backends(conn, writer, "COPY%FROM STDIN%"))
 
 
-def writing(table: str) -> Probe:
-    """A probe: whether the writer's open transaction has written to ``table``."""
-
-    def probe(conn: psycopg.Connection, writer: str) -> bool:
-        return bool(
-            conn.execute(
-                "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "JOIN pg_class c ON c.oid = l.relation "
-                "WHERE a.application_name = %s AND c.relname = %s "
-                "AND l.mode = 'RowExclusiveLock' AND l.granted",
-                (writer, table),
-            ).fetchone()
-        )
-
-    probe.__name__ = f"writing to {table}"
-    return probe
-
-
 def kill_writer(world: World, name: str, when: Probe) -> None:
     """Let the writer of step ``name`` go, SIGKILL it as soon as ``when`` holds, check."""
     writer = world.writers[name]
@@ -212,9 +194,15 @@ def test_killed_mid_model_copy(world: World) -> None:
     assert pairs.num_rows == stored.num_rows  # no pair twice
 
 
-def test_killed_after_resolver_wrote_clusters(world: World) -> None:
-    """Killed once it writes ``contains``: it had written clusters in the same transaction."""
-    kill_writer(world, "entities", writing("contains"))
+def indexing(conn: psycopg.Connection, writer: str) -> bool:
+    """Whether the writer's backend is building an index (after loading the partition)."""
+    return bool(backends(conn, writer, "CREATE%INDEX%"))
+
+
+def test_killed_after_resolver_loaded_its_partition(world: World) -> None:
+    """Killed while indexing its partition: every cluster row had been written in the same
+    transaction."""
+    kill_writer(world, "entities", indexing)
     audit_and_retry(world, "entities")
     stored = world.store.get_resolver_data(world.path("entities"))
     assert stored.num_rows == BASE_KEYS
