@@ -7,6 +7,7 @@ never a skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -53,6 +54,18 @@ def drop_schema(schema: str) -> None:
                         )
                     )
         conn.execute(psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
+
+
+@contextlib.contextmanager
+def own_schema_store(settings: MatchboxSettings) -> Iterator[MatchboxPostgres]:
+    """A store in a fresh schema of its own (empty shared tables), dropped on exit."""
+    own = settings.model_copy(update={"postgres_schema": f"mbt_{uuid.uuid4().hex[:10]}"})
+    store = MatchboxPostgres(own)
+    try:
+        yield store
+    finally:
+        store.close()
+        drop_schema(own.postgres_schema)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ is populated once, and tests that must change it (scratch steps) undo what they 
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,7 @@ from matchbox_dagster.common.dtos import (
 from matchbox_dagster.common.errors import MatchboxError
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres
-from tests.conftest import drop_schema
+from tests.conftest import own_schema_store
 from tests.factories import (
     add_model,
     add_source,
@@ -144,18 +143,14 @@ def _extras(store: MatchboxPostgres, data: Populated) -> dict[str, StepPath]:
 @pytest.fixture(scope="session")
 def world(settings: MatchboxSettings) -> Iterator[World]:
     """A populated store in its own schema (see the module docstring)."""
-    own = settings.model_copy(update={"postgres_schema": f"mbt_{uuid.uuid4().hex[:10]}"})
-    store = MatchboxPostgres(own)
-    guarded = MatchboxPostgres(own.model_copy(update={"authorisation": True}))
-    try:
-        data = populate(store)
-        paths = _extras(store, data)
-        yield World(store, guarded, data, store.dump(), **paths)
-    finally:
-        guarded.close()
-        store.close()
-        _forget(own.postgres_schema)
-        drop_schema(own.postgres_schema)
+    with throwaway_store(settings) as store:
+        guarded = MatchboxPostgres(store.settings.model_copy(update={"authorisation": True}))
+        try:
+            data = populate(store)
+            paths = _extras(store, data)
+            yield World(store, guarded, data, store.dump(), **paths)
+        finally:
+            guarded.close()
 
 
 @pytest.fixture
@@ -295,14 +290,11 @@ def all_refused(
 @contextlib.contextmanager
 def throwaway_store(settings: MatchboxSettings) -> Iterator[MatchboxPostgres]:
     """A store in a schema of its own, dropped (and forgotten) on exit."""
-    own = settings.model_copy(update={"postgres_schema": f"mbt_{uuid.uuid4().hex[:10]}"})
-    store = MatchboxPostgres(own)
-    try:
-        yield store
-    finally:
-        store.close()
-        _forget(own.postgres_schema)
-        drop_schema(own.postgres_schema)
+    with own_schema_store(settings) as store:
+        try:
+            yield store
+        finally:
+            _forget(store.db.schema)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ refused; the migration moves an older store's resolver clusters out (and back on
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import polars as pl
@@ -29,7 +28,7 @@ from matchbox_dagster.common.fingerprint import cluster_id
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres, ingest, migrate
 from matchbox_dagster.store.postgres.evaluation import cluster_hash
-from tests.conftest import drop_schema
+from tests.conftest import own_schema_store
 from tests.factories import (
     add_model,
     add_resolver,
@@ -44,24 +43,24 @@ from tests.store.conftest_gov import sql
 
 @pytest.fixture
 def own_store(settings: MatchboxSettings) -> Iterator[MatchboxPostgres]:
-    """A store in a schema of its own (its shared tables start empty), dropped afterwards."""
-    own = settings.model_copy(update={"postgres_schema": f"mbt_{uuid.uuid4().hex[:10]}"})
-    store = MatchboxPostgres(own)
-    try:
+    """A store in a schema of its own: its shared tables start empty."""
+    with own_schema_store(settings) as store:
         yield store
-    finally:
-        store.close()
-        drop_schema(own.postgres_schema)
 
 
-def _chain(store: MatchboxPostgres) -> dict:
-    """people → dedupe → r1 (clusters 1+2 and 4+5) → rescore (through r1) → r2 (r1's 1+2 with 3)."""
+def _people(store: MatchboxPostgres) -> tuple[int, StepPath, dict[str, int]]:
+    """Collection ``c``, a run of it and a source of five leaves: (run, source, key → leaf)."""
     store.create_collection("c")
     run = store.create_run("c").run_id
     src = add_source(
         store, "c", run, "people", {"a": ["1"], "b": ["2"], "c": ["3"], "d": ["4"], "e": ["5"]}
     )
-    lv = leaf_of(store, src)
+    return run, src, leaf_of(store, src)
+
+
+def _chain(store: MatchboxPostgres) -> dict:
+    """people → dedupe → r1 (clusters 1+2 and 4+5) → rescore (through r1) → r2 (r1's 1+2 with 3)."""
+    run, src, lv = _people(store)
     add_model(
         store,
         "c",
@@ -137,12 +136,7 @@ def test_cluster_id_collisions_are_refused(
     own_store: MatchboxPostgres, monkeypatch: pytest.MonkeyPatch, clash: str
 ) -> None:
     """A forged content address standing in for a 63-bit collision is refused, nothing written."""
-    own_store.create_collection("c")
-    run = own_store.create_run("c").run_id
-    src = add_source(
-        own_store, "c", run, "people", {"a": ["1"], "b": ["2"], "c": ["3"], "d": ["4"], "e": ["5"]}
-    )
-    lv = leaf_of(own_store, src)
+    run, _, lv = _people(own_store)
     add_model(
         own_store,
         "c",
