@@ -389,6 +389,12 @@ def cluster_scores(assignments: pl.DataFrame, truth: pl.DataFrame, edges: Pairwi
 # --- ours: the full path on the store -------------------------------------------------------
 
 
+PEAKS: dict[str, float] = {}
+"""Peak RSS (MB) of this process at the end of each stage of :func:`run_ours`."""
+NOW: dict[str, float] = {}
+"""RSS (MB) of this process at the end of each stage of :func:`run_ours`."""
+
+
 def run_ours(
     store: MatchboxPostgres,
     data: Dataset,
@@ -409,6 +415,9 @@ def run_ours(
     def tick(stage: str, started: float) -> float:
         now = time.perf_counter()
         times[stage] = times.get(stage, 0.0) + now - started
+        PEAKS[stage] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        with open("/proc/self/statm") as statm:  # resident pages now (Linux)
+            NOW[stage] = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
         return now
 
     inputs: dict[str, pl.DataFrame] = {}
@@ -437,6 +446,8 @@ def run_ours(
         rows = pl.concat(extract(config))
         inputs[name] = rows.join(leaf, on="key").select(pl.col("leaf_id").alias("id"), *data.fields)
         leaves.append(leaf.select(pl.lit(name).alias("source"), "key", "leaf_id"))
+        # A pipeline's model step holds none of these (each step is its own call or process).
+        del hashes, rows, leaf
         tick("model input", t)
 
     names = list(data.sources)
@@ -605,6 +616,8 @@ def one_side(load: Any, side: str) -> None:
         "loaded_mb": loaded,
         "f1": scores.pairs.f1,
         "stages": {k: round(v, 2) for k, v in times.items() if k != "total"},
+        "peak_mb_after": {k: round(v) for k, v in PEAKS.items()},
+        "rss_mb_after": {k: round(v) for k, v in NOW.items()},
     }
     print(json.dumps(figures))
 
