@@ -78,7 +78,6 @@ hash join; JIT compilation does not pay off for statements this short."""
 
 _LEAF_IDS = pa.schema([("leaf_id", pa.int64())])
 _ROOTS = pa.schema([("leaf_id", pa.int64()), ("root_id", pa.int64())])
-_JUDGED = pa.schema([("cluster_id", pa.int64()), ("cluster_hash", pa.binary())])
 
 
 def _rows(cur: adbc.Cursor) -> list[dict[str, Any]]:
