@@ -135,6 +135,15 @@ def clusters_table(clusters: list[list[int]]) -> pa.Table:
     )
 
 
+def resolver_step(table: pa.Table, inputs: tuple[str, ...]) -> Step:
+    """A resolver step over ``inputs`` declaring the clusters of ``table``."""
+    return Step(
+        step_type=StepType.RESOLVER,
+        fingerprint=ResolverClusters(table).fingerprint,
+        config=ResolverConfig(inputs=inputs, resolver_settings={"thresholds": {}}),
+    )
+
+
 def add_resolver(
     store: MatchboxDBAdapter,
     collection: str,
@@ -146,14 +155,7 @@ def add_resolver(
     """Create a resolver step and insert its clusters."""
     table = clusters_table(clusters)
     path = StepPath(collection=collection, run=run, name=name)
-    store.create_step(
-        Step(
-            step_type=StepType.RESOLVER,
-            fingerprint=ResolverClusters(table).fingerprint,
-            config=ResolverConfig(inputs=inputs, resolver_settings={"thresholds": {}}),
-        ),
-        path,
-    )
+    store.create_step(resolver_step(table, inputs), path)
     store.insert_resolver_data(path, table)
     return path
 

@@ -16,6 +16,7 @@ from tests.factories import (
     clusters_table,
     hashes_table,
     leaf_of,
+    resolver_step,
     store_state,
 )
 from tests.test_helpers_steps import declare_pending_source
@@ -94,19 +95,9 @@ def test_failure_after_clusters_written_rolls_them_back(
         [(leaves["1"], leaves["2"], 0.9)],
         QueryConfig(sources=("people",)),
     )
-    from matchbox_dagster.common.arrow import ResolverClusters
-    from matchbox_dagster.common.dtos import ResolverConfig, Step, StepType
-
     table = clusters_table([[leaves["1"], leaves["2"], leaves["3"]]])
     path = StepPath(collection=collection, run=run, name="resolve")
-    store.create_step(
-        Step(
-            step_type=StepType.RESOLVER,
-            fingerprint=ResolverClusters(table).fingerprint,
-            config=ResolverConfig(inputs=("dedupe",)),
-        ),
-        path,
-    )
+    store.create_step(resolver_step(table, ("dedupe",)), path)
     before = store_state(store)
     original = DataMixin._ingest
 

@@ -13,14 +13,10 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from matchbox_dagster.common.arrow import ResolverClusters
 from matchbox_dagster.common.dtos import (
     Judgement,
     QueryConfig,
-    ResolverConfig,
-    Step,
     StepPath,
-    StepType,
     User,
 )
 from matchbox_dagster.common.errors import MatchboxDataNotFound, MatchboxStepInvalidData
@@ -36,6 +32,7 @@ from tests.factories import (
     clusters_table,
     ids_of,
     leaf_of,
+    resolver_step,
     store_state,
 )
 from tests.store.conftest_gov import sql
@@ -166,14 +163,7 @@ def test_cluster_id_collisions_are_refused(
     monkeypatch.setattr(ingest, "content_address", forge)
     table = clusters_table([[lv["1"], lv["2"]], [lv["3"], lv["4"]]])
     path = StepPath(collection="c", run=run, name="r")
-    own_store.create_step(
-        Step(
-            step_type=StepType.RESOLVER,
-            fingerprint=ResolverClusters(table).fingerprint,
-            config=ResolverConfig(inputs=("dedupe",)),
-        ),
-        path,
-    )
+    own_store.create_step(resolver_step(table, ("dedupe",)), path)
     before = store_state(own_store)
     with pytest.raises(MatchboxStepInvalidData, match="collide"):
         own_store.insert_resolver_data(path, table)
