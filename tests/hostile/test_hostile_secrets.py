@@ -33,7 +33,7 @@ from matchbox_dagster.examples.febrl import febrl4_spec
 from matchbox_dagster.partitions import add_run_partition
 from matchbox_dagster.resources import MatchboxResource
 from matchbox_dagster.store.postgres import MatchboxPostgres
-from tests.conftest import drop_schema, postgres_uri
+from tests.conftest import drop_schema, own_schema_store, postgres_uri
 from tests.hostile.conftest import World, observe
 
 PASSWORD = "Pw-7f3a9c-hostile-SECRET"
@@ -139,13 +139,8 @@ def test_refused_connections_never_show_the_password(
 @pytest.fixture
 def pw_store() -> Iterator[MatchboxPostgres]:
     """A working store whose URI carries a password (the loopback server does not check it)."""
-    own = _settings(_uri(PASSWORD), batch_size=1000)
-    store = MatchboxPostgres(own)
-    try:
+    with own_schema_store(_settings(_uri(PASSWORD), batch_size=1000)) as store:
         yield store
-    finally:
-        store.close()
-        drop_schema(own.postgres_schema)
 
 
 def test_a_working_store_never_shows_its_password(
