@@ -5,7 +5,7 @@ evaluation checks, the promotion sensor and a weekly schedule. The store is the 
 PostgreSQL unless ``MATCHBOX_POSTGRES_URI`` is set.
 """
 
-from matchbox_dagster.collection import build_collection_defs
+from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.examples.febrl import febrl4_spec
 
 defs = build_collection_defs(febrl4_spec())

@@ -62,10 +62,10 @@ from matchbox_dagster.common.dtos import (
 )
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.evaluation.metrics import PairwiseScores, score_against_truth
-from matchbox_dagster.methods import ConnectedComponents, Model, Source, SplinkModel, WeightedRules
-from matchbox_dagster.methods.sources import extract, index_source
+from matchbox_dagster.methods import ConnectedComponents, Model, SplinkModel, WeightedRules
 from matchbox_dagster.methods.synthetic import FIELDS as SYNTHETIC_FIELDS
 from matchbox_dagster.methods.synthetic import generate_people
+from matchbox_dagster.sources.locations import Source, extract, index_source
 from matchbox_dagster.store.postgres import MatchboxPostgres
 
 URI = os.environ.get("MATCHBOX_POSTGRES_URI") or "postgresql://postgres@127.0.0.1:5432/test"

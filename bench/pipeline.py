@@ -193,9 +193,9 @@ def step_windows(instance: dg.DagsterInstance, run_id: str) -> dict[str, dict[st
 
 def run_dagster(collection_spec: Any, schema: str) -> dict[str, Any]:
     """Materialise the graph and evaluate the sensor; seconds per asset step."""
-    from matchbox_dagster.collection import build_collection_defs
-    from matchbox_dagster.partitions import add_run_partition
-    from matchbox_dagster.resources import MatchboxResource
+    from matchbox_dagster.dagster.collection import build_collection_defs
+    from matchbox_dagster.dagster.partitions import add_run_partition
+    from matchbox_dagster.dagster.resources import MatchboxResource
 
     res = MatchboxResource(postgres_uri=URI, postgres_schema=schema)
     defs = build_collection_defs(collection_spec, resource=res)
@@ -236,8 +236,8 @@ def run_dagster(collection_spec: Any, schema: str) -> dict[str, Any]:
 
 def bench_job() -> dg.JobDefinition:
     """The graph job from ``MB_BENCH_SPEC``/``MB_BENCH_SCHEMA`` (rebuilt in each step process)."""
-    from matchbox_dagster.collection import build_collection_defs
-    from matchbox_dagster.resources import MatchboxResource
+    from matchbox_dagster.dagster.collection import build_collection_defs
+    from matchbox_dagster.dagster.resources import MatchboxResource
     from matchbox_dagster.specs import CollectionSpec
 
     collection_spec = CollectionSpec.model_validate_json(os.environ["MB_BENCH_SPEC"])
@@ -249,8 +249,8 @@ def bench_job() -> dg.JobDefinition:
 def run_dagster_multiprocess(collection_spec: Any, schema: str) -> dict[str, Any]:
     """The graph with the multiprocess executor (one process per step, one at a time), as a
     deployment runs it: seconds per step and the peak RSS of the largest step process."""
-    from matchbox_dagster.partitions import add_run_partition
-    from matchbox_dagster.resources import MatchboxResource
+    from matchbox_dagster.dagster.partitions import add_run_partition
+    from matchbox_dagster.dagster.resources import MatchboxResource
 
     os.environ["MB_BENCH_SPEC"] = collection_spec.model_dump_json()
     os.environ["MB_BENCH_SCHEMA"] = schema
@@ -307,13 +307,13 @@ def multiprocess_in_fresh_process(collection_spec: Any, schema: str) -> dict[str
 
 def run_by_hand(collection_spec: Any, schema: str, suffix: str) -> dict[str, Any]:
     """The same store calls and methodologies, without Dagster or the IO manager."""
-    from matchbox_dagster.assets import upstream_sources
     from matchbox_dagster.common.dtos import Step, StepPath, StepType
     from matchbox_dagster.common.settings import MatchboxSettings
-    from matchbox_dagster.inputs import query_frame
+    from matchbox_dagster.dagster.assets import upstream_sources
     from matchbox_dagster.methods.models import build_model
     from matchbox_dagster.methods.resolvers import ConnectedComponents
-    from matchbox_dagster.methods.sources import index_source
+    from matchbox_dagster.sources.inputs import query_frame
+    from matchbox_dagster.sources.locations import index_source
     from matchbox_dagster.specs import model_config
     from matchbox_dagster.store.postgres import MatchboxPostgres
 

@@ -28,15 +28,15 @@ import polars as pl
 
 from matchbox_dagster.common.dtos import StepPath, StepType
 from matchbox_dagster.common.errors import MatchboxError
-from matchbox_dagster.partitions import add_run_partition, new_run_label
-from matchbox_dagster.resources import MatchboxResource
-from matchbox_dagster.sensors import promote_run, promotion_sensor_name
+from matchbox_dagster.dagster.partitions import add_run_partition, new_run_label
+from matchbox_dagster.dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.sensors import promote_run, promotion_sensor_name
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 
 def _load_defs(path: str | None) -> dg.Definitions:
     if path is None:
-        from matchbox_dagster.collection import build_collection_defs
+        from matchbox_dagster.dagster.collection import build_collection_defs
         from matchbox_dagster.examples.febrl import febrl4_spec
 
         return build_collection_defs(febrl4_spec())

@@ -1,7 +1,8 @@
 """Declarative specs of a collection's graph: sources, models, resolvers and their checks.
 
 The same pydantic models serve Python (``CollectionSpec(...)``) and YAML (the
-:class:`~matchbox_dagster.component.MatchboxCollectionComponent` reads them from ``defs.yaml``),
+:class:`~matchbox_dagster.dagster.component.MatchboxCollectionComponent` reads them from
+``defs.yaml``),
 so a data team can add a source or change a threshold without writing Python. Building assets
 from a spec validates the whole graph first (unknown steps, cycles, unknown model classes,
 thresholds for models that are not inputs) and raises ``DagsterInvalidDefinitionError`` naming

@@ -6,7 +6,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from matchbox_dagster.checks import RESOLVER_QUALITY, _compare_ids, _resolver_quality
+from matchbox_dagster.dagster.checks import RESOLVER_QUALITY, _compare_ids, _resolver_quality
 from matchbox_dagster.specs import ResolverChecksSpec
 
 KEYED = st.dictionaries(st.integers(0, 40), st.integers(0, 5), max_size=30)

@@ -10,7 +10,7 @@ from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres
 
 STRICT = """
-from matchbox_dagster.collection import build_collection_defs
+from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.examples.febrl import febrl4_spec
 
 defs = build_collection_defs(

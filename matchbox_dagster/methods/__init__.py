@@ -1,4 +1,7 @@
-"""Methodologies: reading and hashing sources, scoring pairs (models), clustering (resolvers)."""
+"""Methodologies: hashing source rows, scoring pairs (models), clustering (resolvers).
+
+Pure computations on polars and Arrow: nothing here reads a location or talks to the store.
+"""
 
 from matchbox_dagster.methods.hashing import index_rows as index_rows
 from matchbox_dagster.methods.hashing import row_hashes as row_hashes
@@ -9,6 +12,3 @@ from matchbox_dagster.methods.models import SplinkModel as SplinkModel
 from matchbox_dagster.methods.models import WeightedRules as WeightedRules
 from matchbox_dagster.methods.models import build_model as build_model
 from matchbox_dagster.methods.resolvers import ConnectedComponents as ConnectedComponents
-from matchbox_dagster.methods.sources import Source as Source
-from matchbox_dagster.methods.sources import extract as extract
-from matchbox_dagster.methods.sources import index_source as index_source

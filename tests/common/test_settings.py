@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from matchbox_dagster.common.redaction import redact
 from matchbox_dagster.common.settings import MatchboxSettings
-from matchbox_dagster.store.postgres.db import Database, redact
+from matchbox_dagster.store.postgres.db import Database
 
 
 def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:

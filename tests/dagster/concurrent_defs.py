@@ -11,7 +11,7 @@ import sys
 
 import dagster as dg
 
-from matchbox_dagster.collection import build_collection_defs
+from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.examples.febrl import febrl4_spec
 
 

@@ -17,12 +17,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from matchbox_dagster.assets import IO_MANAGER_KEY, build_collection_assets
-from matchbox_dagster.collection import build_collection_defs
 from matchbox_dagster.common.settings import MatchboxSettings
+from matchbox_dagster.dagster.assets import IO_MANAGER_KEY, build_collection_assets
+from matchbox_dagster.dagster.collection import build_collection_defs
+from matchbox_dagster.dagster.io_manager import MatchboxIOManager
+from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.examples.febrl import febrl4_spec
-from matchbox_dagster.io_manager import MatchboxIOManager
-from matchbox_dagster.resources import MatchboxResource
 from matchbox_dagster.specs import CollectionSpec
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.conftest import postgres_uri

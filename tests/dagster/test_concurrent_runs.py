@@ -10,7 +10,7 @@ import pytest
 
 from matchbox_dagster.common.dtos import StepPath
 from matchbox_dagster.common.settings import MatchboxSettings
-from matchbox_dagster.partitions import add_run_partition
+from matchbox_dagster.dagster.partitions import add_run_partition
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.dagster.conftest import STEPS, unique_collection
 

@@ -7,9 +7,9 @@ import logging
 import dagster as dg
 
 from matchbox_dagster.common.dtos import StepPath
-from matchbox_dagster.partitions import add_run_partition, partitions_name
-from matchbox_dagster.resources import MatchboxResource
-from matchbox_dagster.sensors import PromotionCursor
+from matchbox_dagster.dagster.partitions import add_run_partition, partitions_name
+from matchbox_dagster.dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.sensors import PromotionCursor
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.dagster.conftest import (
     STEPS,

@@ -51,7 +51,7 @@ def test_definitions_validate_reports_an_invalid_graph(
 ) -> None:
     broken = tmp_path / "broken_definitions.py"
     broken.write_text(
-        "from matchbox_dagster.collection import build_collection_defs\n"
+        "from matchbox_dagster.dagster.collection import build_collection_defs\n"
         "from matchbox_dagster.examples.febrl import febrl4_spec\n"
         "spec = febrl4_spec(collection='broken')\n"
         "people = spec.resolvers[0]\n"

@@ -5,7 +5,10 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from matchbox_dagster.assets import (
+from matchbox_dagster.common.arrow import ModelResults, SourceHashes
+from matchbox_dagster.common.dtos import StepType
+from matchbox_dagster.common.errors import MatchboxInvalidData
+from matchbox_dagster.dagster.assets import (
     IO_MANAGER_KEY,
     MatchboxTranslator,
     build_collection_assets,
@@ -14,15 +17,12 @@ from matchbox_dagster.assets import (
     build_source_asset,
     validate_spec,
 )
-from matchbox_dagster.collection import build_collection_defs
-from matchbox_dagster.common.arrow import ModelResults, SourceHashes
-from matchbox_dagster.common.dtos import StepType
-from matchbox_dagster.common.errors import MatchboxInvalidData
+from matchbox_dagster.dagster.collection import build_collection_defs
+from matchbox_dagster.dagster.io_manager import MatchboxIOManager, step_metadata
+from matchbox_dagster.dagster.partitions import run_partitions
+from matchbox_dagster.dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.sensors import build_promotion_sensor
 from matchbox_dagster.examples.febrl import febrl4_spec
-from matchbox_dagster.io_manager import MatchboxIOManager, step_metadata
-from matchbox_dagster.partitions import run_partitions
-from matchbox_dagster.resources import MatchboxResource
-from matchbox_dagster.sensors import build_promotion_sensor
 from matchbox_dagster.specs import CollectionSpec, InputSpec, ResolverSpec
 from tests.dagster.conftest import STEPS, step_failures, unique_collection
 from tests.factories import edges_table, hashes_table

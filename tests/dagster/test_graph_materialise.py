@@ -10,8 +10,8 @@ import pytest
 
 from matchbox_dagster.common.dtos import StepPath, UploadStage
 from matchbox_dagster.common.errors import MatchboxRunLabelNotFound
-from matchbox_dagster.partitions import add_run_partition, partitions_name
-from matchbox_dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.partitions import add_run_partition, partitions_name
+from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.dagster.conftest import (
     STEPS,

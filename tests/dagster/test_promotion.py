@@ -8,9 +8,9 @@ import logging
 import dagster as dg
 import pytest
 
-from matchbox_dagster.partitions import add_run_partition
-from matchbox_dagster.resources import MatchboxResource
-from matchbox_dagster.sensors import PromotionCursor, check_results, promote_run
+from matchbox_dagster.dagster.partitions import add_run_partition
+from matchbox_dagster.dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.sensors import PromotionCursor, check_results, promote_run
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.dagster.conftest import (
     Graph,

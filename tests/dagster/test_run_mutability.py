@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from matchbox_dagster.collection import build_collection_defs
 from matchbox_dagster.common.dtos import StepPath, UploadStage
-from matchbox_dagster.partitions import add_run_partition
-from matchbox_dagster.resources import MatchboxResource
-from matchbox_dagster.sensors import promote_run
+from matchbox_dagster.dagster.collection import build_collection_defs
+from matchbox_dagster.dagster.partitions import add_run_partition
+from matchbox_dagster.dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.sensors import promote_run
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.dagster.conftest import STEPS, Graph, actions, make_graph, step_failures
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from matchbox_dagster.partitions import partitions_name
-from matchbox_dagster.resources import MatchboxResource
-from matchbox_dagster.schedules import build_graph_job, build_run_schedule
+from matchbox_dagster.dagster.partitions import partitions_name
+from matchbox_dagster.dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.schedules import build_graph_job, build_run_schedule
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.dagster.conftest import make_graph
 

@@ -22,11 +22,11 @@ from collections.abc import Callable
 import dagster as dg
 import pytest
 
-from matchbox_dagster.collection import build_collection_defs
 from matchbox_dagster.common.dtos import StepPath, UploadStage
+from matchbox_dagster.dagster.collection import build_collection_defs
+from matchbox_dagster.dagster.partitions import add_run_partition
+from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.examples.febrl import febrl4_spec
-from matchbox_dagster.partitions import add_run_partition
-from matchbox_dagster.resources import MatchboxResource
 from tests.faults.cluster import Cluster, wait_for
 
 STEPS = ["febrl_a", "febrl_b", "dedupe_a", "dedupe_b", "link_ab", "people"]

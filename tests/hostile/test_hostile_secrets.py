@@ -21,7 +21,6 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from matchbox_dagster.collection import build_collection_defs
 from matchbox_dagster.common.errors import (
     MatchboxConnectionError,
     MatchboxDatastoreError,
@@ -29,9 +28,10 @@ from matchbox_dagster.common.errors import (
     MatchboxSnapshotError,
 )
 from matchbox_dagster.common.settings import MatchboxSettings
+from matchbox_dagster.dagster.collection import build_collection_defs
+from matchbox_dagster.dagster.partitions import add_run_partition
+from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.examples.febrl import febrl4_spec
-from matchbox_dagster.partitions import add_run_partition
-from matchbox_dagster.resources import MatchboxResource
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.conftest import drop_schema, own_schema_store, postgres_uri
 from tests.hostile.conftest import World, observe

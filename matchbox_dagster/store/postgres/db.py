@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Literal, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import adbc_driver_postgresql.dbapi as adbc
 import psycopg
@@ -38,6 +38,7 @@ from matchbox_dagster.common.errors import (
     MatchboxDatabaseWriteError,
     MatchboxError,
 )
+from matchbox_dagster.common.redaction import redact
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres.embedded import embedded_uri
 
@@ -98,16 +99,6 @@ Fault = Literal["transient", "refused", "database"]
 
 class CommitInDoubt(MatchboxConnectionError):
     """The connection was lost while committing: the transaction may or may not have applied."""
-
-
-def redact(uri: str) -> str:
-    """``uri`` with any password replaced by ``***`` (safe for logs and errors)."""
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        parts = parts._replace(netloc=netloc)
-    query = [(k, "***" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)]
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def quote_ident(name: str) -> str:

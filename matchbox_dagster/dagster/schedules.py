@@ -5,8 +5,8 @@ from typing import Any
 
 import dagster as dg
 
-from matchbox_dagster.partitions import add_run_partition, dagster_name
-from matchbox_dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.partitions import add_run_partition, dagster_name
+from matchbox_dagster.dagster.resources import MatchboxResource
 
 
 def build_graph_job(*, collection: str, asset_keys: Sequence[dg.AssetKey]) -> Any:

@@ -45,6 +45,7 @@ from matchbox_dagster.common.dtos import (
     SourceField,
 )
 from matchbox_dagster.common.errors import MatchboxInvalidData
+from matchbox_dagster.common.redaction import redact
 from matchbox_dagster.methods.hashing import index_rows
 
 DEFAULT_BATCH_SIZE = 250_000
@@ -245,8 +246,6 @@ def default_s3_client() -> Any:
 
 def _safe(uri: str) -> str:
     """A URI without its password, for messages."""
-    from matchbox_dagster.store.postgres.db import redact
-
     return redact(uri)
 
 

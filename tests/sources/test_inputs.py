@@ -7,8 +7,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from matchbox_dagster import inputs
-from matchbox_dagster.checks import _entities
 from matchbox_dagster.common.dtos import (
     LocationConfig,
     LocationType,
@@ -19,8 +17,10 @@ from matchbox_dagster.common.dtos import (
     StepPath,
     StepType,
 )
-from matchbox_dagster.inputs import query_frame, source_records
-from matchbox_dagster.methods.sources import index_source
+from matchbox_dagster.dagster.checks import _entities
+from matchbox_dagster.sources import inputs
+from matchbox_dagster.sources.inputs import query_frame, source_records
+from matchbox_dagster.sources.locations import index_source
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.factories import add_model, add_resolver
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from matchbox_dagster.collection import build_collection_defs
-from matchbox_dagster.component import MatchboxCollectionComponent
+from matchbox_dagster.dagster.collection import build_collection_defs
+from matchbox_dagster.dagster.component import MatchboxCollectionComponent
 from matchbox_dagster.examples.febrl import febrl4_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ from matchbox_dagster.evaluation.metrics import (
     threshold_curve,
     truth_labels,
 )
-from matchbox_dagster.inputs import source_records
+from matchbox_dagster.sources.inputs import source_records
 from matchbox_dagster.specs import ResolverChecksSpec
 from matchbox_dagster.store.base import MatchboxDBAdapter
 

@@ -1,7 +1,8 @@
 """``MatchboxIOManager``: persists sources, models and resolvers as steps of the partition's run.
 
 It only orchestrates: the asset's metadata says which step it is (collection, name, type,
-config), the partition key says which run (a run label, see :mod:`matchbox_dagster.partitions`),
+config), the partition key says which run (a run label, see
+:mod:`matchbox_dagster.dagster.partitions`),
 the payload type says what is stored — :class:`SourceHashes`, :class:`ModelResults` or
 :class:`ResolverClusters`. All SQL lives in the store.
 
@@ -15,7 +16,7 @@ Writing a step:
   start a new run.
 
 Reading: a model input (``AssetIn`` metadata ``matchbox/query``) comes back as a polars frame of
-``id`` + fields (:func:`matchbox_dagster.inputs.query_frame`); a model step as
+``id`` + fields (:func:`matchbox_dagster.sources.inputs.query_frame`); a model step as
 :class:`ModelResults`; other steps as the store's Arrow table.
 """
 
@@ -43,9 +44,9 @@ from matchbox_dagster.common.errors import (
     MatchboxRunNotWriteable,
     MatchboxStepNotFoundError,
 )
-from matchbox_dagster.inputs import query_frame
-from matchbox_dagster.partitions import ensure_collection
-from matchbox_dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.partitions import ensure_collection
+from matchbox_dagster.dagster.resources import MatchboxResource
+from matchbox_dagster.sources.inputs import query_frame
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 META_COLLECTION = "matchbox/collection"
@@ -88,7 +89,8 @@ def step_of(metadata: dict[str, Any], what: str) -> tuple[str, str, StepType, An
     if missing:
         raise MatchboxInvalidData(
             f"{what} has no matchbox step metadata {missing}; build matchbox assets with the "
-            "build_* factories (matchbox_dagster.assets) so the IO manager knows their step."
+            "build_* factories (matchbox_dagster.dagster.assets) so the IO manager knows their "
+            "step."
         )
     step_type = StepType(_plain(metadata[META_STEP_TYPE]))
     config = _CONFIGS[step_type].model_validate_json(_plain(metadata[META_CONFIG]))

@@ -17,7 +17,10 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 
-from matchbox_dagster.checks import (
+from matchbox_dagster.common.arrow import ModelResults
+from matchbox_dagster.common.dtos import StepType
+from matchbox_dagster.common.errors import MatchboxError
+from matchbox_dagster.dagster.checks import (
     SCORES_IN_RANGE,
     SOURCE_QUALITY,
     check_specs,
@@ -26,20 +29,17 @@ from matchbox_dagster.checks import (
     scores_in_range,
     source_quality,
 )
-from matchbox_dagster.common.arrow import ModelResults
-from matchbox_dagster.common.dtos import StepType
-from matchbox_dagster.common.errors import MatchboxError
-from matchbox_dagster.io_manager import (
+from matchbox_dagster.dagster.io_manager import (
     META_FIELDS,
     META_QUERY,
     run_path,
     step_metadata,
 )
+from matchbox_dagster.dagster.partitions import dagster_name, run_partitions
+from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.methods.models import build_model
 from matchbox_dagster.methods.resolvers import ConnectedComponents
-from matchbox_dagster.methods.sources import index_source
-from matchbox_dagster.partitions import dagster_name, run_partitions
-from matchbox_dagster.resources import MatchboxResource
+from matchbox_dagster.sources.locations import index_source
 from matchbox_dagster.specs import (
     CollectionSpec,
     ModelSpec,

@@ -2,7 +2,7 @@
 
 ``defs/<folder>/defs.yaml``::
 
-    type: matchbox_dagster.component.MatchboxCollectionComponent
+    type: matchbox_dagster.dagster.component.MatchboxCollectionComponent
     attributes:
       collection: companies
       sources:
@@ -19,13 +19,14 @@
         - name: companies
           thresholds: {crm_dedupe: 1.0}
 
-It builds exactly what :func:`~matchbox_dagster.collection.build_collection_defs` builds from the
-same spec in Python; ``dg check yaml`` validates the file against the spec's schema.
+It builds exactly what
+:func:`~matchbox_dagster.dagster.collection.build_collection_defs` builds from the same spec in
+Python; ``dg check yaml`` validates the file against the spec's schema.
 """
 
 import dagster as dg
 
-from matchbox_dagster.collection import build_collection_defs
+from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.specs import CollectionSpec
 
 

@@ -31,14 +31,14 @@ from matchbox_dagster.common.arrow import SourceHashes
 from matchbox_dagster.common.dtos import DataTypes, LocationConfig, LocationType, SourceConfig
 from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.methods.hashing import index_rows
-from matchbox_dagster.methods.sources import Source, extract, index_source
+from matchbox_dagster.sources.locations import Source, extract, index_source
 from tests.conftest import drop_schema, postgres_uri
 
 KEY = "person_id"
 FIELDS = ("name", "age", "dob")
 N = 2_500
 BATCH = 700
-THIS_MODULE = "tests.methods.test_sources"
+THIS_MODULE = "tests.sources.test_locations"
 
 
 def make_people() -> pl.DataFrame:

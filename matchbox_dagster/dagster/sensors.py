@@ -23,8 +23,8 @@ import dagster as dg
 
 from matchbox_dagster.common.dtos import Run
 from matchbox_dagster.common.errors import MatchboxNotFoundError
-from matchbox_dagster.partitions import dagster_name
-from matchbox_dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.partitions import dagster_name
+from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 
