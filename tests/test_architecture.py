@@ -45,15 +45,16 @@ MB = "matchbox_dagster"
 
 # fmt: off
 RULES: tuple[Rule, ...] = (
-    # layer                  may not import                                   unless it is
-    Rule(f"{MB}.common",     (MB,),                                           (f"{MB}.common",)),
+    # layer                  may not import                                unless it is in
+    Rule(f"{MB}.common",     (MB,),                                        (f"{MB}.common",)),
     Rule(f"{MB}.store",      DAGSTER),
     Rule(f"{MB}.sources",    DAGSTER),
     Rule(f"{MB}.methods",    (*DAGSTER, f"{MB}.store", f"{MB}.sources")),
     Rule(f"{MB}.evaluation", DAGSTER),
     Rule(f"{MB}.specs",      DAGSTER),
-    Rule(f"{MB}.examples",   (*DAGSTER, MB),                                  (f"{MB}.specs", f"{MB}.common")),  # noqa: E501
-    # everything else (the root package, any new module) except the Dagster layer and the CLI:
+    Rule(f"{MB}.examples",   (*DAGSTER, MB),                               (f"{MB}.specs",
+                                                                            f"{MB}.common")),
+    # every other module (the root package, any new one) but the Dagster layer and the CLI:
     Rule(MB,                 (f"{MB}.dagster",), except_in=(f"{MB}.dagster", f"{MB}.cli")),
 )
 # fmt: on
