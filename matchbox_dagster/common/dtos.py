@@ -137,6 +137,14 @@ class UploadStage(StrEnum):
     COMPLETE = "complete"
 
 
+class WriteOutcome(StrEnum):
+    """What one ``write_step`` call did."""
+
+    STORED = "stored"
+    UNCHANGED = "unchanged"
+    REPLACED = "replaced"
+
+
 class PermissionType(StrEnum):
     """Permission levels, ``READ ⊂ WRITE ⊂ ADMIN``."""
 

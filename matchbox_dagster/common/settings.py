@@ -9,6 +9,7 @@ variable                                  meaning
 ``MATCHBOX_BATCH_SIZE``                   rows per batch when moving bulk data (250000)
 ``MATCHBOX_AUTHORISATION``                enforce permissions (``false``: single-user use)
 ``MATCHBOX_UPLOADS_EXPIRY_MINUTES``       a PROCESSING upload older than this is stuck (60)
+``MATCHBOX_STEP_LOCK_TIMEOUT_SECONDS``    write_step waits this long for a write of the step (60)
 ``MATCHBOX_RETRIES``                      retries of a call after a transient database error (5)
 ``MATCHBOX_RETRY_MAX_SECONDS``            no retry waits past this many seconds after the call
                                           began (30)
@@ -27,6 +28,9 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BATCH_SIZE = 250_000
+"""Rows per batch when reading a source or moving bulk data: the one default of ``batch_size``."""
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -85,9 +89,14 @@ class MatchboxSettings(BaseSettings):
         default=Path(".matchbox/postgres"),
         description="Data directory of the embedded PostgreSQL.",
     )
-    batch_size: int = Field(default=250_000, gt=0, description="Rows per bulk batch.")
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, gt=0, description="Rows per bulk batch.")
     authorisation: bool = Field(default=False, description="Enforce permissions.")
     uploads_expiry_minutes: int | None = Field(default=60, gt=0)
+    step_lock_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long write_step waits for another write of the same step to finish.",
+    )
     retries: int = Field(
         default=5,
         ge=0,

@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol, Self
 
 import pyarrow as pa
 
+from matchbox_dagster.common.arrow import ModelResults, ResolverClusters, SourceHashes
 from matchbox_dagster.common.dtos import (
     BackendResourceType,
     Collection,
@@ -34,6 +35,7 @@ from matchbox_dagster.common.dtos import (
     StepPath,
     UploadStage,
     User,
+    WriteOutcome,
 )
 from matchbox_dagster.common.settings import MatchboxSettings
 
@@ -207,6 +209,31 @@ class MatchboxDBAdapter(ABC):
     @abstractmethod
     def delete_step(self, path: StepPath, certain: bool) -> None:
         """Delete a step and its descendants (``certain=True`` required)."""
+
+    @abstractmethod
+    def write_step(
+        self, path: StepPath, step: Step, payload: SourceHashes | ModelResults | ResolverClusters
+    ) -> WriteOutcome:
+        """Extension: write a step and its data in ONE transaction, and say what was done.
+
+        The payload must be the step type's (:class:`SourceHashes`, :class:`ModelResults`,
+        :class:`ResolverClusters`) with the step's fingerprint; it is checked before anything
+        is written. Writes of one path are serialised by a lock, waited for at most
+        ``settings.step_lock_timeout_seconds`` (then :class:`MatchboxLockError`). Then:
+
+        - the step holds complete data with the same fingerprint and config → ``UNCHANGED``
+          (nothing is written);
+        - the step is missing, or declared without data with the same fingerprint and config
+          → it is created if need be and its data inserted → ``STORED``;
+        - a different fingerprint or config → on an immutable run
+          :class:`MatchboxRunNotWriteable` (start a new run); on a mutable one the step and its
+          descendants are deleted (as :meth:`delete_step`) and it is written anew →
+          ``REPLACED``.
+
+        The upload stage moves READY → PROCESSING → COMPLETE inside the transaction. A failure
+        at any point leaves the store as it was; a repeat after a lost commit returns
+        ``UNCHANGED``. Two identical concurrent writes: one ``STORED``, one ``UNCHANGED``.
+        """
 
     @abstractmethod
     def lock_step_data(self, path: StepPath) -> None:

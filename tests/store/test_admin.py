@@ -423,7 +423,13 @@ def test_audit_and_reset_stuck_uploads(gov: MatchboxPostgres, populated: Populat
         ("companies", populated.draft_run, 2)
     ]
     assert gov.audit_uploads(stale_run_days=50).stale_runs == []
-    assert audit.counts() == {"stuck": 1, "failed": 0, "empty_immutable": 0, "stale_runs": 1}
+    assert audit.counts() == {
+        "stuck": 1,
+        "failed": 0,
+        "abandoned": 0,
+        "empty_immutable": 0,
+        "stale_runs": 1,
+    }
     assert gov.reset_stuck_uploads() == 1
     assert gov.get_step_stage(pending) == UploadStage.READY
     assert gov.reset_stuck_uploads() == 0
@@ -435,6 +441,32 @@ def test_audit_and_reset_stuck_uploads(gov: MatchboxPostgres, populated: Populat
     assert [s.path for s in gov.audit_uploads().empty_immutable] == [pending]
     with pytest.raises(ValueError, match="stale_run_days"):
         gov.audit_uploads(stale_run_days=-1)
+
+
+def test_audit_reports_steps_declared_and_never_filled(
+    gov: MatchboxPostgres, populated: Populated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step created, then left READY without data (its writer died): reported once old."""
+    from tests.test_helpers_steps import declare_pending_source
+
+    run = gov.create_run(populated.collection).run_id
+    old = StepPath(collection=populated.collection, run=run, name="killed")
+    fresh = StepPath(collection=populated.collection, run=run, name="just_created")
+    declare_pending_source(gov, old)
+    declare_pending_source(gov, fresh)
+    assert gov.audit_uploads().abandoned == []  # younger than the expiry: maybe still running
+    sql(gov, "UPDATE steps SET created_at = now() - interval '2 hours', "
+        "stage_updated_at = now() - interval '2 hours' WHERE run_id = %s AND name = %s",
+        (run, "killed"))  # fmt: skip
+    audit = gov.audit_uploads()
+    assert [s.path for s in audit.abandoned] == [old]
+    assert audit.abandoned[0].stage == UploadStage.READY and audit.abandoned[0].minutes > 119
+    assert audit.failed == [] and audit.stuck == [] and not audit.clean
+    assert audit.counts()["abandoned"] == 1
+    monkeypatch.setattr(
+        gov, "settings", gov.settings.model_copy(update={"uploads_expiry_minutes": None})
+    )
+    assert gov.audit_uploads().abandoned == []
 
 
 def test_reset_skips_uploads_still_running(gov: MatchboxPostgres, populated: Populated) -> None:

@@ -177,6 +177,8 @@ class UploadAudit(BaseModel):
     - ``stuck``: PROCESSING for longer than ``uploads_expiry_minutes`` (a crashed writer);
       :meth:`AdminMixin.reset_stuck_uploads` moves them back to READY.
     - ``failed``: back at READY after an upload began (locked, then released without data).
+    - ``abandoned``: declared (READY) and never given data for longer than
+      ``uploads_expiry_minutes``: e.g. a materialisation that created the step, then died.
     - ``empty_immutable``: without data in an immutable run, so they can never get any.
     - ``stale_runs``: older than ``stale_run_days``, still mutable and not the default.
     """
@@ -186,19 +188,23 @@ class UploadAudit(BaseModel):
     stale_run_days: int
     stuck: list[AuditedStep] = Field(default_factory=list)
     failed: list[AuditedStep] = Field(default_factory=list)
+    abandoned: list[AuditedStep] = Field(default_factory=list)
     empty_immutable: list[AuditedStep] = Field(default_factory=list)
     stale_runs: list[StaleRun] = Field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         """True when nothing was found."""
-        return not (self.stuck or self.failed or self.empty_immutable or self.stale_runs)
+        return not (
+            self.stuck or self.failed or self.abandoned or self.empty_immutable or self.stale_runs
+        )
 
     def counts(self) -> dict[str, int]:
         """How many of each finding (for Dagster metadata)."""
         return {
             "stuck": len(self.stuck),
             "failed": len(self.failed),
+            "abandoned": len(self.abandoned),
             "empty_immutable": len(self.empty_immutable),
             "stale_runs": len(self.stale_runs),
         }
@@ -1086,7 +1092,7 @@ class AdminMixin(PostgresCore):
     # --- upload audit -----------------------------------------------------------------------
 
     def audit_uploads(self, stale_run_days: int = 30) -> UploadAudit:
-        """Report stuck and failed uploads, empty steps of immutable runs, and stale runs.
+        """Report stuck, failed and abandoned uploads, empty steps of immutable runs, stale runs.
 
         An operator (or a Dagster sensor) can act on the result, e.g. with
         :meth:`reset_stuck_uploads`.
@@ -1110,6 +1116,9 @@ class AdminMixin(PostgresCore):
                            THEN 'stuck'
                          WHEN s.upload_stage = 'ready' AND s.stage_updated_at > s.created_at
                            THEN 'failed'
+                         WHEN s.upload_stage = 'ready' AND %(expiry)s::int IS NOT NULL
+                              AND s.created_at < now() - make_interval(mins => %(expiry)s)
+                           THEN 'abandoned'
                        END AS finding,
                        s.upload_stage = 'ready' AND NOT r.is_mutable AS unfillable
                 FROM steps s JOIN runs r USING (run_id) JOIN collections c USING (collection_id)
@@ -1147,7 +1156,7 @@ class AdminMixin(PostgresCore):
                 since=row["since"],
                 minutes=float(row["minutes"]),
             )
-            if row["finding"] in ("stuck", "failed"):
+            if row["finding"] in ("stuck", "failed", "abandoned"):
                 getattr(audit, row["finding"]).append(step)
             if row["unfillable"]:
                 audit.empty_immutable.append(step)

@@ -8,17 +8,13 @@ from psycopg.types.json import Jsonb
 from matchbox_dagster.common.dtos import (
     Collection,
     CollectionName,
-    ModelConfig,
     PermissionGrant,
     PermissionType,
-    QueryConfig,
-    ResolverConfig,
     Run,
     RunID,
     SourceConfig,
     Step,
     StepPath,
-    StepType,
     UploadStage,
     is_valid_name,
     validate_name,
@@ -33,25 +29,13 @@ from matchbox_dagster.common.errors import (
     MatchboxNameError,
     MatchboxRunLabelNotFound,
     MatchboxRunNotWriteable,
-    MatchboxStepAlreadyExists,
     MatchboxStepExistingData,
     MatchboxStepNotFoundError,
-    MatchboxStepTypeError,
     MatchboxStepUpdateError,
     shown,
 )
+from matchbox_dagster.store.postgres import step_rows
 from matchbox_dagster.store.postgres.core import SYSTEM, PostgresCore, StepRow, logger
-
-
-def _step_dto(step: StepRow) -> Step:
-    return Step.model_validate(
-        {
-            "description": step.description,
-            "fingerprint": step.fingerprint,
-            "step_type": step.step_type,
-            "config": step.config,
-        }
-    )
 
 
 def _known(collection: object) -> None:
@@ -65,33 +49,6 @@ def _known_path(path: StepPath) -> None:
     _known(path.collection)
     if not is_valid_name(path.name):
         raise MatchboxStepNotFoundError(path)
-
-
-def _storable(step: Step) -> None:
-    """Refuse a description or config PostgreSQL cannot store (NUL, lone surrogates)."""
-    if step.description is not None:
-        validate_text(step.description, "A step description")
-
-    def walk(value: object) -> None:
-        if isinstance(value, str):
-            validate_text(value, "A step config value")
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                walk(key)
-                walk(item)
-        elif isinstance(value, list | tuple):
-            for item in value:
-                walk(item)
-
-    walk(step.config.model_dump(mode="json"))
-
-
-def _lineage_parents(step: Step) -> list[str]:
-    """Every step a step reads (lineage edges): sources and resolvers of model inputs too."""
-    config = step.config
-    if isinstance(config, ModelConfig):
-        return config.dependencies
-    return config.parents
 
 
 class CollectionsMixin(PostgresCore):
@@ -335,123 +292,29 @@ class CollectionsMixin(PostgresCore):
         """Declare a step in a mutable run; its parents must exist in the same run."""
         validate_name(path.collection)
         validate_name(path.name)
-        _storable(step)
+        step_rows.storable(step)
         self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
             self._writable_run(conn, path.collection, path.run, f"add step {path.name!r}")
-            parents = self._check_parents(conn, step, path)
-            try:
-                step_id = conn.execute(
-                    "INSERT INTO steps (run_id, name, step_type, description, fingerprint, config) "
-                    "VALUES (%s, %s, %s, %s, %s, %s) RETURNING step_id",
-                    (
-                        path.run,
-                        path.name,
-                        step.step_type.value,
-                        step.description,
-                        step.fingerprint,
-                        Jsonb(step.config.model_dump(mode="json")),
-                    ),
-                ).fetchone()[0]  # type: ignore[index]
-            except psycopg.errors.UniqueViolation:
-                raise MatchboxStepAlreadyExists(path) from None
-            if parents:
-                # Closure: each direct parent at level 1, and its ancestors one level further.
-                conn.execute(
-                    """
-                    INSERT INTO step_lineage (parent_id, child_id, level)
-                    SELECT ancestor, %(child)s, min(level) FROM (
-                        SELECT unnest(%(parents)s::bigint[]) AS ancestor, 1 AS level
-                        UNION ALL
-                        SELECT parent_id, level + 1 FROM step_lineage
-                        WHERE child_id = ANY(%(parents)s::bigint[])
-                    ) a GROUP BY ancestor
-                    """,
-                    {"child": step_id, "parents": list(parents.values())},
-                )
-            if isinstance(step.config, SourceConfig):
-                self._write_source_config(conn, int(step_id), step.config)
+            step_rows.insert_step(psycopg.RawCursor(conn), step, path)
         logger.info("Created %s step %s", step.step_type, path)
-
-    def _check_parents(
-        self, conn: psycopg.Connection, step: Step, path: StepPath
-    ) -> dict[str, int]:
-        """Parents must exist in the same run and be of a type the step can read."""
-        wanted = _lineage_parents(step)
-        if not wanted:
-            return {}
-        rows = conn.execute(
-            "SELECT name, step_id, step_type FROM steps WHERE run_id = %s AND name = ANY(%s)",
-            (path.run, wanted),
-        ).fetchall()
-        found = {r[0]: (int(r[1]), StepType(r[2])) for r in rows}
-        missing = [name for name in wanted if name not in found]
-        if missing:
-            raise MatchboxStepNotFoundError(
-                StepPath(collection=path.collection, run=path.run, name=missing[0]),
-                f"step {path.name!r} reads {missing}, which must be created first in run "
-                f"{path.run}",
-            )
-        config = step.config
-        if isinstance(config, ModelConfig):
-            queries: list[QueryConfig] = [config.left_query]
-            if config.right_query is not None:
-                queries.append(config.right_query)
-            for query in queries:
-                for name in query.sources:
-                    self._expect_type(path, name, found[name][1], StepType.SOURCE)
-                if query.resolver is not None:
-                    self._expect_type(
-                        path, query.resolver, found[query.resolver][1], StepType.RESOLVER
-                    )
-        elif isinstance(config, ResolverConfig):
-            for name in config.inputs:
-                self._expect_type(path, name, found[name][1], StepType.MODEL)
-        return {name: found[name][0] for name in wanted}
-
-    @staticmethod
-    def _expect_type(path: StepPath, name: str, actual: StepType, expected: StepType) -> None:
-        if actual != expected:
-            raise MatchboxStepTypeError(
-                StepPath(collection=path.collection, run=path.run, name=name), actual, expected
-            )
-
-    @staticmethod
-    def _write_source_config(conn: psycopg.Connection, step_id: int, config: SourceConfig) -> None:
-        conn.execute(
-            "INSERT INTO source_configs (step_id, location_type, location_name, extract_transform) "
-            "VALUES (%s, %s, %s, %s)",
-            (
-                step_id,
-                config.location_config.type.value,
-                config.location_config.name,
-                config.extract_transform,
-            ),
-        )
-        fields = [config.key_field, *config.index_fields]
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO source_fields (step_id, field_index, name, type, is_key) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                [(step_id, i, f.name, f.type.value, i == 0) for i, f in enumerate(fields)],
-            )
 
     def get_step(self, path: StepPath) -> Step:
         """A step's type, config, description and fingerprint."""
         _known_path(path)
         self._authorise(PermissionType.READ, path.collection)
         with self.db.connection() as conn:
-            return _step_dto(self._step_row(conn, path))
+            return step_rows.step_dto(self._step_row(conn, path))
 
     def update_step(self, step: Step, path: StepPath) -> None:
         """Change a step's description or config (not its type, parents or fingerprint)."""
         _known_path(path)
-        _storable(step)
+        step_rows.storable(step)
         self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
             self._writable_run(conn, path.collection, path.run, f"update step {path.name!r}")
             current = self._step_row(conn, path, lock="FOR UPDATE OF s")
-            old = _step_dto(current)
+            old = step_rows.step_dto(current)
             if step.step_type != current.step_type:
                 raise MatchboxStepUpdateError(
                     f"Step {path} is a {current.step_type} step; it cannot become a "
@@ -462,10 +325,10 @@ class CollectionsMixin(PostgresCore):
                     f"Step {path}: the fingerprint is fixed when a step is created and cannot "
                     "be updated. Create a new run (or delete the step) for different data."
                 )
-            if _lineage_parents(step) != _lineage_parents(old):
+            if step_rows.lineage_parents(step) != step_rows.lineage_parents(old):
                 raise MatchboxStepUpdateError(
-                    f"Step {path}: its inputs cannot change ({_lineage_parents(old)} → "
-                    f"{_lineage_parents(step)}). Create a new step or a new run instead."
+                    f"Step {path}: its inputs cannot change ({step_rows.lineage_parents(old)} → "
+                    f"{step_rows.lineage_parents(step)}). Create a new step or a new run instead."
                 )
             conn.execute(
                 "UPDATE steps SET description = %s, config = %s WHERE step_id = %s",
@@ -473,7 +336,7 @@ class CollectionsMixin(PostgresCore):
             )
             if isinstance(step.config, SourceConfig):
                 conn.execute("DELETE FROM source_configs WHERE step_id = %s", (current.step_id,))
-                self._write_source_config(conn, current.step_id, step.config)
+                step_rows.write_source_config(psycopg.RawCursor(conn), current.step_id, step.config)
 
     def delete_step(self, path: StepPath, certain: bool) -> None:
         """Delete a step, its descendants and their data."""
@@ -482,20 +345,13 @@ class CollectionsMixin(PostgresCore):
         with self.db.connection() as conn:
             self._writable_run(conn, path.collection, path.run, f"delete step {path.name!r}")
             step = self._step_row(conn, path, lock="FOR UPDATE OF s")
-            doomed = conn.execute(
-                "SELECT s.step_id, s.step_type, s.name FROM steps s "
-                "WHERE s.step_id = %(id)s OR s.step_id IN "
-                "(SELECT child_id FROM step_lineage WHERE parent_id = %(id)s) ORDER BY s.step_id",
-                {"id": step.step_id},
-            ).fetchall()
+            cur = psycopg.RawCursor(conn)
+            doomed = step_rows.step_tree(cur, step.step_id)
             if not certain:
                 raise MatchboxDeletionNotConfirmed(
-                    f"step {path}", [r[2] for r in doomed if int(r[0]) != step.step_id]
+                    f"step {path}", [name for sid, _, name in doomed if sid != step.step_id]
                 )
-            self._drop_partitions(conn, [(int(r[0]), r[1]) for r in doomed])
-            conn.execute(
-                "DELETE FROM steps WHERE step_id = ANY(%s)", ([int(r[0]) for r in doomed],)
-            )
+            step_rows.delete_steps(cur, self.db.schema, doomed)
         logger.info("Deleted step %s and %d descendant(s)", path, len(doomed) - 1)
 
     # --- upload stages ----------------------------------------------------------------------

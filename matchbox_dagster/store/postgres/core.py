@@ -46,20 +46,10 @@ from matchbox_dagster.common.errors import (
 )
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres.db import Database
+from matchbox_dagster.store.postgres.step_rows import BULK_TABLES as BULK_TABLES
+from matchbox_dagster.store.postgres.step_rows import partition_name as partition_name
 
 logger = logging.getLogger("matchbox_dagster.store")
-
-BULK_TABLES = {
-    StepType.SOURCE: "source_rows",
-    StepType.MODEL: "model_edges",
-    StepType.RESOLVER: "resolver_leaves",
-}
-"""The partitioned table holding each step type's data."""
-
-
-def partition_name(step_type: StepType, step_id: int) -> str:
-    """Name of the partition holding a step's data (built from an integer id only)."""
-    return f"{BULK_TABLES[step_type]}_{int(step_id)}"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ A failure at any point rolls everything back: the store is as it was before the 
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,21 +44,28 @@ from matchbox_dagster.common.dtos import (
     QueryConfig,
     ResolverStepPath,
     SourceStepPath,
+    Step,
     StepPath,
     StepType,
     UploadStage,
+    WriteOutcome,
+    validate_name,
 )
 from matchbox_dagster.common.errors import (
+    MatchboxCollectionNotFoundError,
     MatchboxDataNotFound,
     MatchboxFingerprintMismatch,
     MatchboxLockError,
+    MatchboxRunNotFoundError,
     MatchboxRunNotWriteable,
     MatchboxStepExistingData,
     MatchboxStepInvalidData,
     MatchboxStepNotFoundError,
     MatchboxStepTypeError,
 )
+from matchbox_dagster.store.postgres import step_rows
 from matchbox_dagster.store.postgres.core import (
+    BULK_TABLES,
     STEP_SELECT,
     SYSTEM,
     PostgresCore,
@@ -75,6 +84,13 @@ BULK_READ_SETTINGS = (
 """Planner settings for statements that join whole partitions: the planner's join estimates on
 fresh partitions are far off, and a nested loop over a million index probes is 5× slower than a
 hash join; JIT compilation does not pay off for statements this short."""
+
+_PAYLOADS: dict[StepType, type] = {
+    StepType.SOURCE: SourceHashes,
+    StepType.MODEL: ModelResults,
+    StepType.RESOLVER: ResolverClusters,
+}
+"""The payload each step type takes."""
 
 _LEAF_IDS = pa.schema([("leaf_id", pa.int64())])
 _ROOTS = pa.schema([("leaf_id", pa.int64()), ("root_id", pa.int64())])
@@ -130,27 +146,7 @@ class DataMixin(PostgresCore):
                 raise MatchboxStepExistingData(path)
             if fingerprint != step.fingerprint:
                 raise MatchboxFingerprintMismatch(path, step.fingerprint, fingerprint)
-            table = partition_name(expected, step.step_id)
-            rows = load(cur, step, table)
-            parent = {
-                StepType.SOURCE: "source_rows",
-                StepType.MODEL: "model_edges",
-                StepType.RESOLVER: "resolver_leaves",
-            }[expected]
-            cur.execute(
-                compose(
-                    "ALTER TABLE {parent} ATTACH PARTITION {table} FOR VALUES IN ("
-                    + str(int(step.step_id))
-                    + ")",
-                    parent=parent,
-                    table=table,
-                )
-            )
-            cur.execute(
-                "UPDATE steps SET upload_stage = 'complete', stage_updated_at = now() "
-                "WHERE step_id = $1",
-                parameters=(step.step_id,),
-            )
+            rows = self._load_step(cur, step, load)
             conn.commit()
         logger.info(
             "Inserted %s rows into %s step %s in %.2fs",
@@ -159,6 +155,150 @@ class DataMixin(PostgresCore):
             path,
             time.perf_counter() - started,
         )
+
+    def _load_step(
+        self, cur: adbc.Cursor, step: StepRow, load: Callable[[adbc.Cursor, StepRow, str], int]
+    ) -> int:
+        """Load a step's partition, attach it and mark the step COMPLETE; return the rows."""
+        table = partition_name(step.step_type, step.step_id)
+        rows = load(cur, step, table)
+        cur.execute(
+            compose(
+                "ALTER TABLE {parent} ATTACH PARTITION {table} FOR VALUES IN ("
+                + str(int(step.step_id))
+                + ")",
+                parent=BULK_TABLES[step.step_type],
+                table=table,
+            )
+        )
+        step_rows.set_stage(cur, step.step_id, UploadStage.COMPLETE)
+        return rows
+
+    # --- one call writes a step -------------------------------------------------------------
+
+    def write_step(
+        self, path: StepPath, step: Step, payload: SourceHashes | ModelResults | ResolverClusters
+    ) -> WriteOutcome:
+        """Write a step and its data in one transaction: see :meth:`MatchboxDBAdapter.write_step`.
+
+        Order inside the transaction: a per-path advisory lock (waiting at most
+        ``settings.step_lock_timeout_seconds``), the run (shared row lock: it cannot become
+        immutable meanwhile) and the step; then nothing (UNCHANGED), a new step (STORED), or the
+        step and its descendants deleted and written anew (REPLACED); then READY → PROCESSING,
+        the load, the partition attached, COMPLETE and one commit.
+        """
+        validate_name(path.collection)
+        validate_name(path.name)
+        step_rows.storable(step)
+        expected = _PAYLOADS[step.step_type]
+        if not isinstance(payload, expected):
+            raise MatchboxStepInvalidData(
+                f"Step {path} is a {step.step_type} step, so its payload must be "
+                f"{expected.__name__}, not {type(payload).__name__}. Nothing was written."
+            )
+        if payload.fingerprint != step.fingerprint:
+            raise MatchboxFingerprintMismatch(path, step.fingerprint, payload.fingerprint)
+        self._authorise(PermissionType.WRITE, path.collection)
+        load = self._loader(payload)
+        started = time.perf_counter()
+        with self.db.adbc() as conn, conn.cursor() as cur:
+            mutable, current = self._lock_path(cur, path)
+            if current is not None and step_rows.step_dto(current).config == step.config:
+                same = current.fingerprint == step.fingerprint
+            else:
+                same = False
+            if same and current is not None and current.stage == UploadStage.COMPLETE:
+                return WriteOutcome.UNCHANGED
+            if not mutable:
+                raise MatchboxRunNotWriteable(
+                    path.collection,
+                    path.run,
+                    f"write step {path.name!r} with new data or config (data of an immutable "
+                    "run is fixed)",
+                )
+            if current is None or not same:
+                if current is not None:
+                    doomed = step_rows.step_tree(cur, current.step_id)
+                    step_rows.delete_steps(cur, self.db.schema, doomed)
+                step_rows.insert_step(cur, step, path)
+            written = self._adbc_step(cur, path, step.step_type, lock=False)
+            step_rows.set_stage(cur, written.step_id, UploadStage.PROCESSING)
+            rows = self._load_step(cur, written, load)
+            conn.commit()
+        outcome = WriteOutcome.STORED if current is None or same else WriteOutcome.REPLACED
+        logger.info(
+            "Wrote %s step %s (%s, %s rows) in %.2fs",
+            step.step_type,
+            path,
+            outcome,
+            f"{rows:,}",
+            time.perf_counter() - started,
+        )
+        return outcome
+
+    def _lock_path(self, cur: adbc.Cursor, path: StepPath) -> tuple[bool, StepRow | None]:
+        """Take the path's write lock (bounded wait); return the run's mutability and the step.
+
+        The lock is transaction-level and keyed by the schema and the path, bound as one
+        parameter; ``lock_timeout`` bounds the waits for it and for the run's and step's rows,
+        then goes back to what it was, so the load itself is never cut short.
+        """
+        timeout = self.settings.step_lock_timeout_seconds
+        cur.execute("SELECT current_setting('lock_timeout') AS previous")
+        previous = _rows(cur)[0]["previous"]
+        cur.execute(
+            "SELECT set_config('lock_timeout', $1, true) AS t",
+            parameters=(f"{max(1, round(timeout * 1000))}ms",),
+        )
+        cur.fetchall()
+        key = json.dumps([self.db.schema, path.collection, path.run, path.name])
+        try:
+            cur.execute(
+                "SELECT true AS locked FROM pg_advisory_xact_lock(hashtextextended($1, 0))",
+                parameters=(key,),
+            )
+            cur.fetchall()
+            cur.execute(
+                "SELECT r.is_mutable FROM runs r JOIN collections c USING (collection_id) "
+                "WHERE c.name = $1 AND r.run_id = $2 FOR SHARE OF r",
+                parameters=(path.collection, path.run),
+            )
+            run = cur.fetchall()
+            if not run:
+                cur.execute(
+                    "SELECT 1 AS found FROM collections WHERE name = $1",
+                    parameters=(path.collection,),
+                )
+                if not cur.fetchall():
+                    raise MatchboxCollectionNotFoundError(path.collection)
+                raise MatchboxRunNotFoundError(path.collection, path.run)
+            cur.execute(
+                STEP_SELECT + " FOR NO KEY UPDATE OF s",
+                parameters=(path.collection, path.run, path.name),
+            )
+            found = _rows(cur)
+        except adbc.Error as exc:
+            if sqlstate(exc) == "55P03":
+                raise MatchboxLockError(
+                    f"Step {path} is being written by another call, and it was still being "
+                    f"written after {timeout:g}s (MATCHBOX_STEP_LOCK_TIMEOUT_SECONDS). Nothing "
+                    "was written. Retry when that write has finished, or raise the setting if "
+                    "writes of this step take longer."
+                ) from None
+            raise
+        cur.execute("SELECT set_config('lock_timeout', $1, true) AS t", parameters=(previous,))
+        cur.fetchall()
+        return bool(run[0][0]), step_from_row(found[0]) if found else None
+
+    def _loader(
+        self, payload: SourceHashes | ModelResults | ResolverClusters
+    ) -> Callable[[adbc.Cursor, StepRow, str], int]:
+        """The partition load of a payload (prepared in memory before any transaction)."""
+        if isinstance(payload, SourceHashes):
+            return self._source_loader(payload)
+        if isinstance(payload, ModelResults):
+            return self._model_loader(payload)
+        return functools.partial(self._load_resolver, clusters=payload)
 
     def _create_step_table(self, cur: adbc.Cursor, table: str, step_id: int, columns: str) -> None:
         sid = str(int(step_id))
@@ -200,6 +340,10 @@ class DataMixin(PostgresCore):
         data, ``MatchboxRunNotWriteable`` on an immutable run.
         """
         hashes = data_hashes if isinstance(data_hashes, SourceHashes) else SourceHashes(data_hashes)
+        load = self._source_loader(hashes)
+        self._insert(path, StepType.SOURCE, hashes.fingerprint, load)
+
+    def _source_loader(self, hashes: SourceHashes) -> Callable[[adbc.Cursor, StepRow, str], int]:
         rows = source_rows(hashes)
 
         def load(cur: adbc.Cursor, step: StepRow, table: str) -> int:
@@ -212,7 +356,7 @@ class DataMixin(PostgresCore):
             self._ingest(cur, table, rows)
             return rows.num_rows
 
-        self._insert(path, StepType.SOURCE, hashes.fingerprint, load)
+        return load
 
     # --- models -----------------------------------------------------------------------------
 
@@ -224,6 +368,10 @@ class DataMixin(PostgresCore):
         input gives its sources' keys.
         """
         edges = results if isinstance(results, ModelResults) else ModelResults(results)
+        load = self._model_loader(edges)
+        self._insert(path, StepType.MODEL, edges.fingerprint, load)
+
+    def _model_loader(self, edges: ModelResults) -> Callable[[adbc.Cursor, StepRow, str], int]:
 
         def load(cur: adbc.Cursor, step: StepRow, table: str) -> int:
             if edges.num_rows:
@@ -248,7 +396,7 @@ class DataMixin(PostgresCore):
             self._ingest(cur, table, edges.table)
             return edges.num_rows
 
-        self._insert(path, StepType.MODEL, edges.fingerprint, load)
+        return load
 
     def _input_step_ids(self, cur: adbc.Cursor, run_id: int, names: list[str]) -> dict[str, int]:
         cur.execute(
@@ -330,9 +478,7 @@ class DataMixin(PostgresCore):
         """
         clusters = data if isinstance(data, ResolverClusters) else ResolverClusters(data)
 
-        def load(cur: adbc.Cursor, step: StepRow, table: str) -> int:
-            return self._load_resolver(cur, step, table, clusters)
-
+        load = functools.partial(self._load_resolver, clusters=clusters)
         self._insert(path, StepType.RESOLVER, clusters.fingerprint, load)
 
     def _load_resolver(
