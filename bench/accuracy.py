@@ -8,7 +8,8 @@ Datasets (ground truth known):
   (``--synthetic N`` entities, default 66,667 ≈ 100k records) and, with ``--big``, ~1M records.
 
 For each, **ours** runs the whole path on a throwaway PostgreSQL store: records written to
-Parquet → ``Source`` → ``index_source`` (extract + stable row hashes) → ``insert_source_data`` →
+Parquet → ``SourceSpec.config()`` → ``index_source`` (extract + stable row hashes) →
+``insert_source_data`` →
 model input (leaf ids from ``query(..., return_leaf_id=True)`` joined to the extracted rows) →
 ``SplinkModel`` (or ``WeightedRules``) → ``insert_model_data`` → ``get_model_data`` →
 ``ConnectedComponents`` → ``insert_resolver_data`` → ``query(source, resolver)``. **Standalone
@@ -65,7 +66,8 @@ from matchbox_dagster.evaluation.metrics import PairwiseScores, score_against_tr
 from matchbox_dagster.methods import ConnectedComponents, Model, SplinkModel, WeightedRules
 from matchbox_dagster.methods.synthetic import FIELDS as SYNTHETIC_FIELDS
 from matchbox_dagster.methods.synthetic import generate_people
-from matchbox_dagster.sources.locations import Source, extract, index_source
+from matchbox_dagster.sources.locations import extract, index_source
+from matchbox_dagster.specs import SourceSpec
 from matchbox_dagster.store.postgres import MatchboxPostgres
 
 URI = os.environ.get("MATCHBOX_POSTGRES_URI") or "postgresql://postgres@127.0.0.1:5432/test"
@@ -426,10 +428,11 @@ def run_ours(
         file = workdir / f"{name}.parquet"
         if not file.exists():
             frame.write_parquet(file)
-        config = Source(
+        config = SourceSpec(
+            name=name,
             location=LocationConfig(type=LocationType.PARQUET, name=str(file)),
             key_field="key",
-            index_fields=tuple(data.fields),
+            index_fields=list(data.fields),
         ).config()
         t = time.perf_counter()
         hashes = index_source(config)

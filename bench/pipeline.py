@@ -309,12 +309,9 @@ def run_by_hand(collection_spec: Any, schema: str, suffix: str) -> dict[str, Any
     """The same store calls and methodologies, without Dagster or the IO manager."""
     from matchbox_dagster.common.dtos import Step, StepPath, StepType
     from matchbox_dagster.common.settings import MatchboxSettings
-    from matchbox_dagster.dagster.assets import upstream_sources
-    from matchbox_dagster.methods.models import build_model
-    from matchbox_dagster.methods.resolvers import ConnectedComponents
     from matchbox_dagster.sources.inputs import query_frame
     from matchbox_dagster.sources.locations import index_source
-    from matchbox_dagster.specs import model_config
+    from matchbox_dagster.specs import plan_collection
     from matchbox_dagster.store.postgres import MatchboxPostgres
 
     store = MatchboxPostgres(MatchboxSettings(postgres_uri=URI, postgres_schema=schema))
@@ -323,27 +320,22 @@ def run_by_hand(collection_spec: Any, schema: str, suffix: str) -> dict[str, Any
     run = store.create_run(collection).run_id
     times: dict[str, float] = {}
     methodology: dict[str, float] = {}
+    plan = plan_collection(collection_spec)  # configs and methodologies, as the assets get them
 
     def path(name: str) -> StepPath:
         return StepPath(collection=collection, run=run, name=name)
 
-    for source in collection_spec.sources:
+    for name, config in plan.sources.items():
         started = time.perf_counter()
-        hashes = index_source(source.config(), batch_size=store.settings.batch_size)
-        methodology[source.name] = time.perf_counter() - started
-        step = Step(
-            step_type=StepType.SOURCE, fingerprint=hashes.fingerprint, config=source.config()
-        )
-        store.create_step(step, path(source.name))
-        store.insert_source_data(path(source.name), hashes)
-        times[source.name] = time.perf_counter() - started
-    under = upstream_sources(collection_spec)
-    resolvers = {r.name for r in collection_spec.resolvers}
+        hashes = index_source(config, batch_size=store.settings.batch_size)
+        methodology[name] = time.perf_counter() - started
+        step = Step(step_type=StepType.SOURCE, fingerprint=hashes.fingerprint, config=config)
+        store.write_step(path(name), step, hashes)
+        times[name] = time.perf_counter() - started
     results = {}
-    for model in collection_spec.models:
+    for model in plan.models:
         started = time.perf_counter()
-        config = model_config(model, {k: v for k, v in under.items() if k in resolvers})
-        method = build_model(model.model_class, model.settings)
+        config, method = model.config, model.methodology
         fields = method.input_fields  # what the asset's IO manager reads too
         left = query_frame(store, collection, run, config.left_query, fields=fields)
         right = (
@@ -353,30 +345,20 @@ def run_by_hand(collection_spec: Any, schema: str, suffix: str) -> dict[str, Any
         )
         scored_at = time.perf_counter()
         edges = method.link(left, right) if right is not None else method.dedupe(left)
-        methodology[model.name] = time.perf_counter() - scored_at
-        store.create_step(
-            Step(step_type=StepType.MODEL, fingerprint=edges.fingerprint, config=config),
-            path(model.name),
-        )
-        store.insert_model_data(path(model.name), edges)
-        results[model.name] = edges
-        times[model.name] = time.perf_counter() - started
-    for resolver in collection_spec.resolvers:
+        methodology[model.spec.name] = time.perf_counter() - scored_at
+        step = Step(step_type=StepType.MODEL, fingerprint=edges.fingerprint, config=config)
+        store.write_step(path(model.spec.name), step, edges)
+        results[model.spec.name] = edges
+        times[model.spec.name] = time.perf_counter() - started
+    for resolver in plan.resolvers:
         started = time.perf_counter()
-        clusters = ConnectedComponents(thresholds=resolver.thresholds).resolve(
-            {m: results[m] for m in resolver.thresholds}
+        clusters = resolver.resolver.resolve({m: results[m] for m in resolver.models})
+        methodology[resolver.spec.name] = time.perf_counter() - started
+        step = Step(
+            step_type=StepType.RESOLVER, fingerprint=clusters.fingerprint, config=resolver.config
         )
-        methodology[resolver.name] = time.perf_counter() - started
-        store.create_step(
-            Step(
-                step_type=StepType.RESOLVER,
-                fingerprint=clusters.fingerprint,
-                config=resolver.config(),
-            ),
-            path(resolver.name),
-        )
-        store.insert_resolver_data(path(resolver.name), clusters)
-        times[resolver.name] = time.perf_counter() - started
+        store.write_step(path(resolver.spec.name), step, clusters)
+        times[resolver.spec.name] = time.perf_counter() - started
     store.close()
     return {"steps": times, "methodology": methodology, "total": sum(times.values())}
 

@@ -6,20 +6,23 @@ whose checks run in the same step, right after the IO manager stored the output.
 groups and descriptions come from a :class:`MatchboxTranslator`, the one customisation seam.
 
 :func:`build_collection_assets` turns a whole :class:`~matchbox_dagster.specs.CollectionSpec`
-into assets, computing what each resolver input reads.
+into assets. The spec validates and plans itself (:func:`~matchbox_dagster.specs.plan_collection`:
+every step's config and methodology, built once); this module only turns a
+:class:`~matchbox_dagster.specs.SpecError` into ``DagsterInvalidDefinitionError`` and the plan
+into assets.
 """
 
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
 import pyarrow as pa
 
 from matchbox_dagster.common.arrow import ModelResults
-from matchbox_dagster.common.dtos import StepType
-from matchbox_dagster.common.errors import MatchboxError
+from matchbox_dagster.common.dtos import SourceConfig, StepPath, StepType
 from matchbox_dagster.dagster.checks import (
     SCORES_IN_RANGE,
     SOURCE_QUALITY,
@@ -29,24 +32,27 @@ from matchbox_dagster.dagster.checks import (
     scores_in_range,
     source_quality,
 )
-from matchbox_dagster.dagster.io_manager import (
-    META_FIELDS,
-    META_QUERY,
-    run_path,
-    step_metadata,
+from matchbox_dagster.dagster.io_manager import META_FIELDS, META_QUERY, step_metadata
+from matchbox_dagster.dagster.partitions import (
+    dagster_name,
+    dagster_run_id,
+    run_partitions,
+    step_path,
 )
-from matchbox_dagster.dagster.partitions import dagster_name, run_partitions
 from matchbox_dagster.dagster.resources import MatchboxResource
-from matchbox_dagster.methods.models import build_model
-from matchbox_dagster.methods.resolvers import ConnectedComponents
 from matchbox_dagster.sources.locations import index_source
 from matchbox_dagster.specs import (
     CollectionSpec,
+    ModelPlan,
     ModelSpec,
-    ResolverChecksSpec,
+    ResolverPlan,
     ResolverSpec,
     SourceSpec,
-    model_config,
+    SpecError,
+    plan_collection,
+    plan_model,
+    plan_resolver,
+    plan_source,
 )
 
 IO_MANAGER_KEY = "matchbox_io_manager"
@@ -89,6 +95,29 @@ def _fail(argument: str, message: str) -> dg.DagsterInvalidDefinitionError:
     return dg.DagsterInvalidDefinitionError(f"Argument {argument!r}: {message}")
 
 
+@contextmanager
+def spec_errors() -> Iterator[None]:
+    """Turn a :class:`SpecError` into ``DagsterInvalidDefinitionError`` naming what to fix."""
+    try:
+        yield
+    except SpecError as exc:
+        raise _fail(exc.argument, str(exc)) from exc
+
+
+def _path(
+    context: dg.AssetExecutionContext, matchbox: MatchboxResource, collection: str, name: str
+) -> StepPath:
+    """The step path of this asset's partition (for its checks, after the IO manager wrote)."""
+    return step_path(
+        matchbox.get_store(),
+        collection,
+        context.partition_key,
+        name,
+        create=False,
+        dagster_run=dagster_run_id(context),
+    )
+
+
 def _common(
     collection: str,
     name: str,
@@ -119,22 +148,33 @@ def build_source_asset(
     """An asset that extracts a source in batches, hashes its rows and stores them."""
     if not isinstance(source, SourceSpec):
         raise _fail("source", f"expected a SourceSpec, got {type(source).__name__}")
-    translator = translator or MatchboxTranslator()
-    try:
-        config = source.config()
-    except ValueError as exc:
-        raise _fail("source", str(exc)) from exc
+    with spec_errors():
+        config = plan_source(source)
+    return _source_asset(collection, source, config, translator, retry_policy)
+
+
+def _source_asset(
+    collection: str,
+    source: SourceSpec,
+    config: SourceConfig,
+    translator: MatchboxTranslator | None,
+    retry_policy: dg.RetryPolicy | None,
+) -> dg.AssetsDefinition:
     common = _common(
-        collection, source.name, StepType.SOURCE, source.description, translator, retry_policy
+        collection,
+        source.name,
+        StepType.SOURCE,
+        source.description,
+        translator or MatchboxTranslator(),
+        retry_policy,
     )
-    key = common["key"]
 
     @dg.asset(
         **common,
         metadata=step_metadata(
             collection, source.name, StepType.SOURCE, config, source.description
         ),
-        check_specs=check_specs(key, [SOURCE_QUALITY]),
+        check_specs=check_specs(common["key"], [SOURCE_QUALITY]),
     )
     def _source(context: dg.AssetExecutionContext, matchbox: MatchboxResource) -> Iterator[Any]:
         started = time.perf_counter()
@@ -150,9 +190,8 @@ def build_source_asset(
         extracted = (hashes.num_keys, hashes.num_rows)
         yield dg.Output(hashes, metadata={"extract_seconds": round(seconds, 3)})
         del hashes  # stored by now: free it before the check
-        store = matchbox.get_store()
-        path = run_path(store, collection, context.partition_key, source.name, create=False)
-        yield source_quality(store, path, *extracted)
+        path = _path(context, matchbox, collection, source.name)
+        yield source_quality(matchbox.get_store(), path, *extracted)
 
     return _source
 
@@ -172,16 +211,19 @@ def build_model_asset(
     """
     if not isinstance(model, ModelSpec):
         raise _fail("model", f"expected a ModelSpec, got {type(model).__name__}")
+    with spec_errors():
+        plan = plan_model(model, sources_under)
+    return _model_asset(collection, plan, translator, retry_policy)
+
+
+def _model_asset(
+    collection: str,
+    plan: ModelPlan,
+    translator: MatchboxTranslator | None,
+    retry_policy: dg.RetryPolicy | None,
+) -> dg.AssetsDefinition:
     translator = translator or MatchboxTranslator()
-    under = {k: list(v) for k, v in (sources_under or {}).items()}
-    try:
-        config = model_config(model, under)
-        methodology = build_model(model.model_class, model.settings)
-    except (ValueError, MatchboxError) as exc:
-        raise _fail("model", f"{model.name!r}: {exc}") from exc
-    queries = {"left": config.left_query}
-    if config.right_query is not None:
-        queries["right"] = config.right_query
+    model, methodology, queries = plan.spec, plan.methodology, plan.queries
     ins = {
         side: dg.AssetIn(
             key=translator.get_asset_key(collection, query.resolves_from),
@@ -205,14 +247,15 @@ def build_model_asset(
     common = _common(
         collection, model.name, StepType.MODEL, model.description, translator, retry_policy
     )
-    key = common["key"]
 
     @dg.asset(
         **common,
         ins=ins,
         deps=deps,
-        metadata=step_metadata(collection, model.name, StepType.MODEL, config, model.description),
-        check_specs=check_specs(key, [SCORES_IN_RANGE]),
+        metadata=step_metadata(
+            collection, model.name, StepType.MODEL, plan.config, model.description
+        ),
+        check_specs=check_specs(common["key"], [SCORES_IN_RANGE]),
     )
     def _model(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: Any
@@ -240,9 +283,8 @@ def build_model_asset(
             },
         )
         del results, inputs  # stored by now: free them before the check
-        store = matchbox.get_store()
-        path = run_path(store, collection, context.partition_key, model.name, create=False)
-        yield scores_in_range(store, path, produced)
+        path = _path(context, matchbox, collection, model.name)
+        yield scores_in_range(matchbox.get_store(), path, produced)
 
     return _model
 
@@ -262,42 +304,34 @@ def build_resolver_asset(
     """
     if not isinstance(resolver, ResolverSpec):
         raise _fail("resolver", f"expected a ResolverSpec, got {type(resolver).__name__}")
-    if not sources:
-        raise _fail("sources", f"resolver {resolver.name!r} needs the sources upstream of it")
+    with spec_errors():
+        plan = plan_resolver(resolver, sources)
+    return _resolver_asset(collection, plan, translator, retry_policy)
+
+
+def _resolver_asset(
+    collection: str,
+    plan: ResolverPlan,
+    translator: MatchboxTranslator | None,
+    retry_policy: dg.RetryPolicy | None,
+) -> dg.AssetsDefinition:
     translator = translator or MatchboxTranslator()
-    checks: ResolverChecksSpec = resolver.checks
-    unknown_truth = set(checks.truth or {}) - set(sources)
-    if unknown_truth:
-        raise _fail(
-            "resolver",
-            f"{resolver.name!r}: checks.truth names {sorted(unknown_truth)}, which are not "
-            f"sources upstream of it ({sorted(sources)})",
-        )
-    try:
-        components = ConnectedComponents(thresholds=resolver.thresholds)
-        for name, value in resolver.thresholds.items():
-            if not 0 <= value <= 1:
-                raise ValueError(f"threshold of {name!r} must lie in [0, 1], got {value}")
-    except ValueError as exc:
-        raise _fail("resolver", f"{resolver.name!r}: {exc}") from exc
-    models = list(resolver.thresholds)
+    resolver, components, models = plan.spec, plan.resolver, plan.models
     ins = {
         f"model_{i}": dg.AssetIn(key=translator.get_asset_key(collection, m))
         for i, m in enumerate(models)
     }
-    config = resolver.config()
     common = _common(
         collection, resolver.name, StepType.RESOLVER, resolver.description, translator, retry_policy
     )
-    key = common["key"]
 
     @dg.asset(
         **common,
         ins=ins,
         metadata=step_metadata(
-            collection, resolver.name, StepType.RESOLVER, config, resolver.description
+            collection, resolver.name, StepType.RESOLVER, plan.config, resolver.description
         ),
-        check_specs=check_specs(key, resolver_check_names(checks)),
+        check_specs=check_specs(common["key"], resolver_check_names(plan.checks)),
     )
     def _resolver(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: ModelResults
@@ -317,117 +351,31 @@ def build_resolver_asset(
         # they are gigabytes the checks would otherwise sit on).
         del clusters, edges, inputs
         pa.default_memory_pool().release_unused()
-        store = matchbox.get_store()
-        path = run_path(store, collection, context.partition_key, resolver.name, create=False)
+        path = _path(context, matchbox, collection, resolver.name)
         yield from resolver_checks(
-            store,
+            matchbox.get_store(),
             path,
-            sources=sources,
+            sources=plan.sources,
             models=models,
-            checks=checks,
+            checks=plan.checks,
             batch_size=matchbox.batch_rows,
         )
 
     return _resolver
 
 
-def upstream_sources(spec: CollectionSpec) -> dict[str, list[str]]:
-    """For each model and resolver, the sources upstream of it (in declaration order)."""
-    source_names = [s.name for s in spec.sources]
-    under: dict[str, list[str]] = {}
-    models = {m.name: m for m in spec.models}
-    resolvers = {r.name: r for r in spec.resolvers}
-
-    def of(step: str, trail: tuple[str, ...]) -> list[str]:
-        if step in trail:
-            raise _fail("spec", f"cycle through {' → '.join([*trail, step])}")
-        if step in source_names:
-            return [step]
-        if step in under:
-            return under[step]
-        if step in models:
-            m = models[step]
-            inputs = [m.left, *([m.right] if m.right else [])]
-            found = []
-            for i in inputs:
-                reachable = of(i.step, (*trail, step))
-                if i.sources is not None:
-                    if i.step in source_names:
-                        raise _fail(
-                            "spec",
-                            f"model {step!r} reads source {i.step!r}; 'sources' only applies to "
-                            "a resolver input",
-                        )
-                    stray = sorted(set(i.sources) - set(reachable))
-                    if stray or not i.sources:
-                        raise _fail(
-                            "spec",
-                            f"model {step!r} reads sources {stray or '[]'} through resolver "
-                            f"{i.step!r}, which resolves only {reachable}",
-                        )
-                found += i.sources or reachable
-        elif step in resolvers:
-            found = [s for model in resolvers[step].thresholds for s in of(model, (*trail, step))]
-        else:
-            raise _fail(
-                "spec", f"step {step!r} (read by {trail[-1] if trail else '?'}) is not defined"
-            )
-        under[step] = [s for s in source_names if s in set(found)]
-        return under[step]
-
-    for name in [*models, *resolvers]:
-        of(name, ())
-    return under
-
-
-def validate_spec(spec: CollectionSpec) -> None:
-    """Check a collection's graph: unique names, known steps, thresholds on models only."""
-    names = (
-        [s.name for s in spec.sources]
-        + [m.name for m in spec.models]
-        + [r.name for r in spec.resolvers]
-    )
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise _fail("spec", f"step names must be unique; repeated: {repeated}")
-    models = {m.name for m in spec.models}
-    resolvers = {r.name for r in spec.resolvers}
-    sources = {s.name for s in spec.sources}
-    for m in spec.models:
-        for side in [m.left, *([m.right] if m.right else [])]:
-            if side.step not in sources | resolvers:
-                raise _fail(
-                    "spec",
-                    f"model {m.name!r} reads {side.step!r}, which is neither a source nor a "
-                    f"resolver of the collection (sources {sorted(sources)}, resolvers "
-                    f"{sorted(resolvers)})",
-                )
-    for r in spec.resolvers:
-        unknown = set(r.thresholds) - models
-        if unknown:
-            raise _fail(
-                "spec",
-                f"resolver {r.name!r} has thresholds for {sorted(unknown)}, which are not models "
-                f"({sorted(models)})",
-            )
-    if spec.final_resolver is not None and spec.final_resolver not in resolvers:
-        raise _fail("spec", f"final_resolver {spec.final_resolver!r} is not a resolver")
-    upstream_sources(spec)
-
-
 def build_collection_assets(
     spec: CollectionSpec, *, translator: MatchboxTranslator | None = None
 ) -> list[dg.AssetsDefinition]:
-    """Every asset of a collection's graph, validated as a whole first."""
-    validate_spec(spec)
+    """Every asset of a collection's graph, validated and planned as a whole first."""
+    with spec_errors():
+        plan = plan_collection(spec)
     if translator is None:
         translator = (
             _PrefixTranslator(spec.key_prefix, spec.group_name)
             if spec.key_prefix is not None or spec.group_name
             else MatchboxTranslator()
         )
-    under = upstream_sources(spec)
-    resolver_names = {r.name for r in spec.resolvers}
     retry = (
         dg.RetryPolicy(
             max_retries=spec.retries,
@@ -438,37 +386,11 @@ def build_collection_assets(
         if spec.retries
         else None
     )
-    assets = [
-        build_source_asset(
-            collection=spec.collection, source=s, translator=translator, retry_policy=retry
-        )
-        for s in spec.sources
+    return [
+        *(
+            _source_asset(spec.collection, s, plan.sources[s.name], translator, retry)
+            for s in spec.sources
+        ),
+        *(_model_asset(spec.collection, m, translator, retry) for m in plan.models),
+        *(_resolver_asset(spec.collection, r, translator, retry) for r in plan.resolvers),
     ]
-    assets += [
-        build_model_asset(
-            collection=spec.collection,
-            model=m,
-            sources_under={k: v for k, v in under.items() if k in resolver_names},
-            translator=translator,
-            retry_policy=retry,
-        )
-        for m in spec.models
-    ]
-    assets += [
-        build_resolver_asset(
-            collection=spec.collection,
-            resolver=r,
-            sources=under[r.name],
-            translator=translator,
-            retry_policy=retry,
-        )
-        for r in spec.resolvers
-    ]
-    return assets
-
-
-def final_resolver(spec: CollectionSpec) -> str | None:
-    """The resolver whose checks gate promotion."""
-    if spec.final_resolver:
-        return spec.final_resolver
-    return spec.resolvers[-1].name if spec.resolvers else None

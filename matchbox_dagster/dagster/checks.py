@@ -17,22 +17,17 @@ Check names (the promotion sensor relies on them only through the asset's check 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import dagster as dg
-import numpy as np
 import polars as pl
 
-from matchbox_dagster.common.dtos import StepPath, UploadStage
-from matchbox_dagster.common.errors import MatchboxError, MatchboxNoJudgements
-from matchbox_dagster.evaluation.metrics import (
-    PairwiseScores,
-    score_against_judgements,
-    score_against_truth,
-    threshold_curve,
-    truth_labels,
-)
-from matchbox_dagster.sources.inputs import source_records
+from matchbox_dagster.common.dtos import StepPath
+from matchbox_dagster.common.errors import MatchboxError
+from matchbox_dagster.evaluation.churn import churn_against_default
+from matchbox_dagster.evaluation.entities import resolver_entities
+from matchbox_dagster.evaluation.quality import entity_sizes, score_range
+from matchbox_dagster.evaluation.quality import source_quality as judge_source
+from matchbox_dagster.evaluation.resolver import evaluate_resolver
 from matchbox_dagster.specs import ResolverChecksSpec
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
@@ -42,10 +37,8 @@ RESOLVER_QUALITY = "resolver_quality"
 EVALUATION = "evaluation"
 CHURN = "churn"
 
-CURVE_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(11)]
 
-
-def _result(name: str, passed: bool, description: str, **metadata: Any) -> dg.AssetCheckResult:
+def _result(name: str, passed: bool, description: str, **metadata: object) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=name,
         passed=bool(passed),
@@ -87,29 +80,15 @@ def source_quality(
     store: MatchboxDBAdapter, path: StepPath, extracted_keys: int, distinct_hashes: int
 ) -> dg.AssetCheckResult:
     """The stored source holds exactly the extracted keys, each once."""
-    stats = store.step_statistics(path)
-    stored, distinct, nulls = (
-        stats["rows"],
-        stats.get("distinct_keys", 0),
-        stats.get("null_keys", 0),
-    )
-    stage = stats["stage"]
-    passed = (
-        stage == UploadStage.COMPLETE
-        and stored == extracted_keys
-        and distinct == stored
-        and not nulls
-        and stored > 0
-    )
+    found = judge_source(store.step_statistics(path), extracted_keys, distinct_hashes)
     return _result(
         SOURCE_QUALITY,
-        passed,
-        f"{stored:,} keys stored ({distinct:,} distinct, {nulls} null) of {extracted_keys:,} "
-        f"extracted; upload stage {stage}.",
-        stored_keys=stored,
-        extracted_keys=extracted_keys,
-        distinct_hashes=distinct_hashes,
-        stored_leaves=stats.get("leaves", 0),
+        found.passed,
+        found.summary,
+        stored_keys=found.stored_keys,
+        extracted_keys=found.extracted_keys,
+        distinct_hashes=found.distinct_hashes,
+        stored_leaves=found.stored_leaves,
     )
 
 
@@ -117,71 +96,18 @@ def scores_in_range(
     store: MatchboxDBAdapter, path: StepPath, produced_pairs: int
 ) -> dg.AssetCheckResult:
     """The stored edges are the ``produced_pairs`` pairs the model made, scores in [0, 1]."""
-    stats = store.step_statistics(path)
-    n, stage = stats["rows"], stats["stage"]
-    lo, hi, bad = stats.get("min_score"), stats.get("max_score"), stats.get("out_of_range", 0)
-    passed = stage == UploadStage.COMPLETE and n == produced_pairs and not bad
+    found = score_range(store.step_statistics(path), produced_pairs)
     return _result(
         SCORES_IN_RANGE,
-        passed,
-        f"{n:,} pairs stored of {produced_pairs:,} produced; scores from {lo} to {hi} "
-        f"({bad} outside [0, 1]); upload stage {stage}.",
-        stored_pairs=n,
-        min_score=lo,
-        max_score=hi,
+        found.passed,
+        found.summary,
+        stored_pairs=found.stored_pairs,
+        min_score=found.min_score,
+        max_score=found.max_score,
     )
 
 
 # --- resolvers ---------------------------------------------------------------------------------
-
-
-def _entities(
-    store: MatchboxDBAdapter,
-    path: StepPath,
-    sources: Sequence[str],
-    batch_size: int,
-    truth: dict[str, str] | None = None,
-    *,
-    ids_only: bool = False,
-) -> pl.DataFrame:
-    """One row per key under the resolver, lean enough for tens of millions of keys.
-
-    Columns: ``key`` (a 64-bit hash of the key, seeded with the source's position in
-    ``sources``, so equal keys of two sources differ), ``id`` (entity), ``leaf_id`` and
-    ``entity`` (a 64-bit hash of the true entity from ``truth``; null for a source without
-    one); with ``ids_only``, just ``key`` and ``id``. Strings are dropped source by source, so
-    memory holds at most four integers a key.
-    """
-    frames = []
-    for position, name in enumerate(sources):
-        table = store.query(
-            StepPath(collection=path.collection, run=path.run, name=name), path, return_leaf_id=True
-        )
-        keys = pl.DataFrame(pl.from_arrow(table))
-        del table
-        entity = pl.lit(None, dtype=pl.UInt64)
-        if truth and name in truth:
-            expression = pl.sql_expr(truth[name]).cast(pl.String)
-            if not set(expression.meta.root_names()) <= {"key"}:
-                # It reads index fields: re-read the source for them, joined on the key.
-                labelled = (
-                    source_records(
-                        store,
-                        StepPath(collection=path.collection, run=path.run, name=name),
-                        batch_size=batch_size,
-                    )
-                    .select("key", expression.alias("entity"))
-                    .unique(subset="key")
-                )
-                keys = keys.join(labelled, on="key", how="left")
-                expression = pl.col("entity")
-            entity = pl.when(expression.is_not_null()).then(expression.hash())
-        columns = [pl.col("key").hash(seed=position), pl.col("id").cast(pl.Int64)]
-        if not ids_only:
-            columns += [pl.col("leaf_id").cast(pl.Int64), entity.alias("entity")]
-        frames.append(keys.select(columns))
-        del keys
-    return pl.concat(frames, how="vertical")
 
 
 def resolver_checks(
@@ -196,8 +122,8 @@ def resolver_checks(
     """Every check configured for a resolver, in :func:`resolver_check_names` order."""
     names = resolver_check_names(checks)
     truth = checks.truth if EVALUATION in names else None
-    entities = _entities(store, path, sources, batch_size, truth)
-    results = [_resolver_quality(entities, checks)]
+    entities = resolver_entities(store, path, sources, batch_size, truth)
+    results = [resolver_quality(entities, checks)]
     if EVALUATION in names:
         results.append(_evaluation(store, path, models, entities, checks))
     if CHURN in names:
@@ -205,29 +131,17 @@ def resolver_checks(
     return results
 
 
-def _resolver_quality(entities: pl.DataFrame, checks: ResolverChecksSpec) -> dg.AssetCheckResult:
-    # Runs of the sorted ids: a tenth of the memory of grouping 10M keys (+0.1 GB, not +1 GB).
-    sizes = entities.select(pl.col("id").sort().rle().struct.field("len").alias("n"))
-    n_entities = sizes.height
-    largest = int(sizes.get_column("n").max() or 0) if n_entities else 0  # type: ignore[arg-type]
-    bound = checks.max_cluster_size
-    too_big = bound is not None and largest > bound
-    histogram = (
-        sizes.group_by("n").agg(pl.len().alias("entities")).sort("n").head(20)
-        if n_entities
-        else pl.DataFrame({"n": [], "entities": []})
-    )
-    table = "\n".join(f"| {n} | {e:,} |" for n, e in histogram.iter_rows())
+def resolver_quality(entities: pl.DataFrame, checks: ResolverChecksSpec) -> dg.AssetCheckResult:
+    """At least one entity, none above ``checks.max_cluster_size`` records."""
+    sizes = entity_sizes(entities, checks.max_cluster_size)
+    table = "\n".join(f"| {n} | {e:,} |" for n, e in sizes.histogram)
     return _result(
         RESOLVER_QUALITY,
-        n_entities > 0 and not too_big,
-        f"{entities.height:,} keys in {n_entities:,} entities; largest holds {largest:,} records"
-        + (f" (bound {bound:,})" if bound is not None else "")
-        + ("" if n_entities else "; the resolver produced no entity")
-        + ".",
-        keys=entities.height,
-        entities=n_entities,
-        largest_entity=largest,
+        sizes.passed,
+        sizes.summary,
+        keys=sizes.keys,
+        entities=sizes.entities,
+        largest_entity=sizes.largest,
         entity_sizes=dg.MetadataValue.md("| records | entities |\n|---|---|\n" + table),
     )
 
@@ -239,44 +153,22 @@ def _evaluation(
     entities: pl.DataFrame,
     checks: ResolverChecksSpec,
 ) -> dg.AssetCheckResult:
-    curve_rows: list[dict[str, Any]] = []
     try:
-        if checks.truth:
-            scores: PairwiseScores = score_against_truth(entities, cluster="id", truth="entity")
-            against = "ground truth"
-            leaf_truth = entities.select(pl.col("leaf_id").alias("id"), "entity").drop_nulls()
-            for model in models:
-                edges = store.get_model_data(
-                    StepPath(collection=path.collection, run=path.run, name=model)
-                )
-                labels = truth_labels(edges, leaf_truth)
-                curve = threshold_curve(edges, labels, thresholds=CURVE_THRESHOLDS)
-                del edges, labels
-                curve_rows += [{"model": model, **row} for row in curve.iter_rows(named=True)]
-        else:
-            judgements, expansion = store.get_judgements()
-            clusters = entities.select(
-                pl.col("id").alias("root"), pl.col("leaf_id").alias("leaf")
-            ).unique()
-            scores = score_against_judgements(
-                clusters, judgements, expansion, universe=clusters.get_column("leaf")
-            )
-            against = "judgements"
-    except (MatchboxNoJudgements, MatchboxError) as exc:
+        found = evaluate_resolver(store, path, models, entities, truth=bool(checks.truth))
+    except MatchboxError as exc:  # e.g. MatchboxNoJudgements
         return _result(EVALUATION, False, f"Could not evaluate: {exc}")
-    p_ok = checks.min_precision is None or scores.precision >= checks.min_precision
-    r_ok = checks.min_recall is None or scores.recall >= checks.min_recall
+    scores = found.scores
     table = "\n".join(
         f"| {r['model']} | {r['threshold']:.2f} | {r['edges']:,} | {r['precision']:.4f} | "
         f"{r['recall']:.4f} | {r['f1']:.4f} |"
-        for r in curve_rows
+        for r in found.curve
     )
     return _result(
         EVALUATION,
-        p_ok and r_ok,
-        f"Against {against}: precision {scores.precision:.4f} (minimum {checks.min_precision}), "
-        f"recall {scores.recall:.4f} (minimum {checks.min_recall}), F1 {scores.f1:.4f} over "
-        f"{scores.pairs:,} pairs.",
+        found.passes(checks.min_precision, checks.min_recall),
+        f"Against {found.against}: precision {scores.precision:.4f} (minimum "
+        f"{checks.min_precision}), recall {scores.recall:.4f} (minimum {checks.min_recall}), "
+        f"F1 {scores.f1:.4f} over {scores.pairs:,} pairs.",
         precision=scores.precision,
         recall=scores.recall,
         f1=scores.f1,
@@ -291,29 +183,10 @@ def _evaluation(
                     + table
                 )
             }
-            if curve_rows
+            if found.curve
             else {}
         ),
     )
-
-
-def _compare_ids(current: pl.DataFrame, previous: pl.DataFrame) -> tuple[int, int]:
-    """Keys in both frames, and how many of them have another ``id`` in each.
-
-    Binary search of the current key hashes in the sorted previous ones: a third of the memory
-    of a hash join of ten million keys.
-    """
-    if current.is_empty() or previous.is_empty():
-        return 0, 0
-    order = previous.get_column("key").arg_sort().to_numpy()
-    keys = previous.get_column("key").to_numpy()[order]
-    ids = previous.get_column("id").to_numpy()[order]
-    del order
-    wanted = current.get_column("key").to_numpy()
-    position = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    found = keys[position] == wanted
-    moved = ids[position[found]] != current.get_column("id").to_numpy()[found]
-    return int(found.sum()), int(moved.sum())
 
 
 def _churn(
@@ -323,38 +196,18 @@ def _churn(
     entities: pl.DataFrame,
     checks: ResolverChecksSpec,
 ) -> dg.AssetCheckResult:
-    default = store.get_collection(path.collection).default_run
-    if default is None or default == path.run:
-        return _result(CHURN, True, "No other default run to compare with.", churn=0.0)
-    try:
-        previous = _entities(
-            store,
-            StepPath(collection=path.collection, run=default, name=path.name),
-            sources,
-            0,
-            ids_only=True,
-        )
-    except MatchboxError as exc:
-        return _result(
-            CHURN,
-            True,
-            f"Default run {default} has no comparable resolver/sources ({exc}).",
-            churn=0.0,
-        )
-    # Cluster ids are content addresses of their leaves: a key's id differs between the runs
-    # exactly when the set of records it is grouped with differs.
-    common, moved = _compare_ids(entities, previous)
-    share = moved / common if common else 0.0
-    added = entities.height - common
-    removed = previous.height - common
+    found = churn_against_default(store, path, sources, entities)
+    if found.skipped is not None:
+        return _result(CHURN, True, found.skipped, churn=0.0)
     return _result(
         CHURN,
-        share <= (checks.max_churn or 0.0),
-        f"{share:.2%} of {common:,} keys changed entity against default run {default} "
-        f"(bound {checks.max_churn:.2%}); {added:,} keys new, {removed:,} gone.",
-        churn=share,
-        keys_compared=common,
-        keys_added=added,
-        keys_removed=removed,
-        default_run=default,
+        found.share <= (checks.max_churn or 0.0),
+        f"{found.share:.2%} of {found.compared:,} keys changed entity against default run "
+        f"{found.default_run} (bound {checks.max_churn:.2%}); {found.added:,} keys new, "
+        f"{found.removed:,} gone.",
+        churn=found.share,
+        keys_compared=found.compared,
+        keys_added=found.added,
+        keys_removed=found.removed,
+        default_run=found.default_run,
     )

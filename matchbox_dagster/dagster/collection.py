@@ -15,14 +15,13 @@ from matchbox_dagster.dagster.assets import (
     IO_MANAGER_KEY,
     MatchboxTranslator,
     build_collection_assets,
-    final_resolver,
 )
 from matchbox_dagster.dagster.checks import resolver_check_names
 from matchbox_dagster.dagster.io_manager import MatchboxIOManager
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.dagster.schedules import build_graph_job, build_run_schedule
 from matchbox_dagster.dagster.sensors import build_promotion_sensor
-from matchbox_dagster.specs import CollectionSpec
+from matchbox_dagster.specs import CollectionSpec, final_resolver
 
 
 def build_collection_defs(

@@ -1,19 +1,23 @@
 """``MatchboxIOManager``: persists sources, models and resolvers as steps of the partition's run.
 
-It only orchestrates: the asset's metadata says which step it is (collection, name, type,
-config), the partition key says which run (a run label, see
-:mod:`matchbox_dagster.dagster.partitions`),
-the payload type says what is stored — :class:`SourceHashes`, :class:`ModelResults` or
-:class:`ResolverClusters`. All SQL lives in the store.
+It only maps an asset to a step and writes metadata: the asset's metadata says which step it is
+(collection, name, type, config), the partition key says which run (a run label, see
+:mod:`matchbox_dagster.dagster.partitions`, whose :func:`step_path` computes the path), the
+payload type says what is stored — :class:`SourceHashes`, :class:`ModelResults` or
+:class:`ResolverClusters`. Writing is ONE store call, ``write_step``: one transaction that
+locks the step, checks the run's mutability and the fingerprint, replaces the step and its
+descendants where allowed, inserts and completes the upload. Its outcome is the output's
+``matchbox/action`` metadata:
 
-Writing a step:
+* ``stored`` — a new step (or one declared without data) now holds the payload;
+* ``unchanged`` — same fingerprint and config, data complete: nothing written (re-materialising
+  is a no-op, and of two identical materialisations at once the second reports this);
+* ``replaced`` — different data or config on a mutable run: the step and its descendants were
+  deleted and the step written anew (the descendants' assets must be re-materialised, which a
+  whole-graph run does).
 
-* new step → ``create_step`` with the payload's fingerprint, then ``insert_*`` (one transaction);
-* same fingerprint and config, data complete → nothing to do (re-materialising is a no-op);
-* different data or config on a mutable run → the step and its descendants are deleted and
-  written anew (their assets must be re-materialised, which a whole-graph run does);
-* anything on an immutable run → :class:`MatchboxRunNotWriteable`, with a message saying to
-  start a new run.
+On an immutable run different data fails with :class:`MatchboxRunNotWriteable`, whose message
+says to start a new run. All SQL lives in the store.
 
 Reading: a model input (``AssetIn`` metadata ``matchbox/query``) comes back as a polars frame of
 ``id`` + fields (:func:`matchbox_dagster.sources.inputs.query_frame`); a model step as
@@ -35,19 +39,12 @@ from matchbox_dagster.common.dtos import (
     ResolverConfig,
     SourceConfig,
     Step,
-    StepPath,
     StepType,
-    UploadStage,
 )
-from matchbox_dagster.common.errors import (
-    MatchboxInvalidData,
-    MatchboxRunNotWriteable,
-    MatchboxStepNotFoundError,
-)
-from matchbox_dagster.dagster.partitions import ensure_collection
+from matchbox_dagster.common.errors import MatchboxInvalidData, MatchboxRunNotWriteable
+from matchbox_dagster.dagster.partitions import dagster_run_id, step_path
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.sources.inputs import query_frame
-from matchbox_dagster.store.base import MatchboxDBAdapter
 
 META_COLLECTION = "matchbox/collection"
 META_STEP = "matchbox/step"
@@ -102,16 +99,6 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
-def run_path(
-    store: MatchboxDBAdapter, collection: str, label: str, name: str, *, create: bool
-) -> StepPath:
-    """The path of step ``name`` in the run labelled ``label`` (created if ``create``)."""
-    if create:
-        ensure_collection(store, collection)
-    run = store.run_for_label(collection, label, create=create)
-    return StepPath(collection=collection, run=run.run_id, name=name)
-
-
 class MatchboxIOManager(dg.ConfigurableIOManager):
     """Stores each matchbox asset as a step of its partition's run in the matchbox store."""
 
@@ -120,7 +107,7 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
     # --- writing ----------------------------------------------------------------------------
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        """Create or verify the step, then insert the payload (or do nothing if unchanged)."""
+        """Write the payload as the asset's step (one ``write_step`` call) and report it."""
         collection, name, step_type, config = step_of(
             dict(context.definition_metadata or {}), f"Asset {context.asset_key.to_user_string()}"
         )
@@ -136,13 +123,29 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
                 "matchbox assets are partitioned by run: pick or add a run partition."
             )
         store = self.matchbox.get_store()
-        path = run_path(store, collection, context.partition_key, name, create=True)
+        path = step_path(
+            store,
+            collection,
+            context.partition_key,
+            name,
+            create=True,
+            dagster_run=dagster_run_id(context),
+        )
         description = _plain((context.definition_metadata or {}).get("matchbox/description"))
         step = Step(
             step_type=step_type, fingerprint=obj.fingerprint, config=config, description=description
         )
         started = time.perf_counter()
-        action = self._write(store, path, step, obj)
+        try:
+            action = store.write_step(path, step, obj).value
+        except MatchboxRunNotWriteable as exc:
+            # The store decided; say what to do in Dagster terms (a run is a partition here).
+            raise MatchboxRunNotWriteable(
+                path.collection,
+                path.run,
+                f"replace step {path.name!r} with different data or config (the run is "
+                "immutable, e.g. promoted); start a new run partition instead",
+            ) from exc
         metadata = {
             "matchbox/step_path": str(path),
             "matchbox/run": path.run,
@@ -153,41 +156,6 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
         }
         context.add_output_metadata(metadata)
         context.log.info("%s %s step %s (%s)", action.capitalize(), step_type, path, obj.num_rows)
-
-    def _write(self, store: MatchboxDBAdapter, path: StepPath, step: Step, payload: Any) -> str:
-        try:
-            existing = store.get_step(path)
-        except MatchboxStepNotFoundError:
-            existing = None
-        if existing is not None:
-            same = existing.fingerprint == step.fingerprint and existing.config == step.config
-            stage = store.get_step_stage(path)
-            if same and stage == UploadStage.COMPLETE:
-                return "unchanged"
-            run = store.get_run(path.collection, path.run)
-            if not run.is_mutable:
-                raise MatchboxRunNotWriteable(
-                    path.collection,
-                    path.run,
-                    f"replace step {path.name!r} with different data or config (the run is "
-                    "immutable, e.g. promoted); start a new run partition instead",
-                )
-            if not same:
-                store.delete_step(path, certain=True)
-                store.create_step(step, path)
-                action = "replaced"
-            else:
-                action = "completed"
-        else:
-            store.create_step(step, path)
-            action = "stored"
-        insert = {
-            StepType.SOURCE: store.insert_source_data,
-            StepType.MODEL: store.insert_model_data,
-            StepType.RESOLVER: store.insert_resolver_data,
-        }[step.step_type]
-        insert(path, payload)
-        return action
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -201,7 +169,14 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
             f"Upstream asset {context.asset_key.to_user_string()}",
         )
         store = self.matchbox.get_store()
-        path = run_path(store, collection, context.asset_partition_key, name, create=False)
+        path = step_path(
+            store,
+            collection,
+            context.asset_partition_key,
+            name,
+            create=False,
+            dagster_run=dagster_run_id(context),
+        )
         query = (context.definition_metadata or {}).get(META_QUERY)
         if query is not None:
             config = QueryConfig.model_validate_json(_plain(query))

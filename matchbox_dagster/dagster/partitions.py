@@ -5,16 +5,27 @@ maps labels to run ids (``run_for_label``), so the mapping lives in one place, b
 and survives restarts. The run is created on first use — when a partition is added through
 :func:`add_run_partition` (schedules, the CLI) or, for a key added in the Dagster UI, by the IO
 manager on the first write.
+
+:func:`step_path` is the one place an asset's step path is computed: the IO manager (writing and
+loading inputs) and the asset bodies (their checks) all call it, and within one Dagster run it
+asks the store for a label's run once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 
-from matchbox_dagster.common.dtos import Run
-from matchbox_dagster.common.errors import MatchboxCollectionAlreadyExists
+from matchbox_dagster.common.dtos import Run, StepPath
+from matchbox_dagster.common.errors import (
+    MatchboxCollectionAlreadyExists,
+    MatchboxCollectionNotFoundError,
+)
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 
@@ -63,3 +74,70 @@ def add_run_partition(
     run = store.run_for_label(collection, label)
     instance.add_dynamic_partitions(partitions_name(collection), [label])
     return label, run
+
+
+_RUNS: OrderedDict[tuple[str, ...], int] = OrderedDict()
+_RUNS_LOCK = threading.Lock()
+_RUNS_KEPT = 256
+
+
+def dagster_run_id(context: Any) -> str | None:
+    """The id of the Dagster run a context executes in (None outside a run, e.g. unit tests)."""
+    for get in (
+        lambda: context.run.run_id,  # asset execution context
+        lambda: context.step_context.run_id,  # input context
+        lambda: context.run_id,  # output context
+    ):
+        try:
+            found = get()
+        except Exception:  # each context type offers only some of these
+            continue
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _store_identity(store: MatchboxDBAdapter) -> str:
+    """Which database and schema a store adapter reads (a digest: no password is kept)."""
+    settings = getattr(store, "settings", None)
+    uri = getattr(settings, "postgres_uri", None)
+    if uri is not None:
+        where = uri.get_secret_value()
+    else:
+        where = str(getattr(settings, "embedded_data_dir", ""))
+    where += "|" + str(getattr(settings, "postgres_schema", ""))
+    return hashlib.blake2b(where.encode(), digest_size=16).hexdigest()
+
+
+def step_path(
+    store: MatchboxDBAdapter,
+    collection: str,
+    label: str,
+    name: str,
+    *,
+    create: bool,
+    dagster_run: str | None = None,
+) -> StepPath:
+    """The path of step ``name`` in the run labelled ``label`` (created first if ``create``).
+
+    With ``dagster_run`` (see :func:`dagster_run_id`) the label's run is looked up once per
+    Dagster run and process; a label never moves to another run, so the answer cannot go stale
+    within one Dagster run.
+    """
+    key = (dagster_run, _store_identity(store), collection, label) if dagster_run else None
+    with _RUNS_LOCK:
+        run_id = _RUNS.get(key) if key else None
+    if run_id is None:
+        try:
+            run_id = store.run_for_label(collection, label, create=create).run_id
+        except MatchboxCollectionNotFoundError:
+            if not create:
+                raise
+            ensure_collection(store, collection)  # the collection's first write
+            run_id = store.run_for_label(collection, label, create=create).run_id
+        if key:
+            with _RUNS_LOCK:
+                _RUNS[key] = run_id
+                while len(_RUNS) > _RUNS_KEPT:
+                    _RUNS.popitem(last=False)
+    return StepPath(collection=collection, run=run_id, name=name)

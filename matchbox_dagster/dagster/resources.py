@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres
@@ -47,15 +47,23 @@ class MatchboxResource(dg.ConfigurableResource):
         default=None, description="Act as this store user (when authorisation is enforced)."
     )
 
+    _settings: MatchboxSettings | None = PrivateAttr(default=None)
+
     def settings(self) -> MatchboxSettings:
-        """Settings from this resource's fields over the ``MATCHBOX_*`` environment."""
+        """Settings from this resource's fields over the ``MATCHBOX_*`` environment.
+
+        Read from the environment once per resource object, then kept.
+        """
+        if self._settings is not None:
+            return self._settings
         given: dict[str, Any] = {
             "postgres_uri": self.postgres_uri,
             "postgres_schema": self.postgres_schema,
             "embedded_data_dir": self.embedded_data_dir,
             "batch_size": self.batch_size,
         }
-        return MatchboxSettings(**{k: v for k, v in given.items() if v is not None})
+        self._settings = MatchboxSettings(**{k: v for k, v in given.items() if v is not None})
+        return self._settings
 
     def get_store(self) -> MatchboxPostgres:
         """The store adapter (shared within the process for the same settings)."""

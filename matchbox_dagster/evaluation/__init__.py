@@ -1,4 +1,10 @@
-"""Evaluation: pairwise precision/recall against judgements or ground truth, and thresholds.
+"""Evaluation: every figure about a run's quality (no Dagster here).
+
+:mod:`.metrics` pairwise precision/recall against judgements or ground truth, threshold curves;
+:mod:`.entities` a resolver's lean per-key entity frame; :mod:`.quality` stored source keys,
+model scores and entity sizes; :mod:`.resolver` a resolver's precision/recall (and curves per
+model); :mod:`.churn` keys changing entity against the default run. The Dagster checks
+(:mod:`matchbox_dagster.dagster.checks`) only turn these results into ``AssetCheckResult``.
 
 >>> from matchbox_dagster.evaluation import score_against_truth
 >>> import polars as pl

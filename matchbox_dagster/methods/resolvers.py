@@ -15,12 +15,24 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from matchbox_dagster.common.arrow import SCHEMA_CLUSTERS, ModelResults, ResolverClusters
 from matchbox_dagster.common.errors import MatchboxInvalidData
+
+
+def check_thresholds(thresholds: Mapping[str, float]) -> dict[str, float]:
+    """``thresholds`` as a dict, each in [0, 1] (else :class:`MatchboxInvalidData` naming it).
+
+    The one check of resolver thresholds: :class:`ConnectedComponents` and the resolver spec
+    both validate with it.
+    """
+    for name, value in thresholds.items():
+        if not 0 <= value <= 1:
+            raise MatchboxInvalidData(f"Threshold for {name!r} must lie in [0, 1]; got {value}.")
+    return dict(thresholds)
 
 
 class ConnectedComponents(BaseModel):
@@ -34,6 +46,11 @@ class ConnectedComponents(BaseModel):
         description="Minimum score per model step name; a model not listed uses 0 (every edge).",
     )
 
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        return check_thresholds(value)
+
     def settings(self) -> dict[str, Any]:
         """JSON settings stored with the step (``ResolverConfig.resolver_settings``)."""
         return {"thresholds": dict(self.thresholds)}
@@ -46,11 +63,6 @@ class ConnectedComponents(BaseModel):
                 f"Thresholds name model(s) {sorted(unknown)} that are not inputs "
                 f"{sorted(edges)} of the resolver."
             )
-        for name, value in self.thresholds.items():
-            if not 0 <= value <= 1:
-                raise MatchboxInvalidData(
-                    f"Threshold for {name!r} must lie in [0, 1]; got {value}."
-                )
         kept: list[pl.DataFrame] = []
         for name, results in edges.items():
             table = results.table if isinstance(results, ModelResults) else results

@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from matchbox_dagster.common.dtos import QueryConfig, SourceConfig, StepPath
 from matchbox_dagster.common.errors import MatchboxInvalidData
-from matchbox_dagster.sources.locations import DEFAULT_BATCH_SIZE, extract
+from matchbox_dagster.common.settings import DEFAULT_BATCH_SIZE
+from matchbox_dagster.sources.locations import extract
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 

@@ -1,8 +1,11 @@
 """Sources: where records come from, and how they are read in batches.
 
 A source is described by a :class:`~matchbox_dagster.common.dtos.SourceConfig` (stored with the
-step, so any later step can re-read the same data) and read by :func:`extract`, which yields polars
-frames of at most ``batch_size`` rows holding the key field and the index fields.
+step, so any later step can re-read the same data; build it from a
+:class:`~matchbox_dagster.specs.SourceSpec` with ``SourceSpec.config()``) and read by
+:func:`extract`, which yields polars frames of at most ``batch_size`` rows (default
+:data:`~matchbox_dagster.common.settings.DEFAULT_BATCH_SIZE`) holding the key field and the index
+fields.
 
 Locations (``LocationConfig.type`` / ``name``):
 
@@ -29,7 +32,6 @@ from __future__ import annotations
 import importlib
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,50 +39,11 @@ import polars as pl
 import pyarrow as pa
 
 from matchbox_dagster.common.arrow import SourceHashes
-from matchbox_dagster.common.dtos import (
-    DataTypes,
-    LocationConfig,
-    LocationType,
-    SourceConfig,
-    SourceField,
-)
+from matchbox_dagster.common.dtos import LocationConfig, LocationType, SourceConfig
 from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.common.redaction import redact
+from matchbox_dagster.common.settings import DEFAULT_BATCH_SIZE
 from matchbox_dagster.methods.hashing import index_rows
-
-DEFAULT_BATCH_SIZE = 250_000
-
-
-@dataclass(frozen=True)
-class Source:
-    """A source to index: location, key field and index fields, in Python terms.
-
-    Example::
-
-        Source(
-            location=LocationConfig(type=LocationType.PARQUET, name="data/people.parquet"),
-            key_field="person_id",
-            index_fields=("name", "dob", "postcode"),
-        )
-    """
-
-    location: LocationConfig
-    key_field: str
-    index_fields: tuple[str, ...]
-    extract_transform: str = ""
-    field_types: dict[str, DataTypes] = field(default_factory=dict)
-
-    def config(self) -> SourceConfig:
-        """The store's :class:`SourceConfig` for this source (validates the fields)."""
-        return SourceConfig(
-            location_config=self.location,
-            extract_transform=self.extract_transform,
-            key_field=SourceField(name=self.key_field),
-            index_fields=tuple(
-                SourceField(name=f, type=self.field_types.get(f, DataTypes.STRING))
-                for f in self.index_fields
-            ),
-        )
 
 
 def extract(

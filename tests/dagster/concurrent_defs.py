@@ -3,9 +3,11 @@
 Loaded afresh in every process, so the store comes from ``MATCHBOX_POSTGRES_URI`` /
 ``MATCHBOX_POSTGRES_SCHEMA``, the collection from ``MB_TEST_COLLECTION`` and the Dagster instance
 from ``DAGSTER_HOME``. ``python -m tests.dagster.concurrent_defs LABEL`` materialises one
-partition with the multiprocess executor and exits 0 on success.
+partition with the multiprocess executor, prints a last line ``ACTIONS {step: matchbox/action}``
+and exits 0 on success.
 """
 
+import json
 import os
 import sys
 
@@ -33,6 +35,12 @@ def main(label: str) -> int:
             run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}},
         ) as result,
     ):
+        actions = {}
+        for event in result.get_asset_materialization_events():
+            materialization = event.event_specific_data.materialization  # type: ignore[union-attr]
+            action = materialization.metadata["matchbox/action"]
+            actions[materialization.asset_key.path[-1]] = getattr(action, "value", action)
+        print("ACTIONS " + json.dumps(actions))
         return 0 if result.success else 1
 
 

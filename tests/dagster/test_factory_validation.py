@@ -15,7 +15,6 @@ from matchbox_dagster.dagster.assets import (
     build_model_asset,
     build_resolver_asset,
     build_source_asset,
-    validate_spec,
 )
 from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.dagster.io_manager import MatchboxIOManager, step_metadata
@@ -23,7 +22,7 @@ from matchbox_dagster.dagster.partitions import run_partitions
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.dagster.sensors import build_promotion_sensor
 from matchbox_dagster.examples.febrl import febrl4_spec
-from matchbox_dagster.specs import CollectionSpec, InputSpec, ResolverSpec
+from matchbox_dagster.specs import CollectionSpec, InputSpec, ResolverSpec, SpecError, validate_spec
 from tests.dagster.conftest import STEPS, step_failures, unique_collection
 from tests.factories import edges_table, hashes_table
 
@@ -100,9 +99,17 @@ INVALID_SPECS = {
 @pytest.mark.parametrize("case", list(INVALID_SPECS))
 def test_invalid_spec_is_named(case: str) -> None:
     spec, fragments = INVALID_SPECS[case]
-    for build in (validate_spec, build_collection_assets, build_collection_defs):
+    # The spec validates itself (no Dagster)...
+    with pytest.raises(SpecError) as spec_info:
+        validate_spec(spec)
+    assert spec_info.value.argument == "spec"
+    for fragment in fragments:
+        assert fragment in str(spec_info.value), str(spec_info.value)
+    # ...and the Dagster layer names the argument to fix.
+    for build in (build_collection_assets, build_collection_defs):
         with pytest.raises(dg.DagsterInvalidDefinitionError) as info:
             build(spec)  # type: ignore[operator]
+        assert str(info.value).startswith("Argument 'spec': "), str(info.value)
         for fragment in fragments:
             assert fragment in str(info.value), (build.__name__, str(info.value))
 
@@ -277,21 +284,15 @@ def test_cycle_through_input_with_explicit_sources_is_named() -> None:
         ],
         resolvers=[PEOPLE, ResolverSpec(name="rc", thresholds={"mc": 0.5})],
     )
-    try:
+    with pytest.raises(SpecError, match="cycle"):
         validate_spec(spec)
-    except dg.DagsterInvalidDefinitionError as exc:
-        assert "cycle" in str(exc)
-    else:
-        raise AssertionError("validate_spec accepted a cycle mc → rc → mc")
+    with pytest.raises(dg.DagsterInvalidDefinitionError, match="cycle"):
+        build_collection_assets(spec)
 
 
 def test_input_sources_must_be_sources_upstream() -> None:
     reader = MODELS[0].model_copy(
         update={"name": "reader", "left": InputSpec(step="people", sources=["nonexistent"])}
     )
-    try:
+    with pytest.raises(SpecError, match="nonexistent"):
         validate_spec(_spec(models=[*MODELS, reader]))
-    except dg.DagsterInvalidDefinitionError as exc:
-        assert "nonexistent" in str(exc)
-    else:
-        raise AssertionError("validate_spec accepted sources=['nonexistent']")

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from matchbox_dagster.common.arrow import SCHEMA_CLUSTERS, SCHEMA_MODEL_EDGES, ModelResults
 from matchbox_dagster.common.errors import MatchboxInvalidData
-from matchbox_dagster.methods.resolvers import ConnectedComponents, components
+from matchbox_dagster.methods.resolvers import ConnectedComponents, check_thresholds, components
 
 
 def edges(*rows: tuple[int, int, float]) -> ModelResults:
@@ -132,8 +132,11 @@ def test_unknown_threshold_name_refused():
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])
 def test_threshold_outside_unit_interval_refused(value: float):
-    with pytest.raises(MatchboxInvalidData, match=r"\[0, 1\]"):
-        ConnectedComponents(thresholds={"dedupe": value}).resolve({"dedupe": DEDUPE})
+    # Refused when the resolver is built (pydantic wraps the message), before any edge is read.
+    with pytest.raises(ValidationError, match=r"'dedupe' must lie in \[0, 1\]"):
+        ConnectedComponents(thresholds={"dedupe": value})
+    with pytest.raises(MatchboxInvalidData, match=r"'dedupe' must lie in \[0, 1\]"):
+        check_thresholds({"dedupe": value})
 
 
 def test_empty_inputs():

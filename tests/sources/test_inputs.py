@@ -17,7 +17,7 @@ from matchbox_dagster.common.dtos import (
     StepPath,
     StepType,
 )
-from matchbox_dagster.dagster.checks import _entities
+from matchbox_dagster.evaluation.entities import resolver_entities
 from matchbox_dagster.sources import inputs
 from matchbox_dagster.sources.inputs import query_frame, source_records
 from matchbox_dagster.sources.locations import index_source
@@ -161,15 +161,15 @@ def test_resolver_check_entities_read_truth_from_keys_or_fields(
         ("key", pl.col("key")),
         ("upper(town)", pl.col("town").str.to_uppercase()),
     ]:
-        frame = _entities(store, resolver, ["people"], 64, {"people": expression})
+        frame = resolver_entities(store, resolver, ["people"], 64, {"people": expression})
         assert frame.columns == ["key", "id", "leaf_id", "entity"]
         expected = data.select(pl.col("key").hash(seed=0), truth.hash().alias("entity"))
         got = frame.select("key", "entity")
         assert got.sort("key").equals(expected.sort("key"))
     # Two sources' equal keys hash apart (seeded by position), so runs compare source by source.
-    twice = _entities(store, resolver, ["people", "people"], 64)
+    twice = resolver_entities(store, resolver, ["people", "people"], 64)
     assert twice.get_column("key").n_unique() == 2 * N
     # What churn reads of the default run: the same keys and ids, nothing else.
-    ids = _entities(store, resolver, ["people", "people"], 64, ids_only=True)
+    ids = resolver_entities(store, resolver, ["people", "people"], 64, ids_only=True)
     assert ids.columns == ["key", "id"]
     assert ids.equals(twice.select("key", "id"))

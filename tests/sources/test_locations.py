@@ -31,7 +31,8 @@ from matchbox_dagster.common.arrow import SourceHashes
 from matchbox_dagster.common.dtos import DataTypes, LocationConfig, LocationType, SourceConfig
 from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.methods.hashing import index_rows
-from matchbox_dagster.sources.locations import Source, extract, index_source
+from matchbox_dagster.sources.locations import extract, index_source
+from matchbox_dagster.specs import SourceSpec
 from tests.conftest import drop_schema, postgres_uri
 
 KEY = "person_id"
@@ -100,10 +101,11 @@ EXPECTED = grouped(index_rows([PEOPLE], key_field=KEY, index_fields=FIELDS))
 
 
 def config(type_: LocationType | str, name: str, sql: str = "", fields=FIELDS) -> SourceConfig:
-    return Source(
+    return SourceSpec(
+        name="people",
         location=LocationConfig(type=type_, name=name),
         key_field=KEY,
-        index_fields=tuple(fields),
+        index_fields=list(fields),
         extract_transform=sql,
     ).config()
 
@@ -386,10 +388,11 @@ def test_csv_keys_and_values_are_read_as_written(tmp_path: Path):
     path = tmp_path / "codes.csv"
     rows = [("007", "01234")] + [(f"k{i}", str(i)) for i in range(12_000)] + [("x", "AB1 2CD")]
     pl.DataFrame(rows, schema=["id", "postcode"], orient="row").write_csv(path)
-    cfg = Source(
+    cfg = SourceSpec(
+        name="codes",
         location=LocationConfig(type=LocationType.CSV, name=str(path)),
         key_field="id",
-        index_fields=("postcode",),
+        index_fields=["postcode"],
     ).config()
     got = pl.concat(extract(cfg, batch_size=5_000))
     assert got.height == len(rows)
@@ -502,14 +505,15 @@ def test_duckdb_uri_paths_follow_sqlalchemy(files: dict[str, Path], monkeypatch)
     assert [b.rows() for b in extract(memory)] == [[("1", "a", 2, dt.date(2000, 1, 1))]]
 
 
-# --- Source ----------------------------------------------------------------------------------
+# --- SourceSpec.config(): the one conversion to the store's SourceConfig ----------------------
 
 
 def test_source_config_round_trip():
-    source = Source(
+    source = SourceSpec(
+        name="people",
         location=LocationConfig(type=LocationType.PARQUET, name="data/people.parquet"),
         key_field="person_id",
-        index_fields=("name", "dob"),
+        index_fields=["name", "dob"],
         extract_transform="SELECT * FROM source",
         field_types={"dob": DataTypes.DATE},
     )
@@ -525,10 +529,11 @@ def test_source_config_round_trip():
 
 
 def test_source_refuses_the_key_as_an_index_field():
-    source = Source(
+    source = SourceSpec(
+        name="x",
         location=LocationConfig(type=LocationType.PARQUET, name="x.parquet"),
         key_field="id",
-        index_fields=("id", "name"),
+        index_fields=["id", "name"],
     )
     with pytest.raises(ValidationError, match="must not be an index field"):
         source.config()

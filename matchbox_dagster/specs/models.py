@@ -1,30 +1,27 @@
-"""Declarative specs of a collection's graph: sources, models, resolvers and their checks.
+"""The spec models: a collection's sources, models, resolvers and their checks.
 
 The same pydantic models serve Python (``CollectionSpec(...)``) and YAML (the
 :class:`~matchbox_dagster.dagster.component.MatchboxCollectionComponent` reads them from
-``defs.yaml``),
-so a data team can add a source or change a threshold without writing Python. Building assets
-from a spec validates the whole graph first (unknown steps, cycles, unknown model classes,
-thresholds for models that are not inputs) and raises ``DagsterInvalidDefinitionError`` naming
-what to fix.
+``defs.yaml``), so a data team can add a source or change a threshold without writing Python.
+Each model validates its own fields; the graph as a whole (unknown steps, cycles, unknown model
+classes, thresholds for models that are not inputs) is validated by :mod:`.graph`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from matchbox_dagster.common.dtos import (
+    DataTypes,
     LocationConfig,
-    ModelConfig,
     ModelType,
-    QueryConfig,
-    ResolverConfig,
     SourceConfig,
     SourceField,
     validate_name,
 )
+from matchbox_dagster.methods.resolvers import check_thresholds
 
 
 class _Spec(BaseModel):
@@ -37,13 +34,27 @@ class _Spec(BaseModel):
 
 
 class SourceSpec(_Spec):
-    """A source: where its records are, its key field and the fields that identify a record."""
+    """A source: where its records are, its key field and the fields that identify a record.
+
+    Example::
+
+        SourceSpec(
+            name="people",
+            location=LocationConfig(type=LocationType.PARQUET, name="data/people.parquet"),
+            key_field="person_id",
+            index_fields=["name", "dob", "postcode"],
+        )
+    """
 
     name: str = Field(description="Step (and asset) name.")
     location: LocationConfig = Field(description="Location type and name (path, URI, callable).")
     key_field: str = Field(description="The source's own key column.")
     index_fields: list[str] = Field(description="Columns hashed to index rows (one or more).")
     extract_transform: str = Field(default="", description="SQL run at the location.")
+    field_types: dict[str, DataTypes] = Field(
+        default_factory=dict,
+        description="Type of an index field (default: string), e.g. {'dob': 'date'}.",
+    )
     description: str | None = None
 
     @field_validator("index_fields")
@@ -53,13 +64,23 @@ class SourceSpec(_Spec):
             raise ValueError("a source needs at least one index field")
         return value
 
+    @model_validator(mode="after")
+    def _typed_fields_are_index_fields(self) -> SourceSpec:
+        stray = sorted(set(self.field_types) - set(self.index_fields))
+        if stray:
+            raise ValueError(f"field_types names {stray}, which are not index fields")
+        return self
+
     def config(self) -> SourceConfig:
-        """The store's step config."""
+        """The store's step config (:class:`SourceConfig` validates the fields)."""
         return SourceConfig(
             location_config=self.location,
             extract_transform=self.extract_transform,
             key_field=SourceField(name=self.key_field),
-            index_fields=tuple(SourceField(name=f) for f in self.index_fields),
+            index_fields=tuple(
+                SourceField(name=f, type=self.field_types.get(f, DataTypes.STRING))
+                for f in self.index_fields
+            ),
         )
 
 
@@ -148,17 +169,7 @@ class ResolverSpec(_Spec):
     def _thresholds(cls, value: dict[str, float]) -> dict[str, float]:
         if not value:
             raise ValueError("a resolver needs at least one model threshold")
-        bad = {k: v for k, v in value.items() if not 0 <= v <= 1}
-        if bad:
-            raise ValueError(f"thresholds must lie in [0, 1]: {bad}")
-        return value
-
-    def config(self) -> ResolverConfig:
-        """The store's step config."""
-        return ResolverConfig(
-            inputs=tuple(self.thresholds),
-            resolver_settings={"thresholds": dict(self.thresholds)},
-        )
+        return check_thresholds(value)
 
 
 class CollectionSpec(_Spec):
@@ -197,27 +208,3 @@ class CollectionSpec(_Spec):
             raise ValueError("a collection needs at least one source")
         return value
 
-
-def query_config(spec: InputSpec, sources_under: dict[str, list[str]]) -> QueryConfig:
-    """The store's :class:`QueryConfig` for an input (sources filled in for resolvers)."""
-    if spec.step in sources_under:  # a resolver
-        return QueryConfig(
-            sources=tuple(spec.sources or sources_under[spec.step]),
-            resolver=spec.step,
-            cleaning=spec.cleaning,
-        )
-    return QueryConfig(sources=(spec.step,), cleaning=spec.cleaning)
-
-
-def model_config(spec: ModelSpec, sources_under: dict[str, list[str]]) -> ModelConfig:
-    """The store's :class:`ModelConfig` for a model spec."""
-    from matchbox_dagster.methods.models import build_model
-
-    methodology = build_model(spec.model_class, spec.settings)
-    return ModelConfig(
-        type=spec.model_type,
-        model_class=spec.model_class,
-        model_settings=methodology.settings(),
-        left_query=query_config(spec.left, sources_under),
-        right_query=query_config(spec.right, sources_under) if spec.right else None,
-    )
