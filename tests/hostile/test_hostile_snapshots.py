@@ -27,7 +27,8 @@ from matchbox_dagster.common.errors import (
 )
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres
-from matchbox_dagster.store.postgres.admin import MANIFEST, snapshot_digest
+from matchbox_dagster.store.postgres.snapshot_layout import MANIFEST
+from matchbox_dagster.store.postgres.snapshots_json import snapshot_digest
 from tests.hostile.conftest import World, observe, refused, throwaway_store
 
 

@@ -43,7 +43,7 @@ from matchbox_dagster.common.errors import (
     MatchboxTooManySamplesRequested,
 )
 from matchbox_dagster.store.postgres import MatchboxPostgres
-from matchbox_dagster.store.postgres.ingest import DataMixin
+from matchbox_dagster.store.postgres.writes import Writes
 from tests.factories import clusters_table, edges_table, hashes_table, model_step, source_config
 from tests.hostile.conftest import World, refused, unchanged
 
@@ -426,7 +426,7 @@ def _hold_inside_insert(
 ) -> None:
     """Make the thread named ``first`` pause inside its insert, after it took the step's lock
     (when it starts streaming rows), until ``release`` is set."""
-    original = DataMixin._ingest
+    original = Writes._ingest
 
     def paused(self: Any, cur: Any, table: str, data: pa.Table, **kwargs: Any) -> None:
         if threading.current_thread().name == "first":
@@ -434,7 +434,7 @@ def _hold_inside_insert(
             assert release.wait(20), "the test never released the first writer"
         original(self, cur, table, data, **kwargs)
 
-    monkeypatch.setattr(DataMixin, "_ingest", paused)
+    monkeypatch.setattr(Writes, "_ingest", paused)
 
 
 def _writers(w: World, kind: str) -> tuple[StepPath, Callable[[], None]]:

@@ -25,7 +25,8 @@ from matchbox_dagster.common.errors import (
 )
 from matchbox_dagster.common.settings import DatastoreSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres, migrate
-from matchbox_dagster.store.postgres.admin import MANIFEST, SnapshotManifest, UploadAudit
+from matchbox_dagster.store.postgres.audit import UploadAudit
+from matchbox_dagster.store.postgres.snapshot_layout import MANIFEST, SnapshotManifest
 from tests.factories import (
     add_model,
     add_resolver,

@@ -9,7 +9,7 @@ from matchbox_dagster.common.dtos import QueryConfig, StepPath, UploadStage
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from matchbox_dagster.store.postgres.db import compose
-from matchbox_dagster.store.postgres.ingest import DataMixin
+from matchbox_dagster.store.postgres.writes import Writes
 from tests.factories import (
     add_model,
     add_source,
@@ -55,7 +55,7 @@ def test_failure_mid_copy_leaves_no_rows(
         ),
         path,
     )
-    original = DataMixin._ingest
+    original = Writes._ingest
     sent: list[int] = []
 
     def failing_ingest(self, cur, name, data, *, temporary=False):
@@ -70,13 +70,13 @@ def test_failure_mid_copy_leaves_no_rows(
         cur.adbc_ingest(name, reader, mode="append", db_schema_name=self.db.schema)
 
     before = store_state(store)
-    monkeypatch.setattr(DataMixin, "_ingest", failing_ingest)
+    monkeypatch.setattr(Writes, "_ingest", failing_ingest)
     with pytest.raises(Exception, match="writer died mid-COPY"):
         store.insert_source_data(path, table)
     assert sum(sent) == 9  # three batches went out before the failure
     assert store_state(store) == before
     assert store.get_step_stage(path) == UploadStage.READY
-    monkeypatch.setattr(DataMixin, "_ingest", original)
+    monkeypatch.setattr(Writes, "_ingest", original)
     store.insert_source_data(path, table)  # the step can be retried
     assert store.query(path).num_rows == 20
 
@@ -99,7 +99,7 @@ def test_failure_after_clusters_written_rolls_them_back(
     path = StepPath(collection=collection, run=run, name="resolve")
     store.create_step(resolver_step(table, ("dedupe",)), path)
     before = store_state(store)
-    original = DataMixin._ingest
+    original = Writes._ingest
 
     def failing_ingest(self, cur, name, data, *, temporary=False):
         original(self, cur, name, data, temporary=temporary)
@@ -107,11 +107,11 @@ def test_failure_after_clusters_written_rolls_them_back(
         assert cur.fetch_arrow_table().column("n")[0].as_py() == 3  # the leaves were loaded
         raise Injected("crash after the partition load")
 
-    monkeypatch.setattr(DataMixin, "_ingest", failing_ingest)
+    monkeypatch.setattr(Writes, "_ingest", failing_ingest)
     with pytest.raises(Injected):
         store.insert_resolver_data(path, table)
     assert store_state(store) == before
-    monkeypatch.setattr(DataMixin, "_ingest", original)
+    monkeypatch.setattr(Writes, "_ingest", original)
     store.insert_resolver_data(path, table)
     assert len(set(store.query(src, path).column("id").to_pylist())) == 1
 
@@ -128,7 +128,7 @@ def test_failure_after_edges_copied_rolls_back_model(
     path = StepPath(collection=collection, run=run, name="dedupe")
     store.create_step(model_step(edges, QueryConfig(sources=("people",))), path)
     before = store_state(store)
-    original = DataMixin._ingest
+    original = Writes._ingest
 
     def ingest_then_die(self, cur, name, data, *, temporary=False):
         original(self, cur, name, data, temporary=temporary)
@@ -136,12 +136,12 @@ def test_failure_after_edges_copied_rolls_back_model(
         assert cur.fetch_arrow_table().column("n")[0].as_py() == 1  # the row is there
         raise Injected("died before attach")
 
-    monkeypatch.setattr(DataMixin, "_ingest", ingest_then_die)
+    monkeypatch.setattr(Writes, "_ingest", ingest_then_die)
     with pytest.raises(Injected):
         store.insert_model_data(path, edges)
     assert store_state(store) == before
     assert store.get_step_stage(path) == UploadStage.READY
-    monkeypatch.setattr(DataMixin, "_ingest", original)
+    monkeypatch.setattr(Writes, "_ingest", original)
     store.insert_model_data(path, edges)
     assert store.get_model_data(path).num_rows == 1
 

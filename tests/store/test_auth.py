@@ -30,6 +30,7 @@ from matchbox_dagster.common.errors import (
     MatchboxUserNotFoundError,
 )
 from matchbox_dagster.store.postgres import MatchboxPostgres
+from matchbox_dagster.store.postgres.defaults import ensure_defaults
 from tests.conftest import drop_schema
 from tests.factories import (
     clusters_table,
@@ -71,8 +72,8 @@ def test_fresh_store_holds_default_groups_and_grant(gov: MatchboxPostgres) -> No
 
 def test_ensure_defaults_is_idempotent(gov: MatchboxPostgres) -> None:
     before = store_state(gov)
-    gov._ensure_defaults()
-    gov._ensure_defaults()
+    ensure_defaults(gov.db)
+    ensure_defaults(gov.db)
     assert store_state(gov) == before
 
 

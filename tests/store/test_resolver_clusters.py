@@ -22,7 +22,7 @@ from matchbox_dagster.common.dtos import (
 from matchbox_dagster.common.errors import MatchboxDataNotFound, MatchboxStepInvalidData
 from matchbox_dagster.common.fingerprint import cluster_id
 from matchbox_dagster.common.settings import MatchboxSettings
-from matchbox_dagster.store.postgres import MatchboxPostgres, ingest, migrate
+from matchbox_dagster.store.postgres import MatchboxPostgres, migrate, writes
 from matchbox_dagster.store.postgres.evaluation import cluster_hash
 from tests.conftest import own_schema_store
 from tests.factories import (
@@ -152,7 +152,7 @@ def test_cluster_id_collisions_are_refused(
         "a leaf": lv["5"],
         "a judged cluster": cluster_id([lv["1"], lv["5"]]),
     }[clash]
-    real = ingest.content_address
+    real = writes.content_address
 
     def forge(expanded: pl.DataFrame) -> tuple[pl.DataFrame, pa.Table]:
         rows, parents = real(expanded)
@@ -160,7 +160,7 @@ def test_cluster_id_collisions_are_refused(
         ids[0] = ids[1] if clash == "two parents" else forged
         return rows, parents.set_column(0, "cluster_id", pa.array(ids))
 
-    monkeypatch.setattr(ingest, "content_address", forge)
+    monkeypatch.setattr(writes, "content_address", forge)
     table = clusters_table([[lv["1"], lv["2"]], [lv["3"], lv["4"]]])
     path = StepPath(collection="c", run=run, name="r")
     own_store.create_step(resolver_step(table, ("dedupe",)), path)

@@ -29,7 +29,7 @@ from matchbox_dagster.common.errors import (
 )
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres
-from matchbox_dagster.store.postgres.ingest import DataMixin
+from matchbox_dagster.store.postgres.writes import Writes
 from tests.factories import (
     clusters_table,
     edges_table,
@@ -202,7 +202,7 @@ def test_failure_after_load_leaves_store_as_before(
     """A replace that dies after its partition was loaded keeps nothing: old graph intact."""
     paths = write_graph(store, collection, run)
     before = store_state(store)
-    original = DataMixin._ingest
+    original = Writes._ingest
     loaded: list[int] = []
 
     def ingest_then_die(self, cur, name, data, *, temporary=False):
@@ -211,13 +211,13 @@ def test_failure_after_load_leaves_store_as_before(
         loaded.append(cur.fetch_arrow_table().column("n")[0].as_py())
         raise Injected("died after the load")
 
-    monkeypatch.setattr(DataMixin, "_ingest", ingest_then_die)
+    monkeypatch.setattr(Writes, "_ingest", ingest_then_die)
     step, hashes = source({**ROWS, "dave": ["4"]})
     with pytest.raises(Injected):
         store.write_step(paths["source"], step, hashes)
     assert loaded == [4]  # the new rows were in the partition when it died
     assert store_state(store) == before
-    monkeypatch.setattr(DataMixin, "_ingest", original)
+    monkeypatch.setattr(Writes, "_ingest", original)
     assert store.write_step(paths["source"], step, hashes) == WriteOutcome.REPLACED
 
 
@@ -230,7 +230,7 @@ def test_failure_of_a_new_step_leaves_no_step(
     def die(self, cur, name, data, *, temporary=False):
         raise Injected("died during the load")
 
-    monkeypatch.setattr(DataMixin, "_ingest", die)
+    monkeypatch.setattr(Writes, "_ingest", die)
     p = path(collection, run, "people")
     with pytest.raises(Injected):
         store.write_step(p, *source(ROWS))
@@ -243,7 +243,7 @@ def test_concurrent_identical_writes_store_once(
     store: MatchboxPostgres, collection: str, run: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two threads write the same step at once: one STORED, the other waits, then UNCHANGED."""
-    original = DataMixin._ingest
+    original = Writes._ingest
     inside = threading.Event()
 
     def slow_ingest(self, cur, name, data, *, temporary=False):
@@ -251,7 +251,7 @@ def test_concurrent_identical_writes_store_once(
         time.sleep(0.5)  # the other writer arrives while this one holds the lock
         original(self, cur, name, data, temporary=temporary)
 
-    monkeypatch.setattr(DataMixin, "_ingest", slow_ingest)
+    monkeypatch.setattr(Writes, "_ingest", slow_ingest)
     p = path(collection, run, "people")
     outcomes: list[WriteOutcome | BaseException] = []
 

@@ -4,24 +4,16 @@ Permissions are held by groups, on the system or on one collection, with the hie
 ``READ ⊂ WRITE ⊂ ADMIN`` (:data:`~matchbox_dagster.store.base.PERMISSION_GRANTS`). ADMIN on the
 system implies every permission on every collection. Every store holds the default groups
 (``public`` with the anonymous user ``_public``, and ``admins``) and the default grant (admins:
-ADMIN on the system); :meth:`AuthMixin._ensure_defaults` puts them back after a clear or drop.
+ADMIN on the system); :mod:`~matchbox_dagster.store.postgres.defaults` puts them back after a
+clear or drop.
 
-Who may call what, when ``settings.authorisation`` is on:
-
-==========================================  ==============================================
-call                                        needs
-==========================================  ==============================================
-login, check_permission                     nothing
-get_user_groups                             the user themself, or READ on the system
-list_groups, get_group                      READ on the system
-create/delete_group, add/remove user        ADMIN on the system
-get/grant/revoke_permission                 ADMIN on the resource
-==========================================  ==============================================
+Who may call what is declared on each method of the facade
+(:class:`~matchbox_dagster.store.postgres.adapter.MatchboxPostgres`); this part only does the
+work.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psycopg
@@ -51,62 +43,12 @@ from matchbox_dagster.common.errors import (
     MatchboxUserNotFoundError,
 )
 from matchbox_dagster.store.base import (
-    DEFAULT_GROUPS,
     DEFAULT_PERMISSIONS,
     PERMISSION_GRANTS,
     Resource,
 )
-from matchbox_dagster.store.postgres.core import SYSTEM, PostgresCore, logger
-
-
-def defaults_document() -> str:
-    """The default groups, members and grants as one JSON parameter."""
-    return json.dumps(
-        {
-            "groups": [
-                {"name": g.name, "description": g.description, "is_system": g.is_system}
-                for g in DEFAULT_GROUPS
-            ],
-            "members": [
-                {"user_name": m.user_name, "email": m.email, "group": g.name}
-                for g in DEFAULT_GROUPS
-                for m in g.members
-            ],
-            "grants": [
-                {"group": grant.group_name, "permission": grant.permission.value}
-                for grant, resource_type, _ in DEFAULT_PERMISSIONS
-                if resource_type == BackendResourceType.SYSTEM
-            ],
-        }
-    )
-
-
-_DEFAULT_STATEMENTS = (
-    "INSERT INTO groups (name, description, is_system) "
-    "SELECT x->>'name', x->>'description', (x->>'is_system')::boolean "
-    "FROM jsonb_array_elements(({p})::jsonb->'groups') x ON CONFLICT (name) DO NOTHING",
-    "INSERT INTO users (user_name, email) SELECT DISTINCT x->>'user_name', x->>'email' "
-    "FROM jsonb_array_elements(({p})::jsonb->'members') x ON CONFLICT (user_name) DO NOTHING",
-    "INSERT INTO user_groups (user_id, group_id) SELECT u.user_id, g.group_id "
-    "FROM jsonb_array_elements(({p})::jsonb->'members') x "
-    "JOIN users u ON u.user_name = x->>'user_name' JOIN groups g ON g.name = x->>'group' "
-    "ON CONFLICT DO NOTHING",
-    "INSERT INTO permissions (group_id, permission, collection_id, is_system) "
-    "SELECT g.group_id, x->>'permission', NULL, true "
-    "FROM jsonb_array_elements(({p})::jsonb->'grants') x JOIN groups g ON g.name = x->>'group' "
-    "ON CONFLICT DO NOTHING",
-)
-
-
-def default_statements(placeholder: str) -> list[tuple[str, str]]:
-    """Idempotent statements (with their one parameter) creating the default groups and grants.
-
-    ``placeholder`` is the driver's parameter marker (``%s`` for psycopg, ``$1`` for ADBC), so
-    the same SQL serves the pooled connection and the snapshot loader.
-    """
-    document = defaults_document()
-    return [(text.replace("{p}", placeholder), document) for text in _DEFAULT_STATEMENTS]
-
+from matchbox_dagster.store.postgres import core
+from matchbox_dagster.store.postgres.core import SYSTEM, logger
 
 _MEMBERS = """
 SELECT g.name, g.description, g.is_system,
@@ -170,85 +112,75 @@ def _permission(permission: object) -> PermissionType:
         ) from None
 
 
-class AuthMixin(PostgresCore):
+def group_row(conn: psycopg.Connection, name: str, *, for_update: bool = False) -> tuple[int, bool]:
+    """A group's id and whether it is a system group."""
+    if not is_valid_name(name):
+        raise MatchboxGroupNotFoundError(name)
+    query = "SELECT group_id, is_system FROM groups WHERE name = %s"
+    row = conn.execute(query + (" FOR UPDATE" if for_update else ""), (name,)).fetchone()
+    if row is None:
+        raise MatchboxGroupNotFoundError(name)
+    return int(row[0]), bool(row[1])
+
+
+def find_user(conn: psycopg.Connection, user_name: str) -> int:
+    """A user's id (``MatchboxUserNotFoundError`` if unknown)."""
+    if not _valid_user_name(user_name):
+        raise MatchboxUserNotFoundError(user_name)
+    query = "SELECT user_id FROM users WHERE user_name = %s"
+    row = conn.execute(query, (user_name,)).fetchone()
+    if row is None:
+        raise MatchboxUserNotFoundError(user_name)
+    return int(row[0])
+
+
+def upsert_user(
+    conn: psycopg.Connection, user_name: str, email: str | None
+) -> tuple[int, str | None, bool]:
+    """Insert or update a user; new users join ``public``. Returns (id, email, is_new)."""
+    validate_user_name(user_name)
+    if email is not None:
+        validate_text(email, "An email address")
+    row = conn.execute(
+        "INSERT INTO users (user_name, email) VALUES (%s, %s) ON CONFLICT (user_name) "
+        "DO UPDATE SET email = coalesce(excluded.email, users.email) "
+        "RETURNING user_id, email, (xmax = 0) AS inserted",
+        (user_name, email),
+    ).fetchone()
+    assert row is not None
+    user_id, stored_email, is_new = int(row[0]), row[1], bool(row[2])
+    if is_new:
+        conn.execute(
+            "INSERT INTO user_groups (user_id, group_id) SELECT %s, group_id FROM groups "
+            "WHERE name = %s ON CONFLICT DO NOTHING",
+            (user_id, DefaultGroup.PUBLIC.value),
+        )
+    return user_id, stored_email, is_new
+
+
+def grant(
+    conn: psycopg.Connection,
+    group_name: str,
+    permission: PermissionType | str,
+    collection: str | None,
+) -> None:
+    """Grant ``permission`` to a group on a collection (None: the system), in ``conn``."""
+    permission = _permission(permission)
+    group_id, _ = group_row(conn, group_name)
+    collection_id = None if collection is None else core.collection_id(conn, collection)
+    conn.execute(
+        "INSERT INTO permissions (group_id, permission, collection_id, is_system) "
+        "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (group_id, permission.value, collection_id, collection_id is None),
+    )
+
+
+class Auth:
     """Users, groups and permissions."""
 
-    # --- defaults ---------------------------------------------------------------------------
-
-    def _ensure_defaults(self) -> None:
-        """Create the default groups, user and grant if missing (idempotent)."""
-        with self.db.connection() as conn:
-            self._ensure_defaults_in(conn)
-
-    @staticmethod
-    def _ensure_defaults_in(conn: psycopg.Connection) -> None:
-        for statement, parameter in default_statements("%s"):
-            conn.execute(statement, (parameter,))  # type: ignore[arg-type]
-
-    # --- lookups inside a caller's transaction ----------------------------------------------
-
-    @staticmethod
-    def _group_row(
-        conn: psycopg.Connection, name: str, *, for_update: bool = False
-    ) -> tuple[int, bool]:
-        if not is_valid_name(name):
-            raise MatchboxGroupNotFoundError(name)
-        query = "SELECT group_id, is_system FROM groups WHERE name = %s"
-        row = conn.execute(query + (" FOR UPDATE" if for_update else ""), (name,)).fetchone()
-        if row is None:
-            raise MatchboxGroupNotFoundError(name)
-        return int(row[0]), bool(row[1])
-
-    @staticmethod
-    def _user_id(conn: psycopg.Connection, user_name: str) -> int:
-        if not _valid_user_name(user_name):
-            raise MatchboxUserNotFoundError(user_name)
-        query = "SELECT user_id FROM users WHERE user_name = %s"
-        row = conn.execute(query, (user_name,)).fetchone()
-        if row is None:
-            raise MatchboxUserNotFoundError(user_name)
-        return int(row[0])
-
-    @staticmethod
-    def _upsert_user(
-        conn: psycopg.Connection, user_name: str, email: str | None
-    ) -> tuple[int, str | None, bool]:
-        """Insert or update a user; new users join ``public``. Returns (id, email, is_new)."""
-        validate_user_name(user_name)
-        if email is not None:
-            validate_text(email, "An email address")
-        row = conn.execute(
-            "INSERT INTO users (user_name, email) VALUES (%s, %s) ON CONFLICT (user_name) "
-            "DO UPDATE SET email = coalesce(excluded.email, users.email) "
-            "RETURNING user_id, email, (xmax = 0) AS inserted",
-            (user_name, email),
-        ).fetchone()
-        assert row is not None
-        user_id, stored_email, is_new = int(row[0]), row[1], bool(row[2])
-        if is_new:
-            conn.execute(
-                "INSERT INTO user_groups (user_id, group_id) SELECT %s, group_id FROM groups "
-                "WHERE name = %s ON CONFLICT DO NOTHING",
-                (user_id, DefaultGroup.PUBLIC.value),
-            )
-        return user_id, stored_email, is_new
-
-    def _grant(
-        self,
-        conn: psycopg.Connection,
-        group_name: str,
-        permission: PermissionType | str,
-        collection: str | None,
-    ) -> None:
-        """Grant ``permission`` to a group on a collection (None: the system), in ``conn``."""
-        permission = _permission(permission)
-        group_id, _ = self._group_row(conn, group_name)
-        collection_id = None if collection is None else self._collection_id(conn, collection)
-        conn.execute(
-            "INSERT INTO permissions (group_id, permission, collection_id, is_system) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (group_id, permission.value, collection_id, collection_id is None),
-        )
+    def __init__(self, ctx: core.Context) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
 
     # --- users ------------------------------------------------------------------------------
 
@@ -264,7 +196,7 @@ class AuthMixin(PostgresCore):
             validate_text(user.email, "An email address")
         with self.db.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{self.db.schema}/login",))
-            user_id, email, is_new = self._upsert_user(conn, user.user_name, user.email)
+            user_id, email, is_new = upsert_user(conn, user.user_name, user.email)
             first = is_new and user.user_name != DefaultUser.PUBLIC.value
             if first:
                 other = conn.execute(
@@ -285,10 +217,8 @@ class AuthMixin(PostgresCore):
 
     def get_user_groups(self, user_name: str) -> list[GroupName]:
         """Names of the groups a user belongs to, sorted."""
-        if self._acting_user != user_name:
-            self._authorise(PermissionType.READ, SYSTEM)
         with self.db.connection() as conn:
-            user_id = self._user_id(conn, user_name)
+            user_id = find_user(conn, user_name)
             rows = conn.execute(
                 "SELECT g.name FROM user_groups ug JOIN groups g USING (group_id) "
                 "WHERE ug.user_id = %s ORDER BY g.name",
@@ -300,14 +230,12 @@ class AuthMixin(PostgresCore):
 
     def list_groups(self) -> list[Group]:
         """Every group with its members, sorted by name."""
-        self._authorise(PermissionType.READ, SYSTEM)
         with self.db.connection() as conn:
             rows = conn.execute(_MEMBERS + " GROUP BY g.group_id ORDER BY g.name").fetchall()
         return [_group(r) for r in rows]
 
     def get_group(self, name: GroupName) -> Group:
         """A group and its members."""
-        self._authorise(PermissionType.READ, SYSTEM)
         if not is_valid_name(name):
             raise MatchboxGroupNotFoundError(name)
         with self.db.connection() as conn:
@@ -324,7 +252,6 @@ class AuthMixin(PostgresCore):
         Raises :class:`MatchboxGroupAlreadyExistsError` if the name is taken, and
         :class:`MatchboxSystemGroupError` for ``is_system=True`` (system groups are built in).
         """
-        self._authorise(PermissionType.ADMIN, SYSTEM)
         validate_name(group.name)
         if group.description is not None:
             validate_text(group.description, "A group description")
@@ -343,7 +270,7 @@ class AuthMixin(PostgresCore):
             except psycopg.errors.UniqueViolation:
                 raise MatchboxGroupAlreadyExistsError(group.name) from None
             for member in group.members:
-                user_id, _, _ = self._upsert_user(conn, member.user_name, member.email)
+                user_id, _, _ = upsert_user(conn, member.user_name, member.email)
                 conn.execute(
                     "INSERT INTO user_groups (user_id, group_id) VALUES (%s, %s) "
                     "ON CONFLICT DO NOTHING",
@@ -357,9 +284,8 @@ class AuthMixin(PostgresCore):
         Raises :class:`MatchboxGroupNotFoundError`, :class:`MatchboxSystemGroupError` for a
         system group, :class:`MatchboxDeletionNotConfirmed` without ``certain``.
         """
-        self._authorise(PermissionType.ADMIN, SYSTEM)
         with self.db.connection() as conn:
-            group_id, is_system = self._group_row(conn, name, for_update=True)
+            group_id, is_system = group_row(conn, name, for_update=True)
             if is_system:
                 raise MatchboxSystemGroupError(
                     f"Group {name!r} is a system group and cannot be deleted."
@@ -373,14 +299,13 @@ class AuthMixin(PostgresCore):
 
     def add_user_to_group(self, user_name: str, group_name: GroupName) -> None:
         """Add a user to a group; a new user is created (and joins ``public`` too)."""
-        self._authorise(PermissionType.ADMIN, SYSTEM)
         validate_user_name(user_name)
         with self.db.connection() as conn:
-            group_id, _ = self._group_row(conn, group_name)
+            group_id, _ = group_row(conn, group_name)
             row = conn.execute(
                 "SELECT user_id FROM users WHERE user_name = %s", (user_name,)
             ).fetchone()
-            user_id = int(row[0]) if row else self._upsert_user(conn, user_name, None)[0]
+            user_id = int(row[0]) if row else upsert_user(conn, user_name, None)[0]
             conn.execute(
                 "INSERT INTO user_groups (user_id, group_id) VALUES (%s, %s) "
                 "ON CONFLICT DO NOTHING",
@@ -393,14 +318,13 @@ class AuthMixin(PostgresCore):
         Raises :class:`MatchboxGroupNotFoundError`, :class:`MatchboxUserNotFoundError`, and
         :class:`MatchboxSystemGroupError` for removing ``_public`` from ``public``.
         """
-        self._authorise(PermissionType.ADMIN, SYSTEM)
         if user_name == DefaultUser.PUBLIC.value and group_name == DefaultGroup.PUBLIC.value:
             raise MatchboxSystemGroupError(
                 f"User {user_name!r} always belongs to group {group_name!r}."
             )
         with self.db.connection() as conn:
-            group_id, _ = self._group_row(conn, group_name)
-            user_id = self._user_id(conn, user_name)
+            group_id, _ = group_row(conn, group_name)
+            user_id = find_user(conn, user_name)
             conn.execute(
                 "DELETE FROM user_groups WHERE user_id = %s AND group_id = %s",
                 (user_id, group_id),
@@ -425,7 +349,7 @@ class AuthMixin(PostgresCore):
             if _is_system(resource):
                 row = conn.execute(_CHECK_SYSTEM, (user_name, granting)).fetchone()
             else:
-                collection_id = self._collection_id(conn, resource)
+                collection_id = core.collection_id(conn, resource)
                 row = conn.execute(
                     _CHECK_COLLECTION, (user_name, collection_id, granting)
                 ).fetchone()
@@ -434,7 +358,6 @@ class AuthMixin(PostgresCore):
     def get_permissions(self, resource: Resource) -> list[PermissionGrant]:
         """Grants held on ``resource`` (the system or a collection), sorted."""
         _known_resource(resource)
-        self._authorise(PermissionType.ADMIN, str(resource))
         with self.db.connection() as conn:
             if _is_system(resource):
                 rows = conn.execute(
@@ -442,7 +365,7 @@ class AuthMixin(PostgresCore):
                     "WHERE p.is_system ORDER BY 1, 2"
                 ).fetchall()
             else:
-                collection_id = self._collection_id(conn, resource)
+                collection_id = core.collection_id(conn, resource)
                 rows = conn.execute(
                     "SELECT g.name, p.permission FROM permissions p JOIN groups g USING (group_id) "
                     "WHERE p.collection_id = %s ORDER BY 1, 2",
@@ -455,9 +378,8 @@ class AuthMixin(PostgresCore):
     ) -> None:
         """Grant a permission on the system or a collection to a group (idempotent)."""
         _known_resource(resource)
-        self._authorise(PermissionType.ADMIN, str(resource))
         with self.db.connection() as conn:
-            self._grant(conn, group_name, permission, None if _is_system(resource) else resource)
+            grant(conn, group_name, permission, None if _is_system(resource) else resource)
         logger.info("Granted %s on %s to %s", permission, resource, group_name)
 
     def revoke_permission(
@@ -469,7 +391,6 @@ class AuthMixin(PostgresCore):
         nobody could administer the store.
         """
         _known_resource(resource)
-        self._authorise(PermissionType.ADMIN, str(resource))
         permission = _permission(permission)
         if _is_system(resource) and any(
             grant.group_name == group_name and grant.permission == permission
@@ -481,14 +402,14 @@ class AuthMixin(PostgresCore):
                 "default grant and cannot be revoked."
             )
         with self.db.connection() as conn:
-            group_id, _ = self._group_row(conn, group_name)
+            group_id, _ = group_row(conn, group_name)
             if _is_system(resource):
                 conn.execute(
                     "DELETE FROM permissions WHERE group_id = %s AND permission = %s AND is_system",
                     (group_id, permission.value),
                 )
             else:
-                collection_id = self._collection_id(conn, resource)
+                collection_id = core.collection_id(conn, resource)
                 conn.execute(
                     "DELETE FROM permissions WHERE group_id = %s AND permission = %s "
                     "AND collection_id = %s",
@@ -497,4 +418,4 @@ class AuthMixin(PostgresCore):
         logger.info("Revoked %s on %s from %s", permission, resource, group_name)
 
 
-__all__ = ["AuthMixin", "default_statements", "defaults_document"]
+__all__ = ["Auth", "find_user", "grant", "group_row", "upsert_user"]

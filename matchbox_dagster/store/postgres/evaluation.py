@@ -22,9 +22,7 @@ from matchbox_dagster.common.arrow import (
     SCHEMA_JUDGEMENTS,
 )
 from matchbox_dagster.common.dtos import (
-    DefaultUser,
     Judgement,
-    PermissionType,
     ResolverStepPath,
     StepType,
     UploadStage,
@@ -37,7 +35,8 @@ from matchbox_dagster.common.errors import (
     MatchboxTooManySamplesRequested,
 )
 from matchbox_dagster.common.fingerprint import cluster_id
-from matchbox_dagster.store.postgres.core import SYSTEM, PostgresCore, logger
+from matchbox_dagster.store.postgres import auth, core
+from matchbox_dagster.store.postgres.core import logger
 
 MAX_SAMPLES = 100
 """Most clusters ``sample_for_eval`` returns in one call."""
@@ -104,17 +103,12 @@ ORDER BY 1, 2, 4, 3
 """
 
 
-class EvaluationMixin(PostgresCore):
+class Evaluation:
     """Judgements and evaluation samples."""
 
-    def _authorise_as(self, user_name: str) -> None:
-        """With authorisation on, only ``user_name`` themself (or a system admin) may act."""
-        if not self.settings.authorisation:
-            return
-        acting = self._acting_user or DefaultUser.PUBLIC.value
-        if acting == user_name and acting != DefaultUser.PUBLIC.value:
-            return
-        self._authorise(PermissionType.ADMIN, SYSTEM)
+    def __init__(self, ctx: core.Context) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
 
     def insert_judgement(self, user_name: str, judgement: Judgement) -> None:
         """Record a user's judgement, in one transaction.
@@ -123,7 +117,6 @@ class EvaluationMixin(PostgresCore):
         :class:`MatchboxDataNotFound` if a shown id is not a leaf of any source. With
         authorisation on, users record judgements as themselves (admins for anyone).
         """
-        self._authorise_as(user_name)
         groups = [sorted(set(judgement.shown)), *(sorted(set(g)) for g in judgement.endorsed)]
         ids = [cluster_id(g) for g in groups]
         multi = {i: g for i, g in zip(ids, groups, strict=True) if len(g) > 1}
@@ -132,7 +125,7 @@ class EvaluationMixin(PostgresCore):
         sizes = [len(multi[r]) for r in roots]
         contains = ([r for r in roots for _ in multi[r]], [x for r in roots for x in multi[r]])
         with self.db.connection() as conn:
-            user_id = self._user_id(conn, user_name)  # type: ignore[attr-defined]
+            user_id = auth.find_user(conn, user_name)
             missing = [
                 r[0]
                 for r in conn.execute(
@@ -198,7 +191,6 @@ class EvaluationMixin(PostgresCore):
         """
         if tag is not None:
             validate_text(tag, "A judgement tag")
-        self._authorise(PermissionType.READ, SYSTEM)
         with self.db.connection() as conn:
             rows = conn.execute(_JUDGEMENTS, {"tag": tag}).fetchall()
             ids = sorted({r[1] for r in rows} | {r[2] for r in rows})
@@ -221,10 +213,9 @@ class EvaluationMixin(PostgresCore):
             )
         if n < 0:
             raise MatchboxInvalidData(f"n must be zero or positive, not {n}.")
-        self._authorise(PermissionType.READ, path.collection)
         with self.db.connection() as conn:
-            user_id = self._user_id(conn, user_name)  # type: ignore[attr-defined]
-            step = self._step_row(conn, path, expected=StepType.RESOLVER)
+            user_id = auth.find_user(conn, user_name)
+            step = core.step_row(conn, path, expected=StepType.RESOLVER)
             if step.stage != UploadStage.COMPLETE:
                 raise MatchboxStepNotQueriable(path, step.stage)
             sources = [
@@ -248,4 +239,4 @@ class EvaluationMixin(PostgresCore):
         return _arrow(rows, SCHEMA_EVAL_SAMPLES)
 
 
-__all__ = ["MAX_SAMPLES", "EvaluationMixin", "cluster_hash"]
+__all__ = ["MAX_SAMPLES", "Evaluation", "cluster_hash"]

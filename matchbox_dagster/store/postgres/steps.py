@@ -1,4 +1,4 @@
-"""Collections, runs, steps and upload stages."""
+"""Collections, runs, steps and upload stages (the part of the store that declares steps)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from matchbox_dagster.common.dtos import (
     Collection,
     CollectionName,
     PermissionGrant,
-    PermissionType,
     Run,
     RunID,
     SourceConfig,
@@ -34,8 +33,8 @@ from matchbox_dagster.common.errors import (
     MatchboxStepUpdateError,
     shown,
 )
-from matchbox_dagster.store.postgres import step_rows
-from matchbox_dagster.store.postgres.core import SYSTEM, PostgresCore, StepRow, logger
+from matchbox_dagster.store.postgres import auth, core, step_rows
+from matchbox_dagster.store.postgres.core import SYSTEM, StepRow, logger
 
 
 def _known(collection: object) -> None:
@@ -51,8 +50,12 @@ def _known_path(path: StepPath) -> None:
         raise MatchboxStepNotFoundError(path)
 
 
-class CollectionsMixin(PostgresCore):
+class Steps:
     """Collections, runs, steps and upload stages."""
+
+    def __init__(self, ctx: core.Context) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
 
     # --- collections ------------------------------------------------------------------------
 
@@ -65,23 +68,21 @@ class CollectionsMixin(PostgresCore):
             raise MatchboxNameError(
                 f"{SYSTEM!r} names the whole store in permissions; pick another collection name."
             )
-        self._authorise(PermissionType.WRITE, SYSTEM)
         with self.db.connection() as conn:
             try:
                 conn.execute("INSERT INTO collections (name) VALUES (%s)", (name,))
             except psycopg.errors.UniqueViolation:
                 raise MatchboxCollectionAlreadyExists(name) from None
             for grant in permissions or []:
-                self._grant(conn, grant.group_name, grant.permission, name)  # type: ignore[attr-defined]
+                auth.grant(conn, grant.group_name, grant.permission, name)
         logger.info("Created collection %s", name)
         return Collection(name=name)
 
     def get_collection(self, name: CollectionName) -> Collection:
         """A collection's runs (ascending) and default run."""
         _known(name)
-        self._authorise(PermissionType.READ, name)
         with self.db.connection() as conn:
-            collection_id = self._collection_id(conn, name)
+            collection_id = core.collection_id(conn, name)
             rows = conn.execute(
                 "SELECT run_id, is_default FROM runs WHERE collection_id = %s ORDER BY run_id",
                 (collection_id,),
@@ -91,16 +92,14 @@ class CollectionsMixin(PostgresCore):
 
     def list_collections(self) -> list[CollectionName]:
         """Names of all collections, sorted."""
-        self._authorise(PermissionType.READ, SYSTEM)
         with self.db.connection() as conn:
             return [r[0] for r in conn.execute("SELECT name FROM collections ORDER BY name")]
 
     def delete_collection(self, name: CollectionName, certain: bool) -> None:
         """Delete a collection with its runs, steps and data."""
         _known(name)
-        self._authorise(PermissionType.ADMIN, name)
         with self.db.connection() as conn:
-            collection_id = self._collection_id(conn, name, for_update=True)
+            collection_id = core.collection_id(conn, name, for_update=True)
             runs = [
                 int(r[0])
                 for r in conn.execute(
@@ -117,7 +116,7 @@ class CollectionsMixin(PostgresCore):
                 "WHERE collection_id = %s",
                 (collection_id,),
             ).fetchall()
-            self._drop_partitions(conn, [(int(s), t) for s, t in steps])
+            core.drop_partitions(conn, self.db.schema, [(int(s), t) for s, t in steps])
             conn.execute("DELETE FROM collections WHERE collection_id = %s", (collection_id,))
         logger.info("Deleted collection %s (%d runs)", name, len(runs))
 
@@ -126,9 +125,8 @@ class CollectionsMixin(PostgresCore):
     def create_run(self, collection: CollectionName) -> Run:
         """Start a new run of a collection: mutable, not default, no steps."""
         _known(collection)
-        self._authorise(PermissionType.WRITE, collection)
         with self.db.connection() as conn:
-            collection_id = self._collection_id(conn, collection)
+            collection_id = core.collection_id(conn, collection)
             run_id = conn.execute(
                 "INSERT INTO runs (collection_id) VALUES (%s) RETURNING run_id", (collection_id,)
             ).fetchone()[0]  # type: ignore[index]
@@ -146,9 +144,8 @@ class CollectionsMixin(PostgresCore):
         validate_text(label, "A run label")
         if not 1 <= len(label) <= 200:
             raise MatchboxInvalidData(f"A run label has 1 to 200 characters; got {shown(label)}.")
-        self._authorise(PermissionType.WRITE if create else PermissionType.READ, collection)
         with self.db.connection() as conn:
-            collection_id = self._collection_id(conn, collection)
+            collection_id = core.collection_id(conn, collection)
             if create:
                 # Serialise creators of the same label; the loser then finds the winner's row.
                 conn.execute(
@@ -178,9 +175,8 @@ class CollectionsMixin(PostgresCore):
     def run_labels(self, collection: CollectionName) -> dict[RunID, str]:
         """Labels of a collection's labelled runs, by run id."""
         _known(collection)
-        self._authorise(PermissionType.READ, collection)
         with self.db.connection() as conn:
-            collection_id = self._collection_id(conn, collection)
+            collection_id = core.collection_id(conn, collection)
             rows = conn.execute(
                 "SELECT run_id, label FROM run_labels WHERE collection_id = %s ORDER BY run_id",
                 (collection_id,),
@@ -190,9 +186,8 @@ class CollectionsMixin(PostgresCore):
     def set_run_mutable(self, collection: CollectionName, run_id: RunID, mutable: bool) -> Run:
         """Make a run mutable or immutable. The default run cannot be made mutable."""
         _known(collection)
-        self._authorise(PermissionType.WRITE, collection)
         with self.db.connection() as conn:
-            run = self._run_row(conn, collection, run_id, for_update=True)
+            run = core.run_row(conn, collection, run_id, for_update=True)
             if mutable and run["is_default"]:
                 raise MatchboxRunNotWriteable(
                     collection,
@@ -212,10 +207,9 @@ class CollectionsMixin(PostgresCore):
         guarantees at most one default run per collection.
         """
         _known(collection)
-        self._authorise(PermissionType.WRITE, collection)
         with self.db.connection() as conn:
-            collection_id = self._collection_id(conn, collection, for_update=True)
-            run = self._run_row(conn, collection, run_id, for_update=True)
+            collection_id = core.collection_id(conn, collection, for_update=True)
+            run = core.run_row(conn, collection, run_id, for_update=True)
             if default:
                 if run["is_mutable"]:
                     raise MatchboxRunNotWriteable(
@@ -241,10 +235,9 @@ class CollectionsMixin(PostgresCore):
     def get_run(self, collection: CollectionName, run_id: RunID) -> Run:
         """A run's flags and its steps by name."""
         _known(collection)
-        self._authorise(PermissionType.READ, collection)
         with self.db.connection() as conn:
-            run = self._run_row(conn, collection, run_id)
-            rows = self._cursor(conn).execute(
+            run = core.run_row(conn, collection, run_id)
+            rows = core.dict_cursor(conn).execute(
                 "SELECT name, step_type, description, fingerprint, config FROM steps "
                 "WHERE run_id = %s ORDER BY step_id",
                 (run_id,),
@@ -271,9 +264,8 @@ class CollectionsMixin(PostgresCore):
     def delete_run(self, collection: CollectionName, run_id: RunID, certain: bool) -> None:
         """Delete a run, its steps and their data."""
         _known(collection)
-        self._authorise(PermissionType.ADMIN, collection)
         with self.db.connection() as conn:
-            self._run_row(conn, collection, run_id, for_update=True)
+            core.run_row(conn, collection, run_id, for_update=True)
             steps = conn.execute(
                 "SELECT step_id, step_type, name FROM steps WHERE run_id = %s ORDER BY step_id",
                 (run_id,),
@@ -282,7 +274,7 @@ class CollectionsMixin(PostgresCore):
                 raise MatchboxDeletionNotConfirmed(
                     f"run {run_id} of collection {collection!r}", [s[2] for s in steps]
                 )
-            self._drop_partitions(conn, [(int(s[0]), s[1]) for s in steps])
+            core.drop_partitions(conn, self.db.schema, [(int(s[0]), s[1]) for s in steps])
             conn.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
         logger.info("Deleted run %s of %s", run_id, collection)
 
@@ -293,27 +285,24 @@ class CollectionsMixin(PostgresCore):
         validate_name(path.collection)
         validate_name(path.name)
         step_rows.storable(step)
-        self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
-            self._writable_run(conn, path.collection, path.run, f"add step {path.name!r}")
+            core.writable_run(conn, path.collection, path.run, f"add step {path.name!r}")
             step_rows.insert_step(psycopg.RawCursor(conn), step, path)
         logger.info("Created %s step %s", step.step_type, path)
 
     def get_step(self, path: StepPath) -> Step:
         """A step's type, config, description and fingerprint."""
         _known_path(path)
-        self._authorise(PermissionType.READ, path.collection)
         with self.db.connection() as conn:
-            return step_rows.step_dto(self._step_row(conn, path))
+            return step_rows.step_dto(core.step_row(conn, path))
 
     def update_step(self, step: Step, path: StepPath) -> None:
         """Change a step's description or config (not its type, parents or fingerprint)."""
         _known_path(path)
         step_rows.storable(step)
-        self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
-            self._writable_run(conn, path.collection, path.run, f"update step {path.name!r}")
-            current = self._step_row(conn, path, lock="FOR UPDATE OF s")
+            core.writable_run(conn, path.collection, path.run, f"update step {path.name!r}")
+            current = core.step_row(conn, path, lock="FOR UPDATE OF s")
             old = step_rows.step_dto(current)
             if step.step_type != current.step_type:
                 raise MatchboxStepUpdateError(
@@ -341,10 +330,9 @@ class CollectionsMixin(PostgresCore):
     def delete_step(self, path: StepPath, certain: bool) -> None:
         """Delete a step, its descendants and their data."""
         _known_path(path)
-        self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
-            self._writable_run(conn, path.collection, path.run, f"delete step {path.name!r}")
-            step = self._step_row(conn, path, lock="FOR UPDATE OF s")
+            core.writable_run(conn, path.collection, path.run, f"delete step {path.name!r}")
+            step = core.step_row(conn, path, lock="FOR UPDATE OF s")
             cur = psycopg.RawCursor(conn)
             doomed = step_rows.step_tree(cur, step.step_id)
             if not certain:
@@ -359,7 +347,6 @@ class CollectionsMixin(PostgresCore):
     def lock_step_data(self, path: StepPath) -> None:
         """READY → PROCESSING; fails at once if another upload holds or held the step."""
         _known_path(path)
-        self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
             step = self._locked_step(conn, path)
             if not step.is_mutable:
@@ -377,7 +364,6 @@ class CollectionsMixin(PostgresCore):
     def unlock_step_data(self, path: StepPath, complete: bool) -> None:
         """PROCESSING → READY (``complete=False``) or → COMPLETE."""
         _known_path(path)
-        self._authorise(PermissionType.WRITE, path.collection)
         with self.db.connection() as conn:
             step = self._locked_step(conn, path)
             if step.stage == UploadStage.COMPLETE:
@@ -391,13 +377,12 @@ class CollectionsMixin(PostgresCore):
     def get_step_stage(self, path: StepPath) -> UploadStage:
         """A step's upload stage."""
         _known_path(path)
-        self._authorise(PermissionType.READ, path.collection)
         with self.db.connection() as conn:
-            return self._step_row(conn, path).stage
+            return core.step_row(conn, path).stage
 
     def _locked_step(self, conn: psycopg.Connection, path: StepPath) -> StepRow:
         try:
-            return self._step_row(conn, path, lock="FOR UPDATE OF s NOWAIT")
+            return core.step_row(conn, path, lock="FOR UPDATE OF s NOWAIT")
         except psycopg.errors.LockNotAvailable:
             raise MatchboxLockError(
                 f"Step {path} is locked by an upload in progress; try again when it finishes."
@@ -411,4 +396,4 @@ class CollectionsMixin(PostgresCore):
         )
 
 
-__all__ = ["CollectionsMixin"]
+__all__ = ["Steps"]

@@ -1,34 +1,132 @@
-"""Reading entities: ``query`` (every key's entity id) and ``match`` (one key's entity)."""
+"""Reading step data and entities.
+
+``get_*_data``, ``validate_ids``, ``query`` (every key's entity id), ``match`` (one key's
+entity) and ``step_statistics`` (one aggregate over the step's partition, so a check costs a
+scan in PostgreSQL, not a transfer of the whole step).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
 import pyarrow as pa
+from psycopg import sql
 
-from matchbox_dagster.common.arrow import SCHEMA_QUERY, SCHEMA_QUERY_WITH_LEAVES, conform
+from matchbox_dagster.common.arrow import (
+    SCHEMA_CLUSTERS,
+    SCHEMA_MODEL_EDGES,
+    SCHEMA_QUERY,
+    SCHEMA_QUERY_WITH_LEAVES,
+    SCHEMA_SOURCE_ROWS,
+    conform,
+)
 from matchbox_dagster.common.dtos import (
     Match,
-    PermissionType,
+    ModelStepPath,
     ResolverStepPath,
     SourceStepPath,
+    StepPath,
     StepType,
     UploadStage,
 )
 from matchbox_dagster.common.errors import (
+    MatchboxDataNotFound,
     MatchboxInvalidData,
     MatchboxStepInvalidData,
     MatchboxStepNotQueriable,
 )
-from matchbox_dagster.store.postgres.core import StepRow
-from matchbox_dagster.store.postgres.ingest import DataMixin
+from matchbox_dagster.store.postgres import core
+from matchbox_dagster.store.postgres.core import StepRow, partition_name
+from matchbox_dagster.store.postgres.partitions import ROOTS, adbc_step, read_partition
 
 _KEYS = pa.schema([("leaf_id", pa.int64()), ("key", pa.large_string())])
-_ROOTS = pa.schema([("leaf_id", pa.int64()), ("root_id", pa.int64())])
+
+_QUERIES = {
+    StepType.SOURCE: sql.SQL(
+        "SELECT count(*) AS rows, count(DISTINCT key) AS distinct_keys, "
+        "count(*) FILTER (WHERE key IS NULL) AS null_keys, count(DISTINCT leaf_id) AS leaves "
+        "FROM {}"
+    ),
+    StepType.MODEL: sql.SQL(
+        "SELECT count(*) AS rows, min(score) AS min_score, max(score) AS max_score, "
+        "count(*) FILTER (WHERE score < 0 OR score > 1 OR score = 'NaN') AS out_of_range "
+        "FROM {}"
+    ),
+    StepType.RESOLVER: sql.SQL(
+        "SELECT count(*) AS rows, count(DISTINCT root_id) AS clusters FROM {}"
+    ),
+}
+"""Constant statements; only the (quoted) partition name is spliced in."""
 
 
-class QueryMixin(DataMixin):
-    """query and match."""
+class Reads:
+    """Reading step data and entities."""
+
+    def __init__(self, ctx: core.Context) -> None:
+        self.ctx = ctx
+        self.db = ctx.db
+
+    def _read_step(
+        self, path: StepPath, expected: StepType, select: str, empty: pa.Schema
+    ) -> pa.Table:
+        with self.db.adbc() as conn, conn.cursor() as cur:
+            step = adbc_step(cur, path, expected, lock=False)
+            return read_partition(cur, self.db.schema, step, select, empty)
+
+    def get_source_data(self, path: SourceStepPath) -> pa.Table:
+        """A source step's rows: ``leaf_id``, ``hash``, ``key`` (``SCHEMA_SOURCE_ROWS``)."""
+        table = self._read_step(
+            path,
+            StepType.SOURCE,
+            "SELECT leaf_id, hash, key FROM {part}",
+            SCHEMA_SOURCE_ROWS,
+        )
+        return conform(table, SCHEMA_SOURCE_ROWS, "source rows")
+
+    def get_model_data(self, path: ModelStepPath) -> pa.Table:
+        """A model step's scored pairs (``SCHEMA_MODEL_EDGES``)."""
+        table = self._read_step(
+            path,
+            StepType.MODEL,
+            "SELECT left_id, right_id, score FROM {part}",
+            SCHEMA_MODEL_EDGES,
+        )
+        return conform(table, SCHEMA_MODEL_EDGES, "model edges")
+
+    def get_resolver_data(self, path: ResolverStepPath) -> pa.Table:
+        """A resolver's own clusters as (``parent_id`` = cluster id, ``child_id`` = leaf id)."""
+        table = self._read_step(
+            path,
+            StepType.RESOLVER,
+            "SELECT root_id AS parent_id, leaf_id AS child_id FROM {part} WHERE own",
+            SCHEMA_CLUSTERS,
+        )
+        return conform(table, SCHEMA_CLUSTERS, "resolver clusters")
+
+    def validate_ids(self, ids: list[int]) -> bool:
+        """True if every id is a leaf of some source, a resolver's cluster or a judged cluster."""
+        wanted = sorted({int(i) for i in ids})
+        if not wanted:
+            return True
+        with self.db.connection() as conn:
+            missing = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT i FROM unnest(%s::bigint[]) AS i WHERE NOT EXISTS "
+                    "(SELECT 1 FROM clusters c WHERE c.cluster_id = i) AND NOT EXISTS "
+                    "(SELECT 1 FROM resolver_leaves r WHERE r.root_id = i) AND NOT EXISTS "
+                    "(SELECT 1 FROM source_rows s WHERE s.leaf_id = i)",
+                    (wanted,),
+                )
+            ]
+        if missing:
+            raise MatchboxDataNotFound(
+                f"{len(missing)} of {len(wanted)} cluster id(s) are not in the store, e.g. "
+                f"{missing[:5]}."
+            )
+        return True
 
     def query(
         self,
@@ -43,17 +141,16 @@ class QueryMixin(DataMixin):
         nearest resolver in the lineage that claims the key's leaf, or the leaf itself. With a
         ``limit``, rows are ordered by (id, key) so the first ``limit`` are deterministic.
         """
-        self._authorise(PermissionType.READ, source.collection)
         if limit is not None and limit < 0:
             raise MatchboxInvalidData(f"limit must be zero or positive, not {limit}.")
         with self.db.adbc() as conn, conn.cursor() as cur:
             # One snapshot for every read below, even if a step is deleted meanwhile.
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            src = self._adbc_step(cur, source, StepType.SOURCE, lock=False)
+            src = adbc_step(cur, source, StepType.SOURCE, lock=False)
             self._queriable(src)
             res = None
             if resolver is not None:
-                res = self._adbc_step(cur, resolver, StepType.RESOLVER, lock=False)
+                res = adbc_step(cur, resolver, StepType.RESOLVER, lock=False)
                 self._queriable(res)
                 self._resolves(cur, src, res)
             table = self._resolve_all(cur, src, res)
@@ -77,12 +174,13 @@ class QueryMixin(DataMixin):
         keys with polars (faster than PostgreSQL's hash join, whose result it then has to
         serialise row by row); the key strings stay in Arrow.
         """
-        keys = self._read_partition(cur, source, "SELECT leaf_id, key FROM {part}", _KEYS)
+        schema = self.db.schema
+        keys = read_partition(cur, schema, source, "SELECT leaf_id, key FROM {part}", _KEYS)
         leaf = keys.column("leaf_id")
         if resolver is None:
             return pa.table({"id": leaf, "key": keys.column("key"), "leaf_id": leaf})
         roots = pl.from_arrow(
-            self._read_partition(cur, resolver, "SELECT leaf_id, root_id FROM {part}", _ROOTS)
+            read_partition(cur, schema, resolver, "SELECT leaf_id, root_id FROM {part}", ROOTS)
         )
         assert isinstance(roots, pl.DataFrame)
         leaves = pl.DataFrame({"leaf_id": pl.Series("leaf_id", leaf)})
@@ -108,15 +206,10 @@ class QueryMixin(DataMixin):
         resolver: ResolverStepPath,
     ) -> list[Match]:
         """For each target, the keys sharing ``key``'s entity under ``resolver``."""
-        # Leaves are shared across collections: every collection read needs READ on it.
-        for collection in dict.fromkeys(
-            [source.collection, resolver.collection, *(t.collection for t in targets)]
-        ):
-            self._authorise(PermissionType.READ, collection)
         with self.db.connection() as conn:
-            src = self._step_row(conn, source, expected=StepType.SOURCE)
-            res = self._step_row(conn, resolver, expected=StepType.RESOLVER)
-            tgts = [self._step_row(conn, t, expected=StepType.SOURCE) for t in targets]
+            src = core.step_row(conn, source, expected=StepType.SOURCE)
+            res = core.step_row(conn, resolver, expected=StepType.RESOLVER)
+            tgts = [core.step_row(conn, t, expected=StepType.SOURCE) for t in targets]
             for step in (src, res, *tgts):
                 self._queriable(step)
             row = conn.execute(
@@ -165,7 +258,7 @@ class QueryMixin(DataMixin):
         if step.stage != UploadStage.COMPLETE:
             raise MatchboxStepNotQueriable(step.path(), step.stage)
 
-    def _resolves(self, cur, source: StepRow, resolver: StepRow) -> None:
+    def _resolves(self, cur: adbc.Cursor, source: StepRow, resolver: StepRow) -> None:
         if source.run_id != resolver.run_id:
             raise MatchboxStepInvalidData(
                 f"Resolver {resolver.path()} belongs to another run than source {source.path()}; "
@@ -180,3 +273,28 @@ class QueryMixin(DataMixin):
                 f"Resolver {resolver.path()} does not descend from source {source.path()}, so "
                 "it cannot resolve its keys. Pick a resolver whose inputs read this source."
             )
+
+    def step_statistics(self, path: StepPath) -> dict[str, Any]:
+        """Upload stage and aggregates of a step's stored rows.
+
+        Sources: ``rows`` (keys), ``distinct_keys``, ``null_keys``, ``leaves``; models: ``rows``,
+        ``min_score``, ``max_score``, ``out_of_range``; resolvers: ``rows`` (leaf assignments),
+        ``clusters``. A step without data has ``rows`` 0.
+        """
+        with self.db.connection() as conn:
+            step = core.step_row(conn, path)
+            stats: dict[str, Any] = {"stage": step.stage, "step_type": step.step_type}
+            if step.stage != UploadStage.COMPLETE:
+                return {**stats, "rows": 0}
+            table = sql.Identifier(self.db.schema, partition_name(step.step_type, step.step_id))
+            cursor = conn.execute(_QUERIES[step.step_type].format(table))
+            names = [d.name for d in cursor.description or []]
+            row = cursor.fetchone() or ()
+        values = dict(zip(names, row, strict=True))
+        return {
+            **stats,
+            **{
+                k: (float(v) if k.endswith("score") and v is not None else v)
+                for k, v in values.items()
+            },
+        }

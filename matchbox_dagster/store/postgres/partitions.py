@@ -1,0 +1,110 @@
+"""Steps and their data partitions read on ADBC, inside a caller's transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import adbc_driver_postgresql.dbapi as adbc
+import polars as pl
+import pyarrow as pa
+
+from matchbox_dagster.common.dtos import StepPath, StepType
+from matchbox_dagster.common.errors import (
+    MatchboxLockError,
+    MatchboxStepNotFoundError,
+    MatchboxStepTypeError,
+)
+from matchbox_dagster.store.postgres.core import (
+    STEP_SELECT,
+    StepRow,
+    partition_name,
+    step_from_row,
+)
+from matchbox_dagster.store.postgres.db import compose, quote_ident, sqlstate
+
+BULK_READ_SETTINGS = (
+    "SET LOCAL enable_nestloop = off",
+    "SET LOCAL enable_mergejoin = off",
+    "SET LOCAL jit = off",
+)
+"""Planner settings for statements that join whole partitions: the planner's join estimates on
+fresh partitions are far off, and a nested loop over a million index probes is 5× slower than a
+hash join; JIT compilation does not pay off for statements this short."""
+
+LEAF_IDS = pa.schema([("leaf_id", pa.int64())])
+ROOTS = pa.schema([("leaf_id", pa.int64()), ("root_id", pa.int64())])
+
+
+def dict_rows(cur: adbc.Cursor) -> list[dict[str, Any]]:
+    """The result of the last statement as dict rows."""
+    return cur.fetch_arrow_table().to_pylist()
+
+
+def adbc_step(cur: adbc.Cursor, path: StepPath, expected: StepType, *, lock: bool) -> StepRow:
+    """Look a step up on ADBC (locked ``FOR UPDATE NOWAIT`` when ``lock``)."""
+    query = STEP_SELECT + (" FOR UPDATE OF s NOWAIT" if lock else "")
+    try:
+        cur.execute(query, parameters=(path.collection, path.run, path.name))
+    except adbc.Error as exc:
+        if sqlstate(exc) == "55P03":
+            raise MatchboxLockError(
+                f"Step {path} is being written by another upload; only one upload of a step "
+                "can run at a time. Retry when it has finished."
+            ) from None
+        raise
+    rows = dict_rows(cur)
+    if not rows:
+        raise MatchboxStepNotFoundError(path)
+    step = step_from_row(rows[0])
+    if step.step_type != expected:
+        raise MatchboxStepTypeError(path, step.step_type, expected)
+    return step
+
+
+def read_partition(
+    cur: adbc.Cursor,
+    schema: str,
+    step: StepRow | tuple[StepType, int],
+    select: str,
+    empty: pa.Schema,
+) -> pa.Table:
+    """Rows of ``select`` over a step's own partition (``{part}`` in the SQL text).
+
+    The partition is named from the step's integer id, so the statement needs no
+    parameters: ADBC then streams the result with ``COPY … TO STDOUT (FORMAT binary)``,
+    ~1.4× faster than its row-wise path for parameterised statements, and no row is
+    filtered on ``step_id``. A step without a partition (no data yet) gives an empty table
+    of schema ``empty``. ``step`` is a step row or a (step type, step id) pair.
+    """
+    step_type, step_id = step if isinstance(step, tuple) else (step.step_type, step.step_id)
+    part = partition_name(step_type, step_id)
+    cur.execute(
+        "SELECT to_regclass($1) IS NOT NULL AS present",
+        parameters=(quote_ident(schema) + "." + quote_ident(part),),
+    )
+    if not dict_rows(cur)[0]["present"]:
+        return empty.empty_table()
+    cur.execute(compose(select, part=part))
+    return cur.fetch_arrow_table()
+
+
+def input_step_ids(cur: adbc.Cursor, run_id: int, names: list[str]) -> dict[str, int]:
+    """Ids of the named steps of a run."""
+    cur.execute(
+        "SELECT name, step_id FROM steps "
+        "WHERE run_id = $1 AND name = ANY(string_to_array($2, chr(31)))",
+        parameters=(run_id, "\x1f".join(names)),
+    )
+    return {r["name"]: int(r["step_id"]) for r in dict_rows(cur)}
+
+
+def source_leaves(cur: adbc.Cursor, schema: str, step_ids: list[int]) -> pl.Series:
+    """The leaf id of every key of the given source steps (repeats included)."""
+    reads = [
+        read_partition(
+            cur, schema, (StepType.SOURCE, sid), "SELECT leaf_id FROM {part}", LEAF_IDS
+        ).column("leaf_id")
+        for sid in step_ids
+    ]
+    chunks = [chunk for read in reads for chunk in read.chunks]
+    return pl.Series("leaf_id", pa.chunked_array(chunks, type=pa.int64()))
