@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 import pytest
 
@@ -22,7 +24,14 @@ from matchbox_dagster.dagster.partitions import run_partitions
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.dagster.sensors import build_promotion_sensor
 from matchbox_dagster.examples.febrl import febrl4_spec
-from matchbox_dagster.specs import CollectionSpec, InputSpec, ResolverSpec, SpecError, validate_spec
+from matchbox_dagster.specs import (
+    CollectionSpec,
+    InputSpec,
+    ResolverSpec,
+    SpecError,
+    plan_collection,
+    validate_spec,
+)
 from tests.dagster.conftest import STEPS, step_failures, unique_collection
 from tests.factories import edges_table, hashes_table
 
@@ -296,3 +305,33 @@ def test_input_sources_must_be_sources_upstream() -> None:
     )
     with pytest.raises(SpecError, match="nonexistent"):
         validate_spec(_spec(models=[*MODELS, reader]))
+
+
+# --- the plan: each step's config and methodology built once -----------------------------------
+
+
+def test_collection_is_planned_once_and_assets_carry_the_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from matchbox_dagster.specs import graph
+
+    built: list[str] = []
+    real = graph.build_model
+
+    def counting(name: str, settings: dict) -> object:
+        built.append(name)
+        return real(name, settings)
+
+    monkeypatch.setattr(graph, "build_model", counting)
+    assets = build_collection_assets(BASE)
+    # One methodology per model, built by the spec's plan; the asset bodies reuse it.
+    assert sorted(built) == sorted(m.model_class for m in BASE.models)
+    plan = plan_collection(BASE)
+    metadata = {a.key.path[-1]: a.metadata_by_key[a.key] for a in assets}
+    for model in plan.models:
+        assert model.config.model_settings == model.methodology.settings()
+        stored = metadata[model.spec.name]["matchbox/config"]
+        assert json.loads(stored) == json.loads(model.config.model_dump_json())
+    (people,) = plan.resolvers
+    assert people.sources == ["febrl_a", "febrl_b"]
+    assert people.config.resolver_settings == people.resolver.settings()
