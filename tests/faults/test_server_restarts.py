@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from matchbox_dagster.common.arrow import SourceHashes
-from matchbox_dagster.common.dtos import StepPath, UploadStage
+from matchbox_dagster.common.dtos import StepPath, UploadStage, WriteOutcome
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from matchbox_dagster.store.postgres.db import CommitInDoubt
 from tests.faults.cluster import DATABASE, Cluster, backends, wait_for
@@ -253,5 +253,29 @@ def test_lost_commit_answer(
             store.create_run("doubt")
         assert cutter.cuts == 3
         assert len(store.get_collection("doubt").runs) == 2  # applied once, not twice
+    finally:
+        cutter.close()
+
+
+def test_lost_commit_answer_of_write_step(
+    cluster: Cluster, make_store: Callable[..., MatchboxPostgres]
+) -> None:
+    """write_step's commit applies but its answer is lost: the rerun finds the step written
+    (same fingerprint and config, complete) and returns UNCHANGED; the data is there once."""
+    cutter = CommitCutter(cluster.port)
+    try:
+        store = make_store(uri=cutter.uri(DATABASE))
+        store.create_collection("doubt_write")
+        run = store.create_run("doubt_write").run_id
+        warm = StepPath(collection="doubt_write", run=run, name="warm")
+        tiny = source_table(10, seed=8, prefix="w")
+        assert store.write_step(warm, source_step(tiny, "warm"), tiny) == WriteOutcome.STORED
+        path = StepPath(collection="doubt_write", run=run, name="s")
+        small = source_table(10_000, seed=9)
+        cutter.arm()
+        assert store.write_step(path, source_step(small, "s"), small) == WriteOutcome.UNCHANGED
+        assert cutter.cuts == 1
+        assert step_counts(store, "doubt_write") == {"s": (10_000, 10_000), "warm": (10, 10)}
+        assert store.get_step_stage(path) == UploadStage.COMPLETE
     finally:
         cutter.close()

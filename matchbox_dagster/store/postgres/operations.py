@@ -37,10 +37,10 @@ SYSTEM = BackendResourceType.SYSTEM.value
 class Need:
     """The permission a call needs, and where the resource comes from.
 
-    ``resource`` is ``"system"`` or the name of an argument; ``kind`` says how that argument
-    names a collection: ``"name"`` (it is one, or ``"system"``), ``"path"`` (a step path: its
-    collection), ``"paths"`` (several arguments, each a path or a list of paths). A ``public``
-    or ``body`` need has no permission, only its ``reason``.
+    ``kind`` says where the resource comes from: ``"system"`` (the whole store), ``"name"``
+    (the argument is a collection name, or ``"system"``), ``"path"`` (each argument is a step
+    path, or a list of them: their collections). A ``"public"`` or ``"body"`` need has no
+    permission, only its ``reason``.
     """
 
     permission: PermissionType | None
