@@ -23,7 +23,10 @@ Hierarchy::
     │   ├── MatchboxNameError
     │   ├── MatchboxStepInvalidData
     │   │   └── MatchboxFingerprintMismatch
-    │   └── MatchboxSnapshotError
+    │   ├── MatchboxSnapshotError
+    │   ├── MatchboxSourceChanged
+    │   ├── MatchboxCredentialInLocation
+    │   └── MatchboxLocationNotAllowed
     ├── MatchboxRunNotWriteable
     ├── MatchboxStepExistingData
     ├── MatchboxStepUpdateError
@@ -204,6 +207,27 @@ class MatchboxFingerprintMismatch(MatchboxStepInvalidData):
 
 class MatchboxSnapshotError(MatchboxInvalidData):
     """A snapshot is damaged, tampered with or incompatible."""
+
+
+class MatchboxSourceChanged(MatchboxInvalidData):
+    """A source's records differ from what its source step indexed: its ids no longer hold."""
+
+    def __init__(self, collection: str, run: int, source: str, detail: str) -> None:
+        self.collection = collection
+        self.run = run
+        self.source = source
+        super().__init__(
+            f"Source {source!r} of collection {collection!r}, run {run}, changed since it was "
+            f"indexed: {detail}. Its stored ids stand for the old values; start a new run."
+        )
+
+
+class MatchboxCredentialInLocation(MatchboxInvalidData):
+    """A source location carries a literal password; credentials come from the environment."""
+
+
+class MatchboxLocationNotAllowed(MatchboxInvalidData):
+    """A file location resolves outside the allowed roots (``MATCHBOX_LOCATION_ROOTS``)."""
 
 
 # --- state ----------------------------------------------------------------------------------

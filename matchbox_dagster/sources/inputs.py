@@ -5,31 +5,38 @@ is, and are re-read from the location stored in its step's :class:`SourceConfig`
 (:class:`QueryConfig`) is therefore: ``query()`` of each source (through the input's resolver,
 if any) giving ``id`` per key, joined on the key to the source's fields, with optional cleaning
 expressions (polars SQL, e.g. ``{"surname": "lower(trim(surname))"}``).
+
+A location may change after its source step indexed it. Each re-read record is therefore
+verified against its stored row (same key set, same row hash), and any difference raises
+:class:`~matchbox_dagster.common.errors.MatchboxSourceChanged`: scoring new values under the ids
+of old ones would be a silent wrong answer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NoReturn
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from matchbox_dagster.common.dtos import QueryConfig, SourceConfig, StepPath
-from matchbox_dagster.common.errors import MatchboxInvalidData
+from matchbox_dagster.common.errors import MatchboxInvalidData, MatchboxSourceChanged
+from matchbox_dagster.common.fingerprint import leaf_ids
 from matchbox_dagster.common.settings import DEFAULT_BATCH_SIZE
+from matchbox_dagster.methods.hashing import row_hashes
 from matchbox_dagster.sources.locations import extract
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 
 class _KeyIndex:
-    """Each stored key's id, looked up by a 64-bit hash of the key (binary search).
+    """Each stored key's id and leaf, looked up by a 64-bit hash of the key (binary search).
 
-    Holds two integer arrays instead of the key strings, so a batch of records finds its ids
+    Holds integer arrays instead of the key strings, so a batch of records finds its ids
     without a string join and without holding the whole source. ``exact`` is False when two
-    stored keys share a hash; the caller then joins on the key text instead. A record whose key
-    is not stored (the source changed since it was indexed) is dropped unless its key's hash
-    equals a stored key's: at 10M stored keys a chance of about one in 2·10^12 per unstored record.
+    stored keys share a hash; the caller then joins on the key text instead. :meth:`attach`
+    verifies every record against its stored row (see :class:`_Verifier`).
     """
 
     def __init__(self, ids: pa.Table) -> None:
@@ -37,18 +44,78 @@ class _KeyIndex:
         order = np.argsort(hashes, kind="stable")
         self.hashes = hashes[order]
         self.ids = ids.column("id").to_numpy()[order]
+        self.leaves = ids.column("leaf_id").to_numpy()[order]
+        self.order = order
+        self.seen = np.zeros(len(order), dtype=bool)
         self.exact = not _shared_hashes(self.hashes)
 
-    def attach(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """``batch`` with an ``id`` column first, keeping only rows whose key is stored."""
-        if not len(self.hashes):
-            return batch.head(0).select(pl.lit(0, dtype=pl.Int64).alias("id"), pl.all())
+    def attach(self, batch: pl.DataFrame, verify: _Verifier) -> pl.DataFrame:
+        """``batch`` with an ``id`` column first; a record the store does not hold as read fails."""
+        if not batch.height:
+            return batch.select(pl.lit(0, dtype=pl.Int64).alias("id"), pl.all())
         wanted = batch.get_column("key").hash().to_numpy()
+        if not len(self.hashes):
+            verify.added(batch.get_column("key"))
         position = np.minimum(np.searchsorted(self.hashes, wanted), len(self.hashes) - 1)
         found = self.hashes[position] == wanted
-        return batch.filter(pl.Series(found)).select(
-            pl.Series("id", self.ids[position[found]], dtype=pl.Int64), pl.all()
+        if not found.all():
+            verify.added(batch.get_column("key").filter(pl.Series(~found)))
+        if self.seen[position].any() or len(np.unique(position)) != len(position):
+            verify.repeated(batch.get_column("key"))
+        self.seen[position] = True
+        verify.rows(batch, self.leaves[position])
+        return batch.select(pl.Series("id", self.ids[position], dtype=pl.Int64), pl.all())
+
+    def finish(self, verify: _Verifier, keys: pa.ChunkedArray) -> None:
+        """Fail if a stored key (of ``keys``, the query's) was never read back."""
+        if not self.seen.all():
+            first = int(self.order[np.flatnonzero(~self.seen)[0]])
+            verify.missing(int((~self.seen).sum()), keys[first].as_py())
+
+
+class _Verifier:
+    """Checks re-read records against the source step's stored rows.
+
+    The store keeps each key's leaf id, the content address of the row's hash (63 bits of
+    ``xxh3_64`` of it, see :mod:`~matchbox_dagster.common.fingerprint`). A re-read row is
+    hashed with the source step's own function (:func:`~matchbox_dagster.methods.hashing.row_hashes`
+    over every index field) and its leaf id compared with the stored one: a changed value, a
+    key added, missing or repeated raises :class:`MatchboxSourceChanged`, so changed values are
+    never scored under old ids.
+    """
+
+    def __init__(self, source: StepPath, fields: Sequence[str]) -> None:
+        self.source = source
+        self.fields = list(fields)
+
+    def fail(self, detail: str) -> NoReturn:
+        """Raise the typed error naming the source and its run."""
+        raise MatchboxSourceChanged(
+            self.source.collection, self.source.run, self.source.name, detail
         )
+
+    def added(self, keys: pl.Series) -> NoReturn:
+        """Records whose keys the store does not hold."""
+        self.fail(f"{keys.len():,} record(s) with keys it did not hold, e.g. {keys[0]!r}")
+
+    def repeated(self, keys: pl.Series) -> NoReturn:
+        """A key read twice."""
+        twice = keys.filter(keys.is_duplicated())
+        example = f", e.g. {twice[0]!r}" if twice.len() else ""
+        self.fail(f"a key is read more than once{example}")
+
+    def missing(self, count: int, example: str | None = None) -> NoReturn:
+        """Stored keys not read back."""
+        shown = f", e.g. {example!r}" if example is not None else ""
+        self.fail(f"{count:,} indexed key(s) are no longer in it{shown}")
+
+    def rows(self, batch: pl.DataFrame, stored: np.ndarray) -> None:
+        """Fail if a row's hash differs from the one stored for its key."""
+        read = leaf_ids(row_hashes(batch, self.fields)).to_numpy(zero_copy_only=False)
+        changed = read != stored
+        if changed.any():
+            keys = batch.get_column("key").filter(pl.Series(changed))
+            self.fail(f"{keys.len():,} record(s) have other values, e.g. key {keys[0]!r}")
 
 
 def _shared_hashes(ordered: np.ndarray) -> bool:
@@ -69,35 +136,64 @@ def source_records(
 
     The source is read in batches of ``batch_size`` rows; each batch keeps only ``fields``
     (default: every index field) and, unless ``with_key`` is False, the key, so memory holds
-    what the caller asked for and one batch more. Records whose key the store does not hold
-    (the source changed since it was indexed) are left out.
+    what the caller asked for and one batch more. Every record is verified against the row its
+    source step stored: if the source changed since it was indexed (a value, a key added or
+    gone) :class:`MatchboxSourceChanged` is raised naming the source and run.
     """
     step = store.get_step(source)
     config = step.config
     if not isinstance(config, SourceConfig):
         raise MatchboxInvalidData(f"Step {source} is a {step.step_type}, not a source.")
     key = config.key_field.name
-    keep = [f.name for f in config.index_fields if fields is None or f.name in fields]
-    ids = store.query(source, resolver)
+    hashed = [f.name for f in config.index_fields]
+    keep = [name for name in hashed if fields is None or name in fields]
+    verify = _Verifier(source, hashed)
+    ids = store.query(source, resolver, return_leaf_id=True)
     index = _KeyIndex(ids)
     if not index.exact:  # two keys share a 64-bit hash: join on the text (never seen)
-        batches = [b.select(key, *keep) for b in extract(config, batch_size=batch_size)]
-        data = pl.concat(batches, how="vertical_relaxed") if batches else None
-        frame = pl.DataFrame(pl.from_arrow(ids))
-        if data is None:
-            return frame.head(0)
-        frame = frame.join(data.rename({key: "key"}) if key != "key" else data, on="key")
-        return frame if with_key else frame.drop("key")
-    del ids
+        return _joined_on_text(config, ids, verify, keep, batch_size, with_key)
     parts = []
     for batch in extract(config, batch_size=batch_size):
-        batch = batch.select(pl.col(key).alias("key"), *keep)
-        part = index.attach(batch)
+        batch = batch.select(pl.col(key).alias("key"), *hashed)
+        part = index.attach(batch, verify).select("id", "key", *keep)
         parts.append(part if with_key else part.drop("key"))
+    index.finish(verify, ids.column("key"))
+    del ids
     if not parts:
         empty = pl.DataFrame(schema={"id": pl.Int64, "key": pl.String})
         return empty if with_key else empty.drop("key")
     return pl.concat(parts, how="vertical_relaxed", rechunk=False)
+
+
+def _joined_on_text(
+    config: SourceConfig,
+    ids: pa.Table,
+    verify: _Verifier,
+    keep: Sequence[str],
+    batch_size: int,
+    with_key: bool,
+) -> pl.DataFrame:
+    """:func:`source_records` joining on the key text, for stored keys sharing a 64-bit hash."""
+    key = config.key_field.name
+    stored = pl.DataFrame(pl.from_arrow(ids)).select("id", "key", "leaf_id")
+    parts = []
+    for batch in extract(config, batch_size=batch_size):
+        batch = batch.select(pl.col(key).alias("key"), *verify.fields)
+        part = batch.join(stored, on="key", how="left")
+        if part.get_column("id").null_count():
+            verify.added(part.filter(pl.col("id").is_null()).get_column("key"))
+        verify.rows(part, part.get_column("leaf_id").to_numpy())
+        parts.append(part.select("id", "key", *keep))
+    frame = (
+        pl.concat(parts, how="vertical_relaxed")
+        if parts
+        else pl.DataFrame(schema={"id": pl.Int64, "key": pl.String})
+    )
+    if frame.get_column("key").is_duplicated().any():
+        verify.repeated(frame.get_column("key"))
+    if frame.height != stored.height:
+        verify.missing(stored.height - frame.height)
+    return frame if with_key else frame.drop("key")
 
 
 def query_frame(

@@ -17,6 +17,7 @@ from matchbox_dagster.common.dtos import (
     StepPath,
     StepType,
 )
+from matchbox_dagster.common.errors import MatchboxSourceChanged
 from matchbox_dagster.sources import inputs
 from matchbox_dagster.sources.inputs import query_frame, source_records
 from matchbox_dagster.sources.locations import index_source
@@ -85,14 +86,70 @@ def test_fields_and_key_can_be_left_out(store: MatchboxPostgres, source: StepPat
     assert narrow.height == N
 
 
-def test_records_the_store_does_not_hold_are_left_out(
+def _rewrites() -> dict[str, pl.DataFrame]:
+    """Ways a source's location can change after it was indexed (``people()`` as indexed)."""
+    base = people()
+    extra = people(N + 20).tail(20).with_columns(pl.col("pid") + 10**6)
+    return {
+        "keys added": pl.concat([base, extra]),
+        "keys missing": base.head(N - 3),
+        "a value changed": base.with_columns(
+            pl.when(pl.col("pid") == 1042).then(pl.lit("renamed")).otherwise("name").alias("name")
+        ),
+        "two rows swap values": base.with_columns(
+            pl.when(pl.col("pid") == 1000)
+            .then(pl.lit(1001))
+            .when(pl.col("pid") == 1001)
+            .then(pl.lit(1000))
+            .otherwise("pid")
+            .alias("pid")
+        ),
+        "a key repeated": pl.concat([base.head(N - 1), base.head(1)]),
+    }
+
+
+@pytest.mark.parametrize("change", list(_rewrites()))
+@pytest.mark.parametrize("exact", [True, False], ids=["key-index", "text-join"])
+def test_a_source_changed_since_indexing_fails_naming_source_and_run(
+    store: MatchboxPostgres,
+    collection: str,
+    run: int,
+    source: StepPath,
+    merged: tuple[StepPath, int, int],
+    change: str,
+    exact: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 15 item 2: re-read records are verified against their stored row hash."""
+    if not exact:
+        monkeypatch.setattr(inputs, "_shared_hashes", lambda ordered: True)
+    location = store.get_step(source).config.location_config.name
+    _rewrites()[change].write_parquet(location)
+    query = QueryConfig(sources=["people"], resolver=merged[0].name)
+    for call in (
+        lambda: source_records(store, source, batch_size=64),
+        lambda: source_records(store, source, fields=["town"], with_key=False),
+        lambda: query_frame(store, collection, run, query, batch_size=7, fields=["town"]),
+    ):
+        with pytest.raises(MatchboxSourceChanged) as caught:
+            call()
+        message = str(caught.value)
+        assert "'people'" in message and f"run {run}" in message and collection in message
+        assert "changed since it was indexed" in message and "start a new run" in message
+        assert (caught.value.collection, caught.value.run, caught.value.source) == (
+            collection,
+            run,
+            "people",
+        )
+
+
+def test_an_unchanged_rewrite_still_reads(
     store: MatchboxPostgres, source: StepPath, tmp_path: Path
 ) -> None:
+    """Rows in another order, other columns added: the indexed records are the same."""
     location = store.get_step(source).config.location_config.name
-    grown = pl.concat([people(), people(N + 20).tail(20).with_columns(pl.col("pid") + 10**6)])
-    grown.write_parquet(location)  # the source gained 20 records since it was indexed
-    got = source_records(store, source, batch_size=64).sort("key")
-    assert got.height == N
+    people().reverse().with_columns(pl.lit("x").alias("note")).write_parquet(location)
+    got = source_records(store, source, batch_size=33).sort("key")
     assert got.equals(joined_on_text(store, source, people()))
 
 
@@ -101,7 +158,7 @@ def test_hash_collisions_fall_back_to_the_text_join(
 ) -> None:
     expected = source_records(store, source).sort("key")
     monkeypatch.setattr(inputs, "_shared_hashes", lambda ordered: True)
-    assert inputs._KeyIndex(store.query(source)).exact is False
+    assert inputs._KeyIndex(store.query(source, return_leaf_id=True)).exact is False
     assert source_records(store, source, batch_size=7).sort("key").equals(expected)
     keyless = source_records(store, source, with_key=False, fields=["name"])
     assert keyless.columns == ["id", "name"]
