@@ -27,9 +27,11 @@ from matchbox_dagster.common.dtos import (
     ModelStepPath,
     PermissionGrant,
     PermissionType,
+    Promotion,
     ResolverStepPath,
     Run,
     RunID,
+    RunSummary,
     SourceStepPath,
     Step,
     StepPath,
@@ -183,6 +185,14 @@ class MatchboxDBAdapter(ABC):
     @abstractmethod
     def set_run_default(self, collection: CollectionName, run_id: RunID, default: bool) -> Run:
         """Make an immutable run the default (unsetting the previous default), or unset it."""
+
+    @abstractmethod
+    def promote_run(self, collection: CollectionName, run_id: RunID, by: Promotion) -> Run:
+        """Extension: make a run immutable and default, recording who, when and why, at once."""
+
+    @abstractmethod
+    def run_summaries(self, collection: CollectionName) -> list[RunSummary]:
+        """Extension: every run with its label, step stages and last promotion (one read)."""
 
     @abstractmethod
     def get_run(self, collection: CollectionName, run_id: RunID) -> Run:

@@ -41,9 +41,11 @@ from matchbox_dagster.common.dtos import (
     ModelStepPath,
     PermissionGrant,
     PermissionType,
+    Promotion,
     ResolverStepPath,
     Run,
     RunID,
+    RunSummary,
     SourceStepPath,
     Step,
     StepPath,
@@ -82,6 +84,7 @@ from matchbox_dagster.store.postgres.operations import (
     operation,
     public,
 )
+from matchbox_dagster.store.postgres.promotions import Promotions
 from matchbox_dagster.store.postgres.reads import Reads
 from matchbox_dagster.store.postgres.snapshot_layout import SnapshotManifest
 from matchbox_dagster.store.postgres.snapshots_json import JsonSnapshots
@@ -226,6 +229,16 @@ class MatchboxPostgres(MatchboxDBAdapter):
     def get_run(self, collection: CollectionName, run_id: RunID) -> Run:
         """A run's flags and its steps by name."""
         return self._steps.get_run(collection, run_id)
+
+    @operation(WRITE.on("collection"), retry=NOT_REPEATABLE)
+    def promote_run(self, collection: CollectionName, run_id: RunID, by: Promotion) -> Run:
+        """Make a run immutable and default, recording who, when and why (one transaction)."""
+        return Promotions(self._ctx).promote_run(collection, run_id, by)
+
+    @operation(READ.on("collection"), retry=IDEMPOTENT)
+    def run_summaries(self, collection: CollectionName) -> list[RunSummary]:
+        """Every run of a collection with its label, step stages and last promotion."""
+        return Promotions(self._ctx).run_summaries(collection)
 
     @operation(ADMIN.on("collection"), retry=GONE_IF_DONE)
     def delete_run(self, collection: CollectionName, run_id: RunID, certain: bool) -> None:
