@@ -7,7 +7,6 @@ validated at construction, so bad input fails early with a message naming the fi
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import re
 import textwrap
@@ -415,35 +414,6 @@ class Collection(BaseModel):
     name: CollectionName | None = None
     default_run: RunID | None = None
     runs: list[RunID] = Field(default_factory=list)
-
-
-class Promotion(BaseModel):
-    """Who makes a run the default and why; ``forced`` overrides the gate and needs a reason."""
-
-    promoted_by: Annotated[str, AfterValidator(_text), Field(min_length=1, max_length=200)]
-    reason: Annotated[str | None, AfterValidator(_text), Field(max_length=2000)] = None
-    forced: bool = False
-
-    @model_validator(mode="after")
-    def _forced_needs_reason(self) -> Self:
-        if self.forced and not (self.reason or "").strip():
-            raise ValueError("a forced promotion needs a reason: say why the gate is overridden")
-        return self
-
-
-class RunSummary(BaseModel):
-    """A run at a glance: flags, label, each step's upload stage, its last promotion."""
-
-    run_id: RunID
-    label: str | None = None
-    is_mutable: bool = True
-    is_default: bool = False
-    created_at: datetime.datetime
-    steps: dict[StepName, UploadStage] = Field(default_factory=dict)
-    promoted_by: str | None = None
-    promoted_at: datetime.datetime | None = None
-    promotion_reason: str | None = None
-    promotion_forced: bool = False
 
 
 # --- users, groups, permissions -------------------------------------------------------------

@@ -27,11 +27,9 @@ from matchbox_dagster.common.dtos import (
     ModelStepPath,
     PermissionGrant,
     PermissionType,
-    Promotion,
     ResolverStepPath,
     Run,
     RunID,
-    RunSummary,
     SourceStepPath,
     Step,
     StepPath,
@@ -39,6 +37,7 @@ from matchbox_dagster.common.dtos import (
     User,
     WriteOutcome,
 )
+from matchbox_dagster.common.runs import Promotion, RunSummary
 from matchbox_dagster.common.settings import MatchboxSettings
 
 PERMISSION_GRANTS: dict[PermissionType, list[PermissionType]] = {

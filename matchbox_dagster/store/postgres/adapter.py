@@ -41,11 +41,9 @@ from matchbox_dagster.common.dtos import (
     ModelStepPath,
     PermissionGrant,
     PermissionType,
-    Promotion,
     ResolverStepPath,
     Run,
     RunID,
-    RunSummary,
     SourceStepPath,
     Step,
     StepPath,
@@ -61,6 +59,7 @@ from matchbox_dagster.common.errors import (
     MatchboxStepAlreadyExists,
     MatchboxStepExistingData,
 )
+from matchbox_dagster.common.runs import Promotion, RunSummary
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.base import MatchboxDBAdapter, Resource
 from matchbox_dagster.store.postgres import migrate

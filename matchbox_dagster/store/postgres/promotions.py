@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from matchbox_dagster.common.dtos import (
     CollectionName,
-    Promotion,
     Run,
     RunID,
-    RunSummary,
     UploadStage,
     is_valid_name,
 )
 from matchbox_dagster.common.errors import MatchboxCollectionNotFoundError
+from matchbox_dagster.common.runs import Promotion, RunSummary
 from matchbox_dagster.store.postgres import core
 from matchbox_dagster.store.postgres.core import logger
 
