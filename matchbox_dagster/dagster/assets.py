@@ -174,7 +174,7 @@ def _source_asset(
         metadata=step_metadata(
             collection, source.name, StepType.SOURCE, config, source.description
         ),
-        check_specs=check_specs(common["key"], [SOURCE_QUALITY]),
+        check_specs=check_specs(common["key"], [SOURCE_QUALITY], common["partitions_def"]),
     )
     def _source(context: dg.AssetExecutionContext, matchbox: MatchboxResource) -> Iterator[Any]:
         started = time.perf_counter()
@@ -255,7 +255,7 @@ def _model_asset(
         metadata=step_metadata(
             collection, model.name, StepType.MODEL, plan.config, model.description
         ),
-        check_specs=check_specs(common["key"], [SCORES_IN_RANGE]),
+        check_specs=check_specs(common["key"], [SCORES_IN_RANGE], common["partitions_def"]),
     )
     def _model(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: Any
@@ -331,7 +331,9 @@ def _resolver_asset(
         metadata=step_metadata(
             collection, resolver.name, StepType.RESOLVER, plan.config, resolver.description
         ),
-        check_specs=check_specs(common["key"], resolver_check_names(plan.checks)),
+        check_specs=check_specs(
+            common["key"], resolver_check_names(plan.checks), common["partitions_def"]
+        ),
     )
     def _resolver(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: ModelResults

@@ -16,6 +16,7 @@ Check names (the promotion sensor relies on them only through the asset's check 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import dagster as dg
@@ -58,8 +59,16 @@ def resolver_check_names(checks: ResolverChecksSpec) -> list[str]:
     return names
 
 
-def check_specs(asset_key: dg.AssetKey, names: Sequence[str]) -> list[dg.AssetCheckSpec]:
-    """Blocking check specs for ``asset_key``."""
+def check_specs(
+    asset_key: dg.AssetKey,
+    names: Sequence[str],
+    partitions_def: dg.PartitionsDefinition | None = None,
+) -> list[dg.AssetCheckSpec]:
+    """Blocking check specs for ``asset_key``, partitioned like the asset when given.
+
+    Partitioned checks (a preview API in Dagster 1.13, its warning silenced here) record the run
+    partition they checked, which the UI shows and the promotion sensor and ``runs`` read.
+    """
     descriptions = {
         SOURCE_QUALITY: "Stored keys match the extract; keys unique and non-null.",
         SCORES_IN_RANGE: "Stored pairs match the model's output; scores within [0, 1].",
@@ -67,10 +76,18 @@ def check_specs(asset_key: dg.AssetKey, names: Sequence[str]) -> list[dg.AssetCh
         EVALUATION: "Pairwise precision and recall at or above the configured minimums.",
         CHURN: "Share of keys changing entity against the default run within bound.",
     }
-    return [
-        dg.AssetCheckSpec(name, asset=asset_key, blocking=True, description=descriptions[name])
-        for name in names
-    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                name,
+                asset=asset_key,
+                blocking=True,
+                description=descriptions[name],
+                partitions_def=partitions_def,
+            )
+            for name in names
+        ]
 
 
 # --- sources and models ------------------------------------------------------------------------
@@ -209,5 +226,5 @@ def _churn(
         keys_compared=found.compared,
         keys_added=found.added,
         keys_removed=found.removed,
-        default_run=found.default_run,
+        default_run=dg.MetadataValue.text(str(found.default_run)),  # an id: shown, not plotted
     )

@@ -148,7 +148,7 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
             ) from exc
         metadata = {
             "matchbox/step_path": str(path),
-            "matchbox/run": path.run,
+            "matchbox/run": dg.MetadataValue.text(str(path.run)),  # an id: shown, not plotted
             "matchbox/fingerprint": obj.fingerprint.hex(),
             "matchbox/action": action,
             "matchbox/store_seconds": round(time.perf_counter() - started, 3),

@@ -98,7 +98,7 @@ def test_whole_graph_output_metadata(first: Materialised) -> None:
     assert actions(first.result) == dict.fromkeys(STEPS, "stored")
     for step, values in meta.items():
         assert values["dagster/row_count"].value >= 0, step
-        assert values["matchbox/run"].value == first.run_id
+        assert values["matchbox/run"].value == str(first.run_id)
         assert values["matchbox/step_path"].value.endswith(f"/{step}")
     assert meta["febrl_a"]["dagster/row_count"].value == 5_000
     assert meta["febrl_b"]["dagster/row_count"].value == 5_000
@@ -158,7 +158,7 @@ def test_two_partitions_side_by_side(first: Materialised, mb_store: MatchboxPost
 
     # Each partition's materialisation names its own run.
     meta = materializations(result)
-    assert {m["matchbox/run"].value for m in meta.values()} == {run.run_id}
+    assert {m["matchbox/run"].value for m in meta.values()} == {str(run.run_id)}
 
 
 def test_unknown_partition_is_refused(first: Materialised) -> None:

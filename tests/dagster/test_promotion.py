@@ -97,7 +97,7 @@ def test_promotion_lifecycle(
     churn = check_evaluations(result)[("people", "churn")]
     assert churn.passed
     assert churn.metadata["churn"].value == 0.0
-    assert churn.metadata["default_run"].value == run2
+    assert churn.metadata["default_run"].value == str(run2)
     tick = evaluate_sensor(passing, instance, cursor_after_p2)
     assert f"p3: promoted run {run3}" in tick.message
     assert _default(mb_store, collection) == run3
