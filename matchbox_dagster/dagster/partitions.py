@@ -1,8 +1,9 @@
 """Runs as partitions: one dynamic partition per run of a collection.
 
-A partition key is a **run label**: any name (``2026-11-26``, ``ci-4f2a9c``, ``run-7``). The store
-maps labels to run ids (``run_for_label``), so the mapping lives in one place, beside the runs,
-and survives restarts. The run is created on first use — when a partition is added through
+A partition key is a **run label**: any name (``2026-11-26``, ``ci-4f2a9c``, ``run-7``); the CLI
+numbers new ones (``run-0007``, :func:`next_run_label`) so they read as run numbers in the UI.
+The store maps labels to run ids (``run_for_label``), so the mapping lives in one place, beside
+the runs, and survives restarts. The run is created on first use — when a partition is added through
 :func:`add_run_partition` (schedules, the CLI) or, for a key added in the Dagster UI, by the IO
 manager on the first write.
 
@@ -14,12 +15,14 @@ asks the store for a label's run once.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
+import sqlalchemy.exc
 
 from matchbox_dagster.common.dtos import Run, StepPath
 from matchbox_dagster.common.errors import (
@@ -58,8 +61,42 @@ def run_partitions(collection: str) -> dg.DynamicPartitionsDefinition:
 
 
 def new_run_label(prefix: str = "run") -> str:
-    """A fresh, sortable partition key such as ``run-20261126T101500123456``."""
+    """A fresh, sortable timestamp label such as ``run-20261126T101500123456``."""
     return f"{prefix}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
+
+
+def next_run_label(store: MatchboxDBAdapter, collection: str, prefix: str = "run") -> str:
+    """The next numbered label of ``collection``: ``run-0001``, ``run-0002``, … (``ci-0001``).
+
+    Numbered labels read as run numbers in the Dagster UI. The number follows the highest
+    ``<prefix>-<digits>`` label of the collection; other labels (timestamps, names) are kept
+    and ignored here.
+    """
+    if collection not in store.list_collections():
+        return f"{prefix}-0001"
+    pattern = re.compile(rf"{re.escape(prefix)}-(\d+)")
+    numbers = [
+        int(m.group(1))
+        for label in store.run_labels(collection).values()
+        if (m := pattern.fullmatch(label))
+    ]
+    return f"{prefix}-{max(numbers, default=0) + 1:04d}"
+
+
+def add_dynamic_partition(instance: dg.DagsterInstance, name: str, key: str) -> None:
+    """Add partition ``key`` to dynamic partitions ``name``, idempotently, even when racing.
+
+    Dagster's ``add_dynamic_partitions`` reads then inserts, so two callers adding one key at
+    once can collide on its unique index (``IntegrityError``); the key is then there, which is
+    all the caller asked for.
+    """
+    if instance.has_dynamic_partition(name, key):
+        return
+    try:
+        instance.add_dynamic_partitions(name, [key])
+    except sqlalchemy.exc.IntegrityError:
+        if not instance.has_dynamic_partition(name, key):
+            raise
 
 
 def add_run_partition(
@@ -68,11 +105,14 @@ def add_run_partition(
     collection: str,
     label: str | None = None,
 ) -> tuple[str, Run]:
-    """Create (or find) the run labelled ``label`` and add it as a partition; returns both."""
+    """Create (or find) the run labelled ``label`` and add it as a partition; returns both.
+
+    Idempotent and safe to race: callers adding one label get the same run and one partition.
+    """
     label = label or new_run_label()
     ensure_collection(store, collection)
     run = store.run_for_label(collection, label)
-    instance.add_dynamic_partitions(partitions_name(collection), [label])
+    add_dynamic_partition(instance, partitions_name(collection), label)
     return label, run
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from datetime import UTC, datetime
+from typing import Any
 
 import dagster as dg
 import pytest
 
-from matchbox_dagster.dagster.partitions import partitions_name
+from matchbox_dagster.dagster.partitions import add_run_partition, partitions_name
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.dagster.schedules import build_graph_job, build_run_schedule
 from matchbox_dagster.store.postgres import MatchboxPostgres
@@ -100,3 +102,70 @@ def test_schedule_name_is_slugged() -> None:
     schedule = build_run_schedule(collection="my-coll.v2", job=job, cron_schedule="0 0 * * *")
     assert schedule.name == "my_coll_v2_new_run"
     assert job.name == "my_coll_v2_graph"
+
+
+RACERS = 4
+LABELS = [f"race-{i}" for i in range(12)]
+
+
+def _racer(
+    ref: Any, uri: str | None, schema: str, collection: str, raw: bool, barrier: Any, out: Any
+) -> None:
+    """One process: for each label, wait for the others, then add it; report errors."""
+    instance = dg.DagsterInstance.from_ref(ref)
+    name = partitions_name(collection)
+    store = MatchboxResource(postgres_uri=uri, postgres_schema=schema).get_store()
+    for label in LABELS:
+        barrier.wait()
+        try:
+            if raw:
+                instance.add_dynamic_partitions(name, [f"raw-{label}"])
+            else:
+                _, run = add_run_partition(instance, store, collection, label)
+                out.put(("run", label, run.run_id))
+        except Exception as exc:
+            out.put(("error", label, f"{type(exc).__module__}.{type(exc).__name__}"))
+    out.put(("done", "", 0))
+
+
+def _race(instance: dg.DagsterInstance, resource: MatchboxResource, collection: str, raw: bool):
+    ctx = multiprocessing.get_context("spawn")
+    barrier, out = ctx.Barrier(RACERS), ctx.Queue()
+    uri = resource.postgres_uri
+    args = (instance.get_ref(), uri, resource.postgres_schema, collection, raw, barrier, out)
+    procs = [ctx.Process(target=_racer, args=args) for _ in range(RACERS)]
+    for proc in procs:
+        proc.start()
+    found, done = [], 0
+    while done < RACERS:
+        item = out.get(timeout=120)
+        done += item[0] == "done"
+        found.append(item)
+    for proc in procs:
+        proc.join(30)
+    return [f for f in found if f[0] != "done"]
+
+
+def test_racing_run_partitions_are_idempotent(
+    instance: dg.DagsterInstance, mb_resource: MatchboxResource, mb_store: MatchboxPostgres
+) -> None:
+    """Processes adding one label at once get one run and one partition, and no error.
+
+    Dagster's own ``add_dynamic_partitions`` on its default (SQLite) storage reads then inserts,
+    so the same race on it alone raises ``IntegrityError`` (shown first; dagster-postgres
+    upserts instead).
+    """
+    collection = make_graph(mb_resource).collection
+    raw = _race(instance, mb_resource, collection, raw=True)
+    assert any(kind == "error" for kind, _, _ in raw), raw
+    assert {e for kind, _, e in raw if kind == "error"} == {"sqlalchemy.exc.IntegrityError"}
+
+    found = _race(instance, mb_resource, collection, raw=False)
+    assert [f for f in found if f[0] == "error"] == []
+    runs: dict[str, set[int]] = {}
+    for _, label, run_id in found:
+        runs.setdefault(label, set()).add(run_id)
+    assert {label: len(ids) for label, ids in runs.items()} == dict.fromkeys(LABELS, 1)
+    keys = instance.get_dynamic_partitions(partitions_name(collection))
+    assert sorted(k for k in keys if k.startswith("race-")) == sorted(LABELS)
+    assert set(mb_store.run_labels(collection).values()) == set(LABELS)
