@@ -2,10 +2,10 @@
 
 :func:`plan_collection` checks what single spec models cannot (unique step names, inputs that
 exist, thresholds only on models, no cycles, resolver inputs reading sources upstream of them,
-ground truth only for upstream sources) and builds every step's store config and methodology —
-once: the Dagster layer builds assets from the plan and never rebuilds a methodology. A problem
-raises :class:`SpecError` naming what to fix; the Dagster layer turns it into
-``DagsterInvalidDefinitionError``.
+ground truth only for upstream sources, no model silently left out of a resolver) and builds
+every step's store config and methodology — once: the Dagster layer builds assets from the plan
+and never rebuilds a methodology. A problem raises :class:`SpecError` naming what to fix; the
+Dagster layer turns it into ``DagsterInvalidDefinitionError``.
 """
 
 from __future__ import annotations
@@ -250,9 +250,58 @@ def validate_spec(spec: CollectionSpec) -> dict[str, list[str]]:
                 f"resolver {r.name!r} has thresholds for {sorted(unknown)}, which are not models "
                 f"({sorted(models)})",
             )
+        stray = sorted(set(r.exclude) - models)
+        if stray:
+            raise SpecError("spec", f"resolver {r.name!r} excludes {stray}, which are not models")
     if spec.final_resolver is not None and spec.final_resolver not in resolvers:
         raise SpecError("spec", f"final_resolver {spec.final_resolver!r} is not a resolver")
-    return upstream_sources(spec)
+    under = upstream_sources(spec)
+    for r in spec.resolvers:
+        omitted = omitted_models(spec, r, under)
+        if omitted:
+            listed = ", ".join(f"{m}: {r.thresholds[m]}" for m in r.thresholds)
+            missing = ", ".join(f"{m}: 1.0" for m in omitted)
+            raise SpecError(
+                "spec",
+                f"resolver {r.name!r} resolves sources {under[r.name]} but its thresholds "
+                f"omit model(s) {omitted}, which score those sources: their edges would be "
+                f"dropped. Give each a threshold (thresholds: {{{listed}, {missing}}}; 0 keeps "
+                f"every edge) or leave them out on purpose with exclude: {omitted}.",
+            )
+    return under
+
+
+def _models_upstream(spec: CollectionSpec, resolver: ResolverSpec) -> set[str]:
+    """The models a resolver reads, directly or through the resolvers its models read."""
+    models = {m.name: m for m in spec.models}
+    resolvers = {r.name: r for r in spec.resolvers}
+    seen: set[str] = set()
+    stack = list(resolver.thresholds)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        if name in models:
+            seen.add(name)
+            m = models[name]
+            stack += [i.step for i in [m.left, *([m.right] if m.right else [])]]
+        elif name in resolvers:
+            seen.add(name)
+            stack += list(resolvers[name].thresholds)
+    return seen & set(models)
+
+
+def omitted_models(
+    spec: CollectionSpec, resolver: ResolverSpec, under: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """Models scoring only this resolver's sources that it neither reads nor excludes."""
+    upstream = _models_upstream(spec, resolver)
+    mine = set(under[resolver.name])
+    return [
+        m.name
+        for m in spec.models
+        if m.name not in upstream and m.name not in resolver.exclude and set(under[m.name]) <= mine
+    ]
 
 
 def plan_collection(spec: CollectionSpec) -> CollectionPlan:

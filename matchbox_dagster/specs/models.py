@@ -155,11 +155,21 @@ class ResolverChecksSpec(_Spec):
 
 
 class ResolverSpec(_Spec):
-    """A resolver: connected components over its models' edges at per-model thresholds."""
+    """A resolver: connected components over its models' edges at per-model thresholds.
+
+    Its inputs are exactly the models in ``thresholds``. Every other model whose records all
+    come from this resolver's sources must be named in ``exclude`` (checked by
+    :func:`~matchbox_dagster.specs.graph.validate_spec`), so no model is dropped silently.
+    """
 
     name: str
     thresholds: dict[str, float] = Field(
         description="Model step name → minimum score (in [0, 1]) of an edge kept; one or more."
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Models scoring this resolver's sources that it leaves out on purpose (a "
+        "model neither in thresholds nor here is refused, so none is dropped silently).",
     )
     checks: ResolverChecksSpec = Field(default_factory=ResolverChecksSpec)
     description: str | None = None
@@ -170,6 +180,13 @@ class ResolverSpec(_Spec):
         if not value:
             raise ValueError("a resolver needs at least one model threshold")
         return check_thresholds(value)
+
+    @model_validator(mode="after")
+    def _listed_once(self) -> ResolverSpec:
+        both = sorted(set(self.thresholds) & set(self.exclude))
+        if both:
+            raise ValueError(f"models {both} are both in thresholds and in exclude")
+        return self
 
 
 class CollectionSpec(_Spec):
@@ -207,4 +224,3 @@ class CollectionSpec(_Spec):
         if not value:
             raise ValueError("a collection needs at least one source")
         return value
-
