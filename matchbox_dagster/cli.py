@@ -9,6 +9,8 @@ by default the FEBRL4 demo graph):
 ``runs``      list a collection's runs: label, id, mutable, default
 ``promote``   make a run immutable and the default (also rolls back to an older run)
 ``query``     print or save the entities of a source's keys (default run unless told)
+``validate``  the preflight alone: each source's schema against the collection, nothing written
+``init DIR``  a new project (pyproject ``[tool.dg]``, package, ``defs.yaml``, ``definitions.py``)
 
 Dagster's instance is ``$DAGSTER_HOME`` when set, else ``.matchbox/dagster`` (persistent, so
 ``DAGSTER_HOME=.matchbox/dagster dagster dev -w workspace.yaml`` shows what the CLI ran).
@@ -31,6 +33,7 @@ from matchbox_dagster.common.errors import MatchboxError
 from matchbox_dagster.dagster.partitions import add_run_partition, new_run_label
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.dagster.sensors import promote_run, promotion_sensor_name
+from matchbox_dagster.project.commands import cmd_init, preflight_defs, validate_loaded
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 
@@ -40,6 +43,10 @@ def _load_defs(path: str | None) -> dg.Definitions:
         from matchbox_dagster.examples.febrl import febrl4_spec
 
         return build_collection_defs(febrl4_spec())
+    root = next((p for p in Path(path).resolve().parents if (p / "pyproject.toml").exists()), None)
+    root = root or Path(path).resolve().parent  # its project's folder, so its package imports
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     spec = importlib.util.spec_from_file_location("matchbox_user_definitions", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"Cannot load definitions from {path!r}.")
@@ -149,6 +156,7 @@ def _promote_with_sensor(graph: _Graph, instance: dg.DagsterInstance) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Add a run, materialise, let the sensor promote, print a summary."""
     graph = _Graph(_load_defs(args.definitions), args.collection)
+    preflight_defs(graph.defs, graph.collection)  # before the run is created
     instance = _instance()
     _, run, result, elapsed = _materialise(graph, instance, args.label)
     failed = _report(result)
@@ -164,6 +172,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Materialise a run with its checks; non-zero exit when a blocking check fails."""
     graph = _Graph(_load_defs(args.definitions), args.collection)
+    preflight_defs(graph.defs, graph.collection)  # before the run is created
     instance = _instance()
     label, run, result, elapsed = _materialise(graph, instance, args.label or new_run_label("ci"))
     failed = _report(result)
@@ -266,7 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--limit", type=int)
     query.add_argument("--output", help="write Parquet here instead of printing")
     query.set_defaults(func=cmd_query)
+    add("validate", "preflight only: check sources' schemas against the collection").set_defaults(
+        func=lambda a: validate_loaded(*_loaded(a))
+    )
+    init = sub.add_parser("init", help="create a new project", description="create a new project")
+    init.add_argument("directory", help="new or empty folder")
+    init.set_defaults(func=cmd_init)
     return parser
+
+
+def _loaded(args: argparse.Namespace) -> tuple[dg.Definitions, str]:
+    graph = _Graph(_load_defs(args.definitions), args.collection)
+    return graph.defs, graph.collection
 
 
 def main(argv: Sequence[str] | None = None) -> int:

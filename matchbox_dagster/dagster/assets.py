@@ -14,7 +14,7 @@ into assets.
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -159,6 +159,7 @@ def _source_asset(
     config: SourceConfig,
     translator: MatchboxTranslator | None,
     retry_policy: dg.RetryPolicy | None,
+    preflight: Callable[[str], None] | None = None,
 ) -> dg.AssetsDefinition:
     common = _common(
         collection,
@@ -177,6 +178,8 @@ def _source_asset(
         check_specs=check_specs(common["key"], [SOURCE_QUALITY], common["partitions_def"]),
     )
     def _source(context: dg.AssetExecutionContext, matchbox: MatchboxResource) -> Iterator[Any]:
+        if preflight is not None:  # before anything is read or written
+            preflight(context.run_id)
         started = time.perf_counter()
         hashes = index_source(config, batch_size=matchbox.batch_rows)
         seconds = time.perf_counter() - started
@@ -221,6 +224,7 @@ def _model_asset(
     plan: ModelPlan,
     translator: MatchboxTranslator | None,
     retry_policy: dg.RetryPolicy | None,
+    preflight: Callable[[str], None] | None = None,
 ) -> dg.AssetsDefinition:
     translator = translator or MatchboxTranslator()
     model, methodology, queries = plan.spec, plan.methodology, plan.queries
@@ -260,6 +264,8 @@ def _model_asset(
     def _model(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: Any
     ) -> Iterator[Any]:
+        if preflight is not None:
+            preflight(context.run_id)
         started = time.perf_counter()
         if "right" in inputs:
             results = methodology.link(inputs["left"], inputs["right"])
@@ -314,6 +320,7 @@ def _resolver_asset(
     plan: ResolverPlan,
     translator: MatchboxTranslator | None,
     retry_policy: dg.RetryPolicy | None,
+    preflight: Callable[[str], None] | None = None,
 ) -> dg.AssetsDefinition:
     translator = translator or MatchboxTranslator()
     resolver, components, models = plan.spec, plan.resolver, plan.models
@@ -338,6 +345,8 @@ def _resolver_asset(
     def _resolver(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: ModelResults
     ) -> Iterator[Any]:
+        if preflight is not None:
+            preflight(context.run_id)
         started = time.perf_counter()
         edges = {models[int(k.removeprefix("model_"))]: v for k, v in inputs.items()}
         clusters = components.resolve(edges)
@@ -367,9 +376,15 @@ def _resolver_asset(
 
 
 def build_collection_assets(
-    spec: CollectionSpec, *, translator: MatchboxTranslator | None = None
+    spec: CollectionSpec,
+    *,
+    translator: MatchboxTranslator | None = None,
+    preflight: Callable[[str], None] | None = None,
 ) -> list[dg.AssetsDefinition]:
-    """Every asset of a collection's graph, validated and planned as a whole first."""
+    """Every asset of a collection's graph, validated and planned as a whole first.
+
+    ``preflight`` (called with the Dagster run id) is the first thing each asset body does.
+    """
     with spec_errors():
         plan = plan_collection(spec)
     if translator is None:
@@ -390,9 +405,12 @@ def build_collection_assets(
     )
     return [
         *(
-            _source_asset(spec.collection, s, plan.sources[s.name], translator, retry)
+            _source_asset(spec.collection, s, plan.sources[s.name], translator, retry, preflight)
             for s in spec.sources
         ),
-        *(_model_asset(spec.collection, m, translator, retry) for m in plan.models),
-        *(_resolver_asset(spec.collection, r, translator, retry) for r in plan.resolvers),
+        *(_model_asset(spec.collection, m, translator, retry, preflight) for m in plan.models),
+        *(
+            _resolver_asset(spec.collection, r, translator, retry, preflight)
+            for r in plan.resolvers
+        ),
     ]

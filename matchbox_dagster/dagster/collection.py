@@ -4,10 +4,15 @@
 
 gives the run-partitioned assets with their checks, the graph job, the promotion sensor (when
 the spec has a resolver and ``promote``), the schedule (when ``schedule`` is set) and the
-``matchbox`` resource and ``matchbox_io_manager``.
+``matchbox`` resource and ``matchbox_io_manager``. Each asset first runs the collection's
+preflight (:mod:`matchbox_dagster.project.preflight`) once per Dagster run, so a run that would
+fail on its data fails before anything is written; the spec (and its ``defs.yaml``) is kept in
+the definitions' metadata (``project.preflight.spec_metadata``) for ``matchbox-dagster validate``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import dagster as dg
 
@@ -21,6 +26,7 @@ from matchbox_dagster.dagster.io_manager import MatchboxIOManager
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.dagster.schedules import build_graph_job, build_run_schedule
 from matchbox_dagster.dagster.sensors import build_promotion_sensor
+from matchbox_dagster.project.preflight import RunPreflight, spec_metadata
 from matchbox_dagster.specs import CollectionSpec, final_resolver
 
 
@@ -29,9 +35,14 @@ def build_collection_defs(
     *,
     resource: MatchboxResource | None = None,
     translator: MatchboxTranslator | None = None,
+    defs_yaml: Path | None = None,
 ) -> dg.Definitions:
-    """Everything Dagster needs to run a collection (see the module docstring)."""
-    assets = build_collection_assets(spec, translator=translator)
+    """Everything Dagster needs to run a collection (see the module docstring).
+
+    ``defs_yaml`` is the file the spec came from (preflight problems then name its lines).
+    """
+    preflight = RunPreflight(spec, defs_yaml)
+    assets = build_collection_assets(spec, translator=translator, preflight=preflight)
     keys = [key for asset in assets for key in asset.keys]
     job = build_graph_job(collection=spec.collection, asset_keys=keys)
     sensors = []
@@ -60,4 +71,5 @@ def build_collection_defs(
         sensors=sensors,
         schedules=schedules,
         resources={"matchbox": matchbox, IO_MANAGER_KEY: MatchboxIOManager(matchbox=matchbox)},
+        metadata=spec_metadata(spec, defs_yaml),
     )

@@ -39,4 +39,4 @@ class MatchboxCollectionComponent(dg.Component, dg.Resolvable, CollectionSpec):
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         """Assets, checks, job, sensor, schedule and resources of the collection."""
-        return build_collection_defs(self.spec())
+        return build_collection_defs(self.spec(), defs_yaml=context.path / "defs.yaml")

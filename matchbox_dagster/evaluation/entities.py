@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from matchbox_dagster.common.dtos import StepPath
-from matchbox_dagster.sources.inputs import source_records
+from matchbox_dagster.common.dtos import SourceConfig, SourceField, StepPath
+from matchbox_dagster.common.errors import MatchboxInvalidData
+from matchbox_dagster.sources.locations import extract
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 
@@ -38,12 +39,9 @@ def resolver_entities(
         if truth and name in truth:
             expression = pl.sql_expr(truth[name]).cast(pl.String)
             if not set(expression.meta.root_names()) <= {"key"}:
-                # It reads index fields: re-read the source for them, joined on the key.
-                labelled = (
-                    source_records(store, source, batch_size=batch_size)
-                    .select("key", expression.alias("entity"))
-                    .unique(subset="key")
-                )
+                # It reads other columns (any column of the source, index field or not):
+                # re-read the source for them, joined on the key.
+                labelled = _truth(store, source, expression, batch_size)
                 keys = keys.join(labelled, on="key", how="left")
                 expression = pl.col("entity")
             entity = pl.when(expression.is_not_null()).then(expression.hash())
@@ -53,3 +51,23 @@ def resolver_entities(
         frames.append(keys.select(columns))
         del keys
     return pl.concat(frames, how="vertical")
+
+
+def _truth(
+    store: MatchboxDBAdapter, source: StepPath, expression: pl.Expr, batch_size: int
+) -> pl.DataFrame:
+    """``key``, ``entity``: the truth expression over any of the source's columns, by key."""
+    config = store.get_step(source).config
+    if not isinstance(config, SourceConfig):
+        raise MatchboxInvalidData(f"Step {source} is not a source.")
+    key = config.key_field.name
+    read = sorted(set(expression.meta.root_names()) - {"key", key})
+    fields = tuple(SourceField(name=c) for c in read) or config.index_fields[:1]
+    config = config.model_copy(update={"index_fields": fields})
+    parts = [
+        batch.with_columns(pl.col(key).alias("key")).select("key", expression.alias("entity"))
+        for batch in extract(config, batch_size=batch_size)
+    ]
+    if not parts:
+        return pl.DataFrame(schema={"key": pl.String, "entity": pl.String})
+    return pl.concat(parts).unique(subset="key")
