@@ -27,7 +27,12 @@ from pydantic import (
     model_validator,
 )
 
-from matchbox_dagster.common.errors import MatchboxInvalidData, MatchboxNameError
+from matchbox_dagster.common.errors import (
+    MatchboxCredentialInLocation,
+    MatchboxInvalidData,
+    MatchboxNameError,
+)
+from matchbox_dagster.common.redaction import literal_password, redact
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 """Names of collections, steps and groups: letters, digits, ``_``, ``.``, ``-``; 1–200 long."""
@@ -235,12 +240,27 @@ ResolverStepPath: TypeAlias = StepPath
 
 
 class LocationConfig(BaseModel):
-    """Where a source is read from: a type and a name (URI, path or bucket/key)."""
+    """Where a source is read from: a type and a name (URI, path or bucket/key).
 
-    model_config = ConfigDict(frozen=True)
+    A name never holds a password (it is stored and shown): reference an environment variable
+    instead, ``postgresql://user:${PG_PASSWORD}@host/db``, read at connect time.
+    """
+
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     type: LocationType
     name: str
+
+    @model_validator(mode="after")
+    def _no_password(self) -> Self:
+        if literal_password(self.name):
+            raise MatchboxCredentialInLocation(
+                f"The {self.type} location {redact(self.name)} holds a password; a location is "
+                "stored and shown, so it must not. Put the password in an environment variable "
+                "and reference it: postgresql://user:${PG_PASSWORD}@host/db (or "
+                "?password=${PG_PASSWORD}), resolved only when the source is read."
+            )
+        return self
 
 
 class SourceField(BaseModel):

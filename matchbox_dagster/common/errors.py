@@ -25,8 +25,8 @@ Hierarchy::
     │   │   └── MatchboxFingerprintMismatch
     │   ├── MatchboxSnapshotError
     │   ├── MatchboxSourceChanged
-    │   ├── MatchboxCredentialInLocation
     │   └── MatchboxLocationNotAllowed
+    ├── MatchboxCredentialInLocation
     ├── MatchboxRunNotWriteable
     ├── MatchboxStepExistingData
     ├── MatchboxStepUpdateError
@@ -222,8 +222,12 @@ class MatchboxSourceChanged(MatchboxInvalidData):
         )
 
 
-class MatchboxCredentialInLocation(MatchboxInvalidData):
-    """A source location carries a literal password; credentials come from the environment."""
+class MatchboxCredentialInLocation(MatchboxError):
+    """A source location carries a literal password; credentials come from the environment.
+
+    Not a ``ValueError``, so pydantic passes it through as is (a validation error would show
+    the input, password included).
+    """
 
 
 class MatchboxLocationNotAllowed(MatchboxInvalidData):

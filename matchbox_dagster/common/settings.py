@@ -14,6 +14,8 @@ variable                                  meaning
 ``MATCHBOX_RETRY_MAX_SECONDS``            no retry waits past this many seconds after the call
                                           began (30)
 ``MATCHBOX_LOG_LEVEL``                    ``DEBUG``/``INFO``/``WARNING``/``ERROR``
+``MATCHBOX_LOCATION_ROOTS``               folders (``os.pathsep``-separated) file locations
+                                          must resolve under; unset: any (sources/roots.py)
 ``MATCHBOX_DATASTORE__*``                 S3 datastore: ``HOST``, ``PORT``, ``ACCESS_KEY_ID``,
                                           ``SECRET_ACCESS_KEY``, ``DEFAULT_REGION``,
                                           ``CACHE_BUCKET_NAME``

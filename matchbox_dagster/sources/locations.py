@@ -41,9 +41,15 @@ import pyarrow as pa
 from matchbox_dagster.common.arrow import SourceHashes
 from matchbox_dagster.common.dtos import LocationConfig, LocationType, SourceConfig
 from matchbox_dagster.common.errors import MatchboxInvalidData
-from matchbox_dagster.common.redaction import redact
+from matchbox_dagster.common.redaction import redact, redact_text, resolve_credentials
 from matchbox_dagster.common.settings import DEFAULT_BATCH_SIZE
 from matchbox_dagster.methods.hashing import index_rows
+from matchbox_dagster.sources.roots import (
+    allowed_files,
+    database_file_allowed,
+    location_roots,
+    refuse_file_functions,
+)
 
 
 def extract(
@@ -51,28 +57,39 @@ def extract(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     s3_client: Any | None = None,
+    roots: Sequence[str | Path] | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Read a source in batches of at most ``batch_size`` rows: key field + index fields.
 
     The key is cast to ``String``; index fields keep their type. A missing column raises
-    :class:`MatchboxInvalidData` naming it.
+    :class:`MatchboxInvalidData` naming it. File locations must resolve under ``roots``
+    (default: ``MATCHBOX_LOCATION_ROOTS``; none set: anywhere), see :func:`allowed_files`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     columns = [config.key_field.name, *(f.name for f in config.index_fields)]
     location = config.location_config
+    allowed = location_roots() if roots is None else [Path(r) for r in roots]
     if location.type == LocationType.RDBMS:
-        batches = _read_database(location.name, config.extract_transform, batch_size)
+        if allowed:
+            database_file_allowed(location.name, allowed)
+        batches = _read_database(
+            location.name, config.extract_transform, batch_size, local_only=bool(allowed)
+        )
     elif location.type == LocationType.S3:
         batches = _read_s3(location.name, config.extract_transform, batch_size, s3_client)
     else:
-        batches = _collect(_scan(location, config.extract_transform), batch_size)
+        files = None
+        if allowed:
+            files = allowed_files(location, allowed)
+            refuse_file_functions(location.name, config.extract_transform)
+        batches = _collect(_scan(location, config.extract_transform, files), batch_size)
     for batch in batches:
         missing = [c for c in columns if c not in batch.columns]
         if missing:
             raise MatchboxInvalidData(
-                f"Source {location.name!r} has no column(s) {missing}; it has {batch.columns}. "
-                "Check key_field/index_fields or the extract_transform query."
+                f"Source {_safe(location.name)!r} has no column(s) {missing}; it has "
+                f"{batch.columns}. Check key_field/index_fields or the extract_transform query."
             )
         yield batch.select(columns).with_columns(pl.col(columns[0]).cast(pl.String))
 
@@ -94,13 +111,15 @@ def _transform(frame: pl.LazyFrame, sql: str) -> pl.LazyFrame:
     return pl.SQLContext(source=frame).execute(sql, eager=False)
 
 
-def _scan(location: LocationConfig, sql: str) -> pl.LazyFrame:
+def _scan(location: LocationConfig, sql: str, files: list[str] | None = None) -> pl.LazyFrame:
+    """A lazy scan of a file or callable location (of ``files``, when checked and resolved)."""
+    source: str | list[str] = location.name if files is None else files
     if location.type == LocationType.PARQUET:
-        return _transform(pl.scan_parquet(location.name), sql)
+        return _transform(pl.scan_parquet(source), sql)
     if location.type == LocationType.CSV:
         # Every column as text: inference would turn key "007" into 7, and a value past the
         # inferred prefix that does not parse would fail the scan half-way.
-        return _transform(pl.scan_csv(location.name, infer_schema=False), sql)
+        return _transform(pl.scan_csv(source, infer_schema=False), sql)
     if location.type == LocationType.ARROW:
         return _transform(_call(location.name).lazy(), sql)
     raise MatchboxInvalidData(f"Unsupported location type {location.type!r}.")
@@ -142,7 +161,10 @@ def _call(target: str) -> pl.DataFrame:
     )
 
 
-def _read_database(uri: str, sql: str, batch_size: int) -> Iterator[pl.DataFrame]:
+def _read_database(
+    uri: str, sql: str, batch_size: int, *, local_only: bool = False
+) -> Iterator[pl.DataFrame]:
+    """A database query's rows in batches (``local_only``: DuckDB may read no other file)."""
     if not sql.strip():
         raise MatchboxInvalidData(
             f"A database source needs an extract_transform query; none given for {_safe(uri)}."
@@ -151,7 +173,8 @@ def _read_database(uri: str, sql: str, batch_size: int) -> Iterator[pl.DataFrame
         import duckdb
 
         path = uri.removeprefix("duckdb://").removeprefix("/") or ":memory:"
-        with duckdb.connect(path, read_only=path != ":memory:") as con:
+        settings = {"enable_external_access": False} if local_only else {}
+        with duckdb.connect(path, read_only=path != ":memory:", config=settings) as con:
             relation = con.sql(sql)
             if relation is None:
                 raise MatchboxInvalidData(f"The extract_transform of {uri!r} is not a query.")
@@ -164,17 +187,36 @@ def _read_database(uri: str, sql: str, batch_size: int) -> Iterator[pl.DataFrame
                 if record_batch.num_rows:
                     yield pl.DataFrame(pl.from_arrow(record_batch))
         return
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(_sqlalchemy_uri(uri))
+    # A failure is re-raised with every form of the password taken out, without the driver's
+    # error chained (Dagster records the chain).
+    engine, secrets = database_engine(uri)
+    failure = None
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(stream_results=True, max_row_buffer=batch_size)
             yield from pl.read_database(
                 sql, conn, iter_batches=True, batch_size=batch_size, infer_schema_length=None
             )
+    except Exception as exc:  # the driver's errors, of many types
+        failure = redact_text(f"{type(exc).__name__}: {exc}", secrets)
     finally:
         engine.dispose()
+    if failure is not None:
+        raise MatchboxInvalidData(f"Reading the database source {_safe(uri)} failed: {failure}")
+
+
+def database_engine(uri: str) -> tuple[Any, list[str]]:
+    """A SQLAlchemy engine for a database location, and the secrets it was given.
+
+    The location's ``${NAME}`` references are filled in from the environment here, at connect
+    time, and nowhere else. Pass the secrets to
+    :func:`~matchbox_dagster.common.redaction.redact_text` before showing any error of the
+    engine's. The caller disposes of the engine.
+    """
+    import sqlalchemy as sa
+
+    resolved, secrets = resolve_credentials(uri)
+    return sa.create_engine(_sqlalchemy_uri(resolved), hide_parameters=True), secrets
 
 
 def _sqlalchemy_uri(uri: str) -> str:

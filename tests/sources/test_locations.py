@@ -471,8 +471,9 @@ def test_missing_key_column_named(files: dict[str, Path]):
 
 
 @pytest.mark.parametrize("sql", ["", "   \n"])
-def test_database_without_query_refused(sql: str):
-    uri = "postgresql://someone:s3cr3t@127.0.0.1:5432/test"
+def test_database_without_query_refused(sql: str, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MBX_TEST_PW", "s3cr3t")
+    uri = "postgresql://someone:${MBX_TEST_PW}@127.0.0.1:5432/test"
     with pytest.raises(MatchboxInvalidData, match="needs an extract_transform query") as info:
         list(extract(config("rdbms", uri, sql)))
     assert "s3cr3t" not in str(info.value)
