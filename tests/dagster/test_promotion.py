@@ -4,13 +4,29 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
+import yaml
 
-from matchbox_dagster.dagster.partitions import add_run_partition
+from matchbox_dagster.dagster.assets import IO_MANAGER_KEY, build_collection_assets
+from matchbox_dagster.dagster.io_manager import MatchboxIOManager
+from matchbox_dagster.dagster.partitions import add_run_partition, run_partitions
 from matchbox_dagster.dagster.resources import MatchboxResource
-from matchbox_dagster.dagster.sensors import PromotionCursor, check_results, promote_run
+from matchbox_dagster.dagster.sensors import (
+    PromotionCursor,
+    build_promotion_sensor,
+    check_results,
+    promote_run,
+)
+from matchbox_dagster.examples.febrl import febrl4_spec
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.dagster.conftest import (
     Graph,
@@ -170,3 +186,131 @@ def test_cursor_round_trip_bounds_its_lists() -> None:
     assert back.after_storage_id == 42
     assert back.promoted == [f"p{i}" for i in range(50, 150)]
     assert back.rejected == ["r1"]
+
+
+# --- a run that can no longer finish (issue: one killed run stalled the sensor) -------------
+
+SLOW = "slow"
+STALL_ENV = "MATCHBOX_TEST_STALL_MARKER"
+
+
+def _assets_with_slow_check(collection: str) -> list[Any]:
+    """The demo graph plus a blocking check on the resolver that hangs when told to (by env)."""
+
+    @dg.asset_check(
+        asset=dg.AssetKey([collection, "people"]),
+        name=SLOW,
+        blocking=True,
+        partitions_def=run_partitions(collection),
+    )
+    def _slow() -> dg.AssetCheckResult:
+        marker = os.environ.get(STALL_ENV)
+        if marker:
+            Path(marker).write_text(str(os.getpid()))
+            time.sleep(600)  # killed long before
+        return dg.AssetCheckResult(passed=True)
+
+    return [*build_collection_assets(febrl4_spec(collection=collection)), _slow]
+
+
+def _materialise_with_slow_check(
+    instance: dg.DagsterInstance, resource: MatchboxResource, collection: str, label: str
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        _assets_with_slow_check(collection),
+        instance=instance,
+        partition_key=label,
+        resources={"matchbox": resource, IO_MANAGER_KEY: MatchboxIOManager(matchbox=resource)},
+        raise_on_error=False,
+    )
+
+
+def _stalled_worker() -> None:
+    """Entry point of the subprocess: materialise partition ``stalled`` (it hangs in ``slow``)."""
+    instance = dg.DagsterInstance.from_config(os.environ["DAGSTER_HOME"])
+    resource = MatchboxResource(
+        postgres_uri=os.environ["MATCHBOX_POSTGRES_URI"],
+        postgres_schema=os.environ["MATCHBOX_POSTGRES_SCHEMA"],
+    )
+    _materialise_with_slow_check(instance, resource, os.environ["COLLECTION"], "stalled")
+
+
+def test_a_killed_run_does_not_stall_later_promotions(
+    tmp_path: Path, mb_resource: MatchboxResource, mb_store: MatchboxPostgres
+) -> None:
+    """A run killed while its checks ran stays STARTED; later runs are still promoted.
+
+    Once Dagster's run monitoring marks it failed (what ``max_runtime_seconds`` does to a run
+    whose worker died), the sensor skips it, saying why.
+    """
+    collection = unique_collection("stall")
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    instance = dg.DagsterInstance.from_config(str(home))
+    sensor = build_promotion_sensor(
+        collection=collection,
+        resolver_key=dg.AssetKey([collection, "people"]),
+        check_names=["resolver_quality", "evaluation", "churn", SLOW],
+    )
+    graph = Graph(
+        spec=febrl4_spec(collection=collection),
+        defs=dg.Definitions(sensors=[sensor], resources={"matchbox": mb_resource}),
+        resource=mb_resource,
+    )
+    try:
+        add_run_partition(instance, mb_store, collection, "stalled")
+        marker = tmp_path / "slow-check-started"
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "MATCHBOX_POSTGRES_URI": mb_resource.postgres_uri or "",
+            "MATCHBOX_POSTGRES_SCHEMA": mb_resource.postgres_schema or "",
+            "COLLECTION": collection,
+            STALL_ENV: str(marker),
+        }
+        code = "from tests.dagster.test_promotion import _stalled_worker; _stalled_worker()"
+        worker = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=Path.cwd())
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert worker.poll() is None, "the worker ended before its slow check started"
+            assert time.monotonic() < deadline, "the slow check never started"
+            time.sleep(0.2)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(30)
+        (stalled_run,) = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "stalled"}))
+        assert stalled_run.status == dg.DagsterRunStatus.STARTED  # for ever, without monitoring
+
+        tick = evaluate_sensor(graph, instance)
+        assert "stalled: waiting for slow" in tick.message
+        assert PromotionCursor.from_json(tick.cursor).waiting == {"stalled": stalled_run.run_id}
+
+        # A later passing run is promoted although the killed one still waits.
+        _, run2 = add_run_partition(instance, mb_store, collection, "later")
+        assert _materialise_with_slow_check(instance, mb_resource, collection, "later").success
+        tick = evaluate_sensor(graph, instance, tick.cursor)
+        assert f"later: promoted run {run2.run_id}" in tick.message
+        assert "stalled: waiting" in tick.message
+        assert _default(mb_store, collection) == run2.run_id
+
+        # Run monitoring marks the dead run failed: the sensor skips it and says why.
+        instance.report_run_failed(stalled_run, "run worker gone (max_runtime_seconds)")
+        tick = evaluate_sensor(graph, instance, tick.cursor)
+        assert "stalled: skipped (Dagster run ended FAILURE before slow)" in tick.message
+        assert "Skipping" in tick.log_text(logging.WARNING)
+        assert PromotionCursor.from_json(tick.cursor).waiting == {}
+        assert "stalled" in PromotionCursor.from_json(tick.cursor).rejected
+        assert _default(mb_store, collection) == run2.run_id
+        idle = evaluate_sensor(graph, instance, tick.cursor)
+        assert "No new materialisation" in idle.message
+    finally:
+        instance.dispose()
+
+
+def test_the_instance_example_enables_run_monitoring() -> None:
+    """docs/dagster.yaml.example turns run monitoring on, so dead runs end as failed."""
+    example = yaml.safe_load(Path("docs/dagster.yaml.example").read_text())
+    monitoring = example["run_monitoring"]
+    with dg.instance_for_test(overrides={"run_monitoring": monitoring}) as inst:
+        assert inst.run_monitoring_enabled
+        assert inst.run_monitoring_max_runtime_seconds == monitoring["max_runtime_seconds"] > 0
