@@ -179,7 +179,7 @@ def _source_asset(
     )
     def _source(context: dg.AssetExecutionContext, matchbox: MatchboxResource) -> Iterator[Any]:
         if preflight is not None:  # before anything is read or written
-            preflight(context.run_id)
+            preflight(context.run.run_id)
         started = time.perf_counter()
         hashes = index_source(config, batch_size=matchbox.batch_rows)
         seconds = time.perf_counter() - started
@@ -265,7 +265,7 @@ def _model_asset(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: Any
     ) -> Iterator[Any]:
         if preflight is not None:
-            preflight(context.run_id)
+            preflight(context.run.run_id)
         started = time.perf_counter()
         if "right" in inputs:
             results = methodology.link(inputs["left"], inputs["right"])
@@ -346,7 +346,7 @@ def _resolver_asset(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: ModelResults
     ) -> Iterator[Any]:
         if preflight is not None:
-            preflight(context.run_id)
+            preflight(context.run.run_id)
         started = time.perf_counter()
         edges = {models[int(k.removeprefix("model_"))]: v for k, v in inputs.items()}
         clusters = components.resolve(edges)
