@@ -142,7 +142,7 @@ def resolver_checks(
     entities = resolver_entities(store, path, sources, batch_size, truth)
     results = [resolver_quality(entities, checks)]
     if EVALUATION in names:
-        results.append(_evaluation(store, path, models, entities, checks))
+        results.append(_evaluation(store, path, models, sources, entities, checks))
     if CHURN in names:
         results.append(_churn(store, path, sources, entities, checks))
     return results
@@ -163,29 +163,53 @@ def resolver_quality(entities: pl.DataFrame, checks: ResolverChecksSpec) -> dg.A
     )
 
 
+def curve_table(curve: Sequence[dict[str, object]]) -> str:
+    """The per-model precision/recall table (Markdown) of a resolver's evaluation.
+
+    Its recall is of pairs before clustering (a model's edges against every true pair it could
+    propose), unlike the check's headline (the resolver's entities, after clustering). A
+    threshold keeping no labelled edge shows "no edges", not a score.
+    """
+
+    def cell(value: object) -> str:
+        return "no edges" if value is None else f"{value:.4f}"
+
+    rows = "\n".join(
+        f"| {r['model']} | {r['threshold']:.2f} | {r['edges']:,} | {cell(r['precision'])} | "
+        f"{cell(r['recall'])} | {cell(r['f1'])} | {r.get('true_pairs', 0):,.0f} |"
+        for r in curve
+    )
+    return (
+        "Recall of pairs, before clustering: the share of all true pairs each model could "
+        "propose that its edges at or above the threshold hold (the headline recall is of "
+        "the resolver's entities, after clustering).\n\n"
+        "| model | threshold | edges | precision | recall (pairs, before clustering) | F1 | "
+        "true pairs |\n|---|---|---|---|---|---|---|\n" + rows
+    )
+
+
 def _evaluation(
     store: MatchboxDBAdapter,
     path: StepPath,
     models: Sequence[str],
+    sources: Sequence[str],
     entities: pl.DataFrame,
     checks: ResolverChecksSpec,
 ) -> dg.AssetCheckResult:
     try:
-        found = evaluate_resolver(store, path, models, entities, truth=bool(checks.truth))
+        found = evaluate_resolver(
+            store, path, models, entities, truth=bool(checks.truth), sources=sources
+        )
     except MatchboxError as exc:  # e.g. MatchboxNoJudgements
         return _result(EVALUATION, False, f"Could not evaluate: {exc}")
     scores = found.scores
-    table = "\n".join(
-        f"| {r['model']} | {r['threshold']:.2f} | {r['edges']:,} | {r['precision']:.4f} | "
-        f"{r['recall']:.4f} | {r['f1']:.4f} |"
-        for r in found.curve
-    )
     return _result(
         EVALUATION,
         found.passes(checks.min_precision, checks.min_recall),
-        f"Against {found.against}: precision {scores.precision:.4f} (minimum "
-        f"{checks.min_precision}), recall {scores.recall:.4f} (minimum {checks.min_recall}), "
-        f"F1 {scores.f1:.4f} over {scores.pairs:,} pairs.",
+        f"Against {found.against}, after clustering (the resolver's entities): precision "
+        f"{scores.precision:.4f} (minimum {checks.min_precision}), recall "
+        f"{scores.recall:.4f} (minimum {checks.min_recall}), F1 {scores.f1:.4f} over "
+        f"{scores.pairs:,} pairs.",
         precision=scores.precision,
         recall=scores.recall,
         f1=scores.f1,
@@ -194,11 +218,7 @@ def _evaluation(
         false_negatives=scores.fn,
         **(
             {
-                "precision_recall_by_threshold": dg.MetadataValue.md(
-                    "| model | threshold | edges | precision | recall | F1 |\n"
-                    + "|---|---|---|---|---|---|\n"
-                    + table
-                )
+                "precision_recall_by_threshold": dg.MetadataValue.md(curve_table(found.curve))
             }
             if found.curve
             else {}

@@ -1,7 +1,11 @@
 """A resolver's pairwise precision and recall, against ground truth or the store's judgements.
 
 Against ground truth, each model's edges also get a precision/recall curve over
-:data:`CURVE_THRESHOLDS`, to show where a threshold would sit best.
+:data:`CURVE_THRESHOLDS`, to show where a threshold would sit best. Its recall is of pairs
+*before clustering*: the share of all true pairs the model could propose (pairs of records of
+the same entity in two of its input ids; for a linker, one on each side) that its edges kept
+at the threshold hold. The resolver's headline recall is *after clustering* (its entities'
+pairs). A threshold keeping no labelled edge has no precision: its row says so (``None``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from typing import Any
 
 import polars as pl
 
-from matchbox_dagster.common.dtos import StepPath
+from matchbox_dagster.common.dtos import ModelConfig, QueryConfig, StepPath
+from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.evaluation.metrics import (
     PairwiseScores,
     score_against_judgements,
@@ -33,7 +38,8 @@ class ResolverEvaluation:
     scores: PairwiseScores
     against: str
     curve: list[dict[str, Any]] = field(default_factory=list)
-    """Rows of ``model``, ``threshold``, ``edges``, ``precision``, ``recall``, ``f1``."""
+    """Rows of ``model``, ``threshold``, ``edges``, ``precision``, ``recall``, ``f1`` (the
+    three None when no labelled edge is kept) and ``true_pairs`` (the recall's denominator)."""
 
     def passes(self, min_precision: float | None, min_recall: float | None) -> bool:
         """Whether precision and recall reach the minimums (None: no minimum)."""
@@ -49,25 +55,21 @@ def evaluate_resolver(
     entities: pl.DataFrame,
     *,
     truth: bool,
+    sources: Sequence[str] | None = None,
 ) -> ResolverEvaluation:
     """Score the resolver at ``path`` from its ``entities`` frame.
 
-    ``entities`` comes from :func:`~matchbox_dagster.evaluation.entities.resolver_entities`.
+    ``entities`` comes from :func:`~matchbox_dagster.evaluation.entities.resolver_entities`
+    over ``sources`` (in that order: its keys are hashed by position; needed for the curves).
     With ``truth``, scores against its ``entity`` column (and a curve per model of ``models``);
     otherwise against the store's judgements (:class:`MatchboxNoJudgements` when there are none).
     """
     if truth:
         scores = score_against_truth(entities, cluster="id", truth="entity")
-        leaf_truth = entities.select(pl.col("leaf_id").alias("id"), "entity").drop_nulls()
         curve: list[dict[str, Any]] = []
         for model in models:
-            edges = store.get_model_data(
-                StepPath(collection=path.collection, run=path.run, name=model)
-            )
-            labels = truth_labels(edges, leaf_truth)
-            rows = threshold_curve(edges, labels, thresholds=CURVE_THRESHOLDS)
-            del edges, labels
-            curve += [{"model": model, **row} for row in rows.iter_rows(named=True)]
+            step = StepPath(collection=path.collection, run=path.run, name=model)
+            curve += model_curve(store, step, entities, sources or [])
         return ResolverEvaluation(scores=scores, against="ground truth", curve=curve)
     judgements, expansion = store.get_judgements()
     clusters = entities.select(pl.col("id").alias("root"), pl.col("leaf_id").alias("leaf")).unique()
@@ -75,3 +77,103 @@ def evaluate_resolver(
         clusters, judgements, expansion, universe=clusters.get_column("leaf")
     )
     return ResolverEvaluation(scores=scores, against="judgements")
+
+
+def model_curve(
+    store: MatchboxDBAdapter,
+    model: StepPath,
+    entities: pl.DataFrame,
+    sources: Sequence[str],
+    thresholds: Sequence[float] = CURVE_THRESHOLDS,
+) -> list[dict[str, Any]]:
+    """The precision/recall curve of a model's edges against the ``entities``' truth.
+
+    Each input's records get their id in the model's id space (the input's resolver, else the
+    leaf) and their true entity; recall divides by every true pair the model could propose.
+    """
+    config = store.get_step(model).config
+    if not isinstance(config, ModelConfig):
+        raise MatchboxInvalidData(f"Step {model} is not a model; it has no edges to curve.")
+    left = _input_truth(store, model, config.left_query, entities, sources)
+    right = (
+        _input_truth(store, model, config.right_query, entities, sources)
+        if config.right_query is not None
+        else None
+    )
+    both = left if right is None else pl.concat([left, right]).unique(["id", "key"])
+    edges = store.get_model_data(model)
+    labels = truth_labels(edges, both.select("id", "entity"))
+    positives = true_pairs(left, right)
+    rows = threshold_curve(edges, labels, thresholds=thresholds, total_positives=positives)
+    out = []
+    for row in rows.iter_rows(named=True):
+        if not row["edges"]:
+            row |= {"precision": None, "recall": None, "f1": None}
+        out.append({"model": model.name, **row, "true_pairs": positives})
+    return out
+
+
+def _input_truth(
+    store: MatchboxDBAdapter,
+    model: StepPath,
+    query: QueryConfig,
+    entities: pl.DataFrame,
+    sources: Sequence[str],
+) -> pl.DataFrame:
+    """``id`` (in the input's id space), ``key`` (hashed as in ``entities``), ``entity``."""
+    resolver = (
+        StepPath(collection=model.collection, run=model.run, name=query.resolver)
+        if query.resolver
+        else None
+    )
+    truth = entities.select("key", "entity").drop_nulls()
+    parts = []
+    for name in query.sources:
+        if name not in sources:
+            continue  # not a source of the evaluated resolver: no truth for it
+        source = StepPath(collection=model.collection, run=model.run, name=name)
+        ids = pl.DataFrame(pl.from_arrow(store.query(source, resolver)))
+        ids = ids.select(pl.col("id").cast(pl.Int64), pl.col("key").hash(seed=sources.index(name)))
+        parts.append(ids.join(truth, on="key", how="inner"))
+    if not parts:
+        return pl.DataFrame(schema={"id": pl.Int64, "key": pl.UInt64, "entity": pl.UInt64})
+    return pl.concat(parts)
+
+
+def true_pairs(left: pl.DataFrame, right: pl.DataFrame | None = None) -> float:
+    """True pairs a model could propose, in the units of :func:`truth_labels`' ``match``.
+
+    An id pair ``(i, j)`` weighs the share of its record pairs that are one entity; with
+    ``w[i, e]`` the share of id ``i``'s records of entity ``e``, a deduper's total is
+    ``Σ_e ((Σ_i w[i,e])² − Σ_i w[i,e]²) / 2`` (pairs of two ids of its input), a linker's
+    ``Σ_e (Σ_left w[i,e] · Σ_right w[j,e] − Σ_both w[i,e]²)`` (one id on each side, never an id
+    with itself). For leaves of one record each it is the number of true record pairs.
+    """
+    both = left if right is None else pl.concat([left, right]).unique(["id", "key"])
+    shares = (
+        both.group_by("id", "entity")
+        .agg(pl.len().alias("n"))
+        .with_columns((pl.col("n") / pl.col("n").sum().over("id")).alias("w"))
+        .select("id", "entity", "w")
+    )
+    if right is None:
+        per_entity = shares.group_by("entity").agg(
+            (pl.col("w").sum() ** 2 - (pl.col("w") ** 2).sum()).alias("p")
+        )
+        return float(per_entity.get_column("p").sum() or 0.0) / 2
+
+    def side(frame: pl.DataFrame) -> pl.DataFrame:
+        return shares.join(frame.select("id").unique(), on="id", how="semi")
+
+    lw, rw = side(left), side(right)
+    cross = (
+        lw.group_by("entity")
+        .agg(pl.col("w").sum().alias("l"))
+        .join(rw.group_by("entity").agg(pl.col("w").sum().alias("r")), on="entity")
+        .select((pl.col("l") * pl.col("r")).sum())
+        .item()
+    )
+    self_pairs = lw.join(rw.select("id", "entity"), on=["id", "entity"], how="semi").select(
+        (pl.col("w") ** 2).sum()
+    )
+    return float(cross or 0.0) - float(self_pairs.item() or 0.0)

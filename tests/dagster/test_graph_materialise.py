@@ -88,7 +88,22 @@ def test_whole_graph_checks_all_pass(first: Materialised) -> None:
     evaluation = evaluations[("people", "evaluation")]
     assert evaluation.metadata["precision"].value >= 0.95
     assert evaluation.metadata["recall"].value >= 0.9
-    assert "precision_recall_by_threshold" in evaluation.metadata
+    assert "after clustering" in evaluation.description
+    # Issue 15 item 5: the table's recall is of every true pair a model could propose (FEBRL4:
+    # 5,000 A-B pairs less those identical in every field, which share a leaf), and a model
+    # without edges says so instead of scoring 1.0.
+    table = evaluation.metadata["precision_recall_by_threshold"].value
+    assert "recall (pairs, before clustering)" in table
+    rows = {
+        (cells[1], cells[2]): cells
+        for line in table.splitlines()
+        if line.startswith("| ") and len(cells := [c.strip() for c in line.split("|")]) > 7
+    }
+    assert rows[("dedupe_a", "0.75")][4:7] == ["no edges"] * 3
+    link = rows[("link_ab", "1.00")]
+    true_pairs, edges = int(link[7].replace(",", "")), int(link[3].replace(",", ""))
+    assert 3_000 < edges < true_pairs < 5_000
+    assert float(link[5]) == pytest.approx(edges / true_pairs, abs=1e-4)  # every edge is right
     assert evaluations[("people", "resolver_quality")].metadata["keys"].value == 10_000
 
 

@@ -1,0 +1,126 @@
+"""Issue 15 item 5: the precision/recall-by-threshold table's recall is of all true pairs.
+
+A real store holds a source of eight records (entities a×3, b×2, c, d×2: five true pairs), a
+deduper whose edges find two of them (and one wrong pair), a model with no edges, and a
+linker; the resolver's evaluation check must show recall 2/5 at 0.75, not 2/2, and "no edges"
+where a model keeps none.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from matchbox_dagster.common.dtos import QueryConfig, StepPath
+from matchbox_dagster.dagster.checks import resolver_checks
+from matchbox_dagster.evaluation.entities import resolver_entities
+from matchbox_dagster.evaluation.resolver import evaluate_resolver, true_pairs
+from matchbox_dagster.specs import ResolverChecksSpec
+from matchbox_dagster.store.postgres import MatchboxPostgres
+from tests.factories import add_model, add_resolver, add_source, leaf_of
+
+KEYS = ["a1", "a2", "a3", "b1", "b2", "c1", "d1", "d2"]
+TRUTH = {"people": "left(key, 1)", "others": "left(key, 1)"}
+
+
+@pytest.fixture
+def graph(store: MatchboxPostgres, collection: str, run: int) -> StepPath:
+    """people (8 records), others (a4, b3, e1); dedupe, empty, link_po; resolver over them."""
+    people = add_source(store, collection, run, "people", {k: [k] for k in KEYS})
+    others = add_source(store, collection, run, "others", {k: [k] for k in ["a4", "b3", "e1"]})
+    leaf = leaf_of(store, people) | leaf_of(store, others)
+
+    def edge(a: str, b: str, score: float) -> tuple[int, int, float]:
+        return (min(leaf[a], leaf[b]), max(leaf[a], leaf[b]), score)
+
+    add_model(
+        store,
+        collection,
+        run,
+        "dedupe",
+        [edge("a1", "a2", 0.875), edge("b1", "b2", 0.75), edge("a1", "c1", 0.625)],
+        QueryConfig(sources=["people"]),
+    )
+    add_model(store, collection, run, "empty", [], QueryConfig(sources=["people"]))
+    # Linker people × others: true cross pairs a×a4 (3) and b×b3 (2) = 5; it finds a1–a4.
+    add_model(
+        store,
+        collection,
+        run,
+        "link_po",
+        [(leaf["a1"], leaf["a4"], 1.0)],
+        QueryConfig(sources=["people"]),
+        QueryConfig(sources=["others"]),
+    )
+    clusters = [[leaf["a1"], leaf["a2"], leaf["a4"]], [leaf["b1"], leaf["b2"]]]
+    inputs = ("dedupe", "empty", "link_po")
+    return add_resolver(store, collection, run, "resolved", clusters, inputs)
+
+
+def _rows(curve: list[dict], model: str) -> dict[float, dict]:
+    return {round(r["threshold"], 2): r for r in curve if r["model"] == model}
+
+
+def test_recall_by_threshold_divides_by_all_true_pairs(
+    store: MatchboxPostgres, graph: StepPath
+) -> None:
+    sources = ["people", "others"]
+    entities = resolver_entities(store, graph, sources, 64, TRUTH)
+    found = evaluate_resolver(
+        store, graph, ["dedupe", "empty", "link_po"], entities, truth=True, sources=sources
+    )
+    dedupe = _rows(found.curve, "dedupe")
+    assert dedupe[0.75]["true_pairs"] == pytest.approx(5)
+    assert dedupe[0.85]["recall"] == pytest.approx(1 / 5)
+    assert dedupe[0.75]["recall"] == pytest.approx(2 / 5)  # not 2/2: three true pairs missed
+    assert dedupe[0.75]["precision"] == pytest.approx(1.0)
+    assert dedupe[0.6]["precision"] == pytest.approx(2 / 3)
+    assert dedupe[0.6]["recall"] == pytest.approx(2 / 5)
+    assert dedupe[0.9]["edges"] == 0
+    assert dedupe[0.9]["precision"] is dedupe[0.9]["recall"] is dedupe[0.9]["f1"] is None
+    empty = _rows(found.curve, "empty").values()
+    assert all(r["edges"] == 0 and r["recall"] is None for r in empty)
+    link = _rows(found.curve, "link_po")
+    assert link[0.9]["true_pairs"] == pytest.approx(5)  # only pairs across the two sides
+    assert link[0.9]["recall"] == pytest.approx(1 / 5)
+
+
+def test_the_check_table_says_which_recall_and_no_edges(
+    store: MatchboxPostgres, graph: StepPath
+) -> None:
+    results = resolver_checks(
+        store,
+        graph,
+        sources=["people", "others"],
+        models=["dedupe", "empty", "link_po"],
+        checks=ResolverChecksSpec(
+            max_cluster_size=10, min_precision=0.1, min_recall=0.1, truth=TRUTH
+        ),
+        batch_size=64,
+    )
+    evaluation = next(r for r in results if r.check_name == "evaluation")
+    assert "after clustering" in (evaluation.description or "")
+    table = evaluation.metadata["precision_recall_by_threshold"].value
+    assert "recall (pairs, before clustering)" in table
+    lines = {
+        (cells[1], cells[2]): cells
+        for line in table.splitlines()
+        if line.startswith("| ") and len(cells := [c.strip() for c in line.split("|")]) > 4
+    }
+    assert lines[("dedupe", "0.75")][5] == "0.4000"
+    assert lines[("dedupe", "0.90")][4:7] == ["no edges"] * 3
+    assert lines[("empty", "0.50")][4:7] == ["no edges"] * 3
+    assert "1.0000" not in " ".join(lines[("empty", "0.50")])
+
+
+def test_true_pairs_of_ids_standing_for_several_records() -> None:
+    """Units of truth_labels' match: an id pair weighs its share of same-entity record pairs."""
+    # Deduper: id 1 = {a, a}, id 2 = {a}, id 3 = {a, b}. Pairs (1,2): 1; (1,3): 1/2; (2,3): 1/2.
+    frame = pl.DataFrame(
+        {"id": [1, 1, 2, 3, 3], "key": [1, 2, 3, 4, 5], "entity": [7, 7, 7, 7, 8]},
+        schema={"id": pl.Int64, "key": pl.UInt64, "entity": pl.UInt64},
+    )
+    assert true_pairs(frame) == pytest.approx(2.0)
+    # Linker: left ids 1, 2; right id 3: (1,3): 1/2, (2,3): 1/2.
+    left, right = frame.filter(pl.col("id") < 3), frame.filter(pl.col("id") == 3)
+    assert true_pairs(left, right) == pytest.approx(1.0)
