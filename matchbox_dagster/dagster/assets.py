@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from matchbox_dagster.common.arrow import ModelResults
 from matchbox_dagster.common.dtos import SourceConfig, StepPath, StepType
+from matchbox_dagster.common.redaction import redact
 from matchbox_dagster.dagster.checks import (
     SCORES_IN_RANGE,
     SOURCE_QUALITY,
@@ -187,7 +188,7 @@ def _source_asset(
             "Extracted %s keys in %s distinct rows from %s in %.2fs",
             f"{hashes.num_keys:,}",
             f"{hashes.num_rows:,}",
-            config.location_config.name,
+            redact(config.location_config.name),
             seconds,
         )
         extracted = (hashes.num_keys, hashes.num_rows)

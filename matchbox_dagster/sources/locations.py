@@ -12,11 +12,16 @@ Locations (``LocationConfig.type`` / ``name``):
 ``rdbms``
     ``name`` is a database URI (SQLAlchemy form, e.g. ``postgresql://…``, ``sqlite:///file.db``,
     or ``duckdb:///file.duckdb``); ``extract_transform`` is the SQL query (required). Rows are
-    fetched in batches through a server-side cursor where the driver has one.
+    fetched in batches through a server-side cursor where the driver has one. A password is
+    never written in the URI (it is stored and shown; ``LocationConfig`` refuses it): reference
+    an environment variable, ``postgresql://reader:${PG_PASSWORD}@host/db``, filled in by
+    :func:`database_engine` when connecting, and nowhere else.
 ``parquet`` / ``csv``
-    ``name`` is a path or glob; ``extract_transform`` optionally a SQL query over the table
-    ``source`` (polars SQL). Scanned lazily and streamed. CSV columns are read as text, with no
-    type inference (keys keep leading zeros; cast in the query where a type is needed).
+    ``name`` is a path, folder or glob; ``extract_transform`` optionally a SQL query over the
+    table ``source`` (polars SQL). Scanned lazily and streamed. With ``MATCHBOX_LOCATION_ROOTS``
+    set, every file must resolve under one of its folders (:mod:`.roots`). CSV columns are read
+    as text, with no type inference (keys keep leading zeros; cast in the query where a type is
+    needed).
 ``s3``
     ``name`` is ``s3://bucket/key.parquet`` or ``….csv``; the object is downloaded with boto3
     (endpoint and credentials from :class:`~matchbox_dagster.common.settings.DatastoreSettings`
