@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 
-from matchbox_dagster.common.dtos import StepPath, UploadStage
+from matchbox_dagster.common.dtos import LocationConfig, LocationType, StepPath, UploadStage
 from matchbox_dagster.common.errors import MatchboxRunLabelNotFound
+from matchbox_dagster.dagster.assets import IO_MANAGER_KEY, build_collection_assets
+from matchbox_dagster.dagster.io_manager import MatchboxIOManager
 from matchbox_dagster.dagster.partitions import add_run_partition, partitions_name
 from matchbox_dagster.dagster.resources import MatchboxResource
+from matchbox_dagster.specs import CollectionSpec, InputSpec, ModelSpec, ResolverSpec, SourceSpec
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.dagster.conftest import (
     STEPS,
@@ -20,6 +25,8 @@ from tests.dagster.conftest import (
     check_evaluations,
     make_graph,
     materializations,
+    step_failures,
+    unique_collection,
 )
 from tests.factories import store_state
 
@@ -179,3 +186,65 @@ def test_two_partitions_side_by_side(first: Materialised, mb_store: MatchboxPost
 def test_unknown_partition_is_refused(first: Materialised) -> None:
     with pytest.raises(dg.DagsterUnknownPartitionError):
         first.graph.run(first.instance, "never-added")
+
+
+def test_a_source_rewritten_during_a_run_fails_the_model(
+    mb_resource: MatchboxResource, mb_store: MatchboxPostgres, tmp_path: Path
+) -> None:
+    """Issue 15 item 2: 60 distinct rows, rewritten after indexing so that a rule on ``town``
+    would make one entity of them, are never scored under their old ids: the model fails
+    naming the source and run, and stores nothing."""
+    file = tmp_path / "people.parquet"
+    rows = pl.DataFrame(
+        {"pid": [str(i) for i in range(60)], "name": [f"n{i}" for i in range(60)]}
+    ).with_columns(pl.format("town{}", pl.col("pid")).alias("town"))
+    rows.write_parquet(file)
+    spec = CollectionSpec(
+        collection=unique_collection("changed"),
+        sources=[
+            SourceSpec(
+                name="people",
+                location=LocationConfig(type=LocationType.PARQUET, name=str(file)),
+                key_field="pid",
+                index_fields=["name", "town"],
+            )
+        ],
+        models=[
+            ModelSpec(
+                name="dedupe",
+                left=InputSpec(step="people"),
+                model_class="DeterministicRules",
+                settings={"rules": [{"fields": ["town"]}]},
+            )
+        ],
+        resolvers=[ResolverSpec(name="resolved", thresholds={"dedupe": 1.0})],
+        schedule=None,
+    )
+    assets = build_collection_assets(spec)
+    resources = {"matchbox": mb_resource, IO_MANAGER_KEY: MatchboxIOManager(matchbox=mb_resource)}
+    key = {a.key.path[-1]: a.key for a in assets}
+    with dg.instance_for_test() as instance:
+        label, run = add_run_partition(instance, mb_store, spec.collection, "r1")
+
+        def materialise(step: str) -> dg.ExecuteInProcessResult:
+            return dg.materialize(
+                assets,
+                selection=[key[step]],
+                instance=instance,
+                partition_key=label,
+                resources=resources,
+                raise_on_error=False,
+            )
+
+        assert materialise("people").success
+        rows.with_columns(pl.lit("same town").alias("town")).write_parquet(file)
+        result = materialise("dedupe")
+    assert not result.success
+    failure = "\n".join(step_failures(result).values())
+    assert "MatchboxSourceChanged" in failure
+    assert "'people'" in failure and f"run {run.run_id}" in failure
+    assert "changed since it was indexed" in failure and "start a new run" in failure
+    model = StepPath(collection=spec.collection, run=run.run_id, name="dedupe")
+    assert "dedupe" not in mb_store.get_run(spec.collection, run.run_id).steps or (
+        mb_store.get_step_stage(model) != UploadStage.COMPLETE
+    )
