@@ -14,7 +14,7 @@ of old ones would be a silent wrong answer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import numpy as np
@@ -45,7 +45,6 @@ class _KeyIndex:
         self.hashes = hashes[order]
         self.ids = ids.column("id").to_numpy()[order]
         self.leaves = ids.column("leaf_id").to_numpy()[order]
-        self.order = order
         self.seen = np.zeros(len(order), dtype=bool)
         self.exact = not _shared_hashes(self.hashes)
 
@@ -66,11 +65,13 @@ class _KeyIndex:
         verify.rows(batch, self.leaves[position])
         return batch.select(pl.Series("id", self.ids[position], dtype=pl.Int64), pl.all())
 
-    def finish(self, verify: _Verifier, keys: pa.ChunkedArray) -> None:
-        """Fail if a stored key (of ``keys``, the query's) was never read back."""
+    def finish(self, verify: _Verifier, stored_keys: Callable[[], pa.Array]) -> None:
+        """Fail if a stored key was never read back (``stored_keys`` names one, on failure)."""
         if not self.seen.all():
-            first = int(self.order[np.flatnonzero(~self.seen)[0]])
-            verify.missing(int((~self.seen).sum()), keys[first].as_py())
+            unseen = self.hashes[~self.seen]
+            keys = pl.Series(stored_keys())
+            example = keys.filter(pl.Series(np.isin(keys.hash().to_numpy(), unseen)))
+            verify.missing(int((~self.seen).sum()), example[0] if example.len() else None)
 
 
 class _Verifier:
@@ -152,13 +153,13 @@ def source_records(
     index = _KeyIndex(ids)
     if not index.exact:  # two keys share a 64-bit hash: join on the text (never seen)
         return _joined_on_text(config, ids, verify, keep, batch_size, with_key)
+    del ids  # the keys' text is not held while reading
     parts = []
     for batch in extract(config, batch_size=batch_size):
         batch = batch.select(pl.col(key).alias("key"), *hashed)
         part = index.attach(batch, verify).select("id", "key", *keep)
         parts.append(part if with_key else part.drop("key"))
-    index.finish(verify, ids.column("key"))
-    del ids
+    index.finish(verify, lambda: store.query(source, resolver).column("key").combine_chunks())
     if not parts:
         empty = pl.DataFrame(schema={"id": pl.Int64, "key": pl.String})
         return empty if with_key else empty.drop("key")
@@ -192,7 +193,8 @@ def _joined_on_text(
     if frame.get_column("key").is_duplicated().any():
         verify.repeated(frame.get_column("key"))
     if frame.height != stored.height:
-        verify.missing(stored.height - frame.height)
+        gone = stored.join(frame, on="key", how="anti").get_column("key")
+        verify.missing(stored.height - frame.height, gone[0] if gone.len() else None)
     return frame if with_key else frame.drop("key")
 
 

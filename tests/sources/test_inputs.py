@@ -136,6 +136,10 @@ def test_a_source_changed_since_indexing_fails_naming_source_and_run(
         message = str(caught.value)
         assert "'people'" in message and f"run {run}" in message and collection in message
         assert "changed since it was indexed" in message and "start a new run" in message
+        if change == "keys missing":  # named, with one of them
+            assert "3 indexed key(s)" in message and "'149" in message
+        if change == "a value changed":
+            assert "1 record(s) have other values, e.g. key '1042'" in message
         assert (caught.value.collection, caught.value.run, caught.value.source) == (
             collection,
             run,
