@@ -10,9 +10,10 @@ variable                                  meaning
 ``MATCHBOX_AUTHORISATION``                enforce permissions (``false``: single-user use)
 ``MATCHBOX_UPLOADS_EXPIRY_MINUTES``       a PROCESSING upload older than this is stuck (60)
 ``MATCHBOX_STEP_LOCK_TIMEOUT_SECONDS``    write_step waits this long for a write of the step (60)
-``MATCHBOX_RETRIES``                      retries of a call after a transient database error (5)
-``MATCHBOX_RETRY_MAX_SECONDS``            no retry waits past this many seconds after the call
-                                          began (30)
+``MATCHBOX_RETRIES``                      at most this many retries of a call (50; the time
+                                          budget below usually ends them first; 0: none)
+``MATCHBOX_RETRY_MAX_SECONDS``            a call is retried after transient database errors
+                                          until this many seconds after it began (30)
 ``MATCHBOX_LOG_LEVEL``                    ``DEBUG``/``INFO``/``WARNING``/``ERROR``
 ``MATCHBOX_LOCATION_ROOTS``               folders (``os.pathsep``-separated) file locations
                                           must resolve under; unset: any (sources/roots.py)
@@ -100,17 +101,18 @@ class MatchboxSettings(BaseSettings):
         description="How long write_step waits for another write of the same step to finish.",
     )
     retries: int = Field(
-        default=5,
+        default=50,
         ge=0,
         le=100,
-        description="Retries of a whole store call after a transient database error (lost "
-        "connection, server restarting, serialization failure, deadlock); 0 disables them.",
+        description="At most this many retries of a whole store call after transient database "
+        "errors (lost connection, server restarting, serialization failure, deadlock); the "
+        "time budget (retry_max_seconds) usually ends them first; 0 disables them.",
     )
     retry_max_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="Time budget of a call's retries: no backoff wait runs past this many "
-        "seconds after the call began.",
+        description="Time budget of a call's retries: after transient errors the call is run "
+        "again, with capped exponential backoff, until this many seconds after it began.",
     )
     log_level: LogLevel = "INFO"
     datastore: DatastoreSettings = Field(default_factory=DatastoreSettings)

@@ -8,8 +8,9 @@ Faults: :meth:`Database.retry` runs one whole store call (one transaction, or a 
 idempotent ones) again after a *transient* error — the connection was lost or refused while the
 server restarts (SQLSTATE class 08, 57P01/57P02/57P03, 53300, libpq's "server closed the
 connection", "Connection refused", …), or a serialization failure or deadlock (40001, 40P01) —
-with exponential backoff and jitter, at most ``settings.retries`` times and never past
-``settings.retry_max_seconds``. Everything else fails at once: our own errors
+with capped exponential backoff and jitter until ``settings.retry_max_seconds`` have passed
+since the call began (the time budget: the last wait is cut to end at it, and one last attempt
+runs then), at most ``settings.retries`` times. Everything else fails at once: our own errors
 (``MatchboxError``) as they are, a refused connection (bad password, unknown database or role)
 as :class:`MatchboxConnectionError`, any other database error as
 :class:`MatchboxDatabaseWriteError`; each names the server with its password redacted. Pooled
@@ -55,8 +56,8 @@ ADBC_PING_AFTER_SECONDS = 1.0
 BACKOFF_FIRST_SECONDS = 0.25
 """The first retry waits about this long; each further one twice as long (with jitter)."""
 
-BACKOFF_MAX_SECONDS = 8.0
-"""No single backoff wait is longer than this."""
+BACKOFF_MAX_SECONDS = 4.0
+"""No single backoff wait is longer than this (so a server that is back is seen soon)."""
 
 TRANSIENT_SQLSTATES = frozenset(
     {
@@ -223,6 +224,10 @@ class Database:
         finally:
             try:
                 conn.rollback()
+                # Some drivers end a transaction with ROLLBACK AND CHAIN (ADBC 1.11), which
+                # carries a READ ONLY or isolation level set for it into the next one: a
+                # connection whose next transaction is not the session's default is dropped.
+                healthy = healthy and _adbc_is_reset(conn)
             except Exception:  # a broken connection cannot roll back; it is discarded
                 healthy = False
             with self._adbc_lock:
@@ -291,6 +296,7 @@ class Database:
         retries = self.settings.retries
         budget = self.settings.retry_max_seconds
         started = time.monotonic()
+        deadline = started + budget
         in_doubt = False
         attempt = 0
         while True:
@@ -308,6 +314,14 @@ class Database:
                 fault = classify(exc)
                 if fault is None:
                     raise
+                if fault == "refused" and self.settings.postgres_uri is None:
+                    raise MatchboxConnectionError(
+                        f"The embedded PostgreSQL under {self.settings.embedded_data_dir} "
+                        f"refused the connection ({what}): {_cause_line(exc)}. "
+                        "MATCHBOX_POSTGRES_URI is unset, so the data directory itself is at "
+                        "fault (damaged, or not made by this library): move it away to start "
+                        "afresh, or set MATCHBOX_EMBEDDED_DATA_DIR or MATCHBOX_POSTGRES_URI."
+                    ) from exc
                 if fault == "refused":
                     raise MatchboxConnectionError(
                         f"PostgreSQL at {self.server} refused the connection ({what}): "
@@ -330,22 +344,25 @@ class Database:
                             f"{exc} — {what} may or may not have been applied, and running it "
                             "again could apply it twice: look before retrying."
                         ) from exc
-                elapsed = time.monotonic() - started
-                delay = backoff(attempt)
-                if attempt > retries or elapsed + delay > budget:
+                now = time.monotonic()
+                if attempt > retries or now >= deadline:
+                    elapsed = now - started
                     tried = f"{attempt} attempt{'s' if attempt > 1 else ''} over {elapsed:.1f}s"
                     raise MatchboxConnectionError(
-                        f"{what} failed after {tried} (MATCHBOX_RETRIES={retries}, "
-                        f"MATCHBOX_RETRY_MAX_SECONDS={budget:g}); PostgreSQL at {self.server}: "
+                        f"{what} failed after {tried} (MATCHBOX_RETRY_MAX_SECONDS={budget:g}, "
+                        f"MATCHBOX_RETRIES={retries}); PostgreSQL at {self.server}: "
                         f"{_cause_line(exc)}. Check that the server is running and reachable."
                     ) from exc
+                delay = min(backoff(attempt), deadline - now)
                 logger.warning(
-                    "%s: transient database error (%s); attempt %d of %d in %.2fs",
+                    "%s: transient database error (%s); attempt %d in %.2fs (%.1fs of the %gs "
+                    "retry budget left)",
                     what,
                     _cause_line(exc),
                     attempt + 1,
-                    retries + 1,
                     delay,
+                    deadline - now,
+                    budget,
                 )
                 time.sleep(delay)
 
@@ -404,6 +421,29 @@ def _adbc_alive(conn: adbc.Connection) -> bool:
     except Exception:
         return False
     return True
+
+
+_TRANSACTION_IS_DEFAULT = (
+    "SELECT current_setting('transaction_read_only') = "
+    "(SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only') "
+    "AND current_setting('transaction_isolation') = "
+    "(SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_isolation') "
+    "AND current_setting('default_transaction_read_only') = "
+    "(SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only') "
+    "AND current_setting('default_transaction_isolation') = "
+    "(SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_isolation')"
+)
+"""True when a connection's transactions are as the server configured them for the session
+(no ``SET TRANSACTION`` or ``SET SESSION CHARACTERISTICS`` carried over)."""
+
+
+def _adbc_is_reset(conn: adbc.Connection) -> bool:
+    """Whether a rolled-back ADBC connection starts its next transaction afresh (then ended)."""
+    with conn.cursor() as cur:
+        cur.execute(_TRANSACTION_IS_DEFAULT)
+        row = cur.fetchone()
+    conn.rollback()
+    return bool(row and row[0])
 
 
 def _with_connect_timeout(uri: str) -> str:
