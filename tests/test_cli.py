@@ -1,12 +1,18 @@
 """``matchbox-dagster``: demo, check (the CI gate), runs, promote and query, in process."""
 
+import getpass
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 
 from matchbox_dagster.cli import main
 from matchbox_dagster.common.settings import MatchboxSettings
+from matchbox_dagster.dagster.partitions import add_run_partition, next_run_label, partitions_name
 from matchbox_dagster.store.postgres import MatchboxPostgres
 
 STRICT = """
@@ -83,3 +89,189 @@ def test_promote_unknown_label_is_a_clear_error(
     assert main(["check", "--definitions", lenient, "--label", "exists"]) == 0
     assert main(["promote", "--definitions", lenient, "--label", "nope"]) == 2
     assert "no run labelled 'nope'" in capsys.readouterr().err
+
+
+# --- the run lifecycle: status, the promotion gate, protected deletes, prune ---------------
+
+LIFE = STRICT.replace("cli_strict", "cli_life")
+LIFE_LENIENT = LIFE.replace("0.99999", "0.9")
+LIFE_OTHER_CONFIG = LIFE_LENIENT.replace("min_recall=0.9", "min_recall=0.9, link_threshold=0.8")
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _line(listing: str, label: str) -> str:
+    (line,) = [row for row in listing.splitlines() if f" {label} " in row]
+    return line
+
+
+def test_run_lifecycle_gate_protection_and_prune(
+    cli_env: Path, store: MatchboxPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, text in [("strict", LIFE), ("lenient", LIFE_LENIENT), ("other", LIFE_OTHER_CONFIG)]:
+        (cli_env / f"life_{name}.py").write_text(text)
+    strict, lenient, other = (str(cli_env / f"life_{n}.py") for n in ("strict", "lenient", "other"))
+    user = getpass.getuser()
+
+    # Labels read as run numbers; a passing run passes the gate and records who promoted it.
+    assert _run(capsys, "check", "--definitions", lenient)[0] == 0
+    assert _run(capsys, "promote", "--definitions", lenient, "--label", "ci-0001")[0] == 0
+    first = store.run_for_label("cli_life", "ci-0001", create=False).run_id
+    assert store.get_collection("cli_life").default_run == first
+
+    # A failed check: exit 1, the FAILED line names the check and why; the gate refuses it.
+    code, _, err = _run(capsys, "check", "--definitions", strict)
+    assert code == 1
+    failed_line = err.strip().splitlines()[-1]
+    assert failed_line.startswith("FAILED") and "people:evaluation (" in failed_line
+    assert "precision" in failed_line
+    code, _, err = _run(capsys, "promote", "--definitions", strict, "--label", "ci-0002")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "cannot be promoted" in err and "blocking check(s) failed: people:evaluation" in err
+    assert "Hint:" in err and "--force --reason" in err and "Traceback" not in err
+    assert store.get_collection("cli_life").default_run == first
+    code, _, err = _run(capsys, "promote", "--definitions", strict, "--label", "ci-0002", "--force")
+    assert code == 2 and "--force needs --reason" in err
+
+    # A run without its graph (nothing materialised) is refused too.
+    partial = store.run_for_label("cli_life", "partial").run_id
+    code, _, err = _run(capsys, "promote", "--definitions", lenient, "--run", str(partial))
+    assert code == 2 and "graph is incomplete" in err and "people" in err
+
+    # A newer passing run becomes default; then re-running the promoted ci-0001 with another
+    # threshold fails at the resolver's step (the run is immutable): "failed at step people".
+    assert _run(capsys, "check", "--definitions", lenient, "--label", "ci-0003")[0] == 0
+    assert _run(capsys, "promote", "--definitions", lenient, "--label", "ci-0003")[0] == 0
+    third = store.run_for_label("cli_life", "ci-0003", create=False).run_id
+    code, _, err = _run(capsys, "check", "--definitions", other, "--label", "ci-0001")
+    assert code == 1
+    failed_line = err.strip().splitlines()[-1]
+    assert "step people failed: MatchboxRunNotWriteable: Run " in failed_line
+
+    code, listing, _ = _run(capsys, "runs", "--definitions", lenient)
+    assert code == 0
+    assert "promoted" in _line(listing, "ci-0001")
+    assert "failed at step people" in _line(listing, "ci-0001")
+    assert "mutable" in _line(listing, "ci-0002")
+    assert "checks failed 7/8" in _line(listing, "ci-0002")
+    row = _line(listing, "ci-0003")
+    assert "default" in row and "checks passed 8/8" in row and user in row
+    assert "empty" in _line(listing, "partial")
+
+    # The default and an immutable run are never deleted without --force.
+    for label in ("ci-0003", "ci-0001"):
+        code, _, err = _run(capsys, "delete-run", "--definitions", lenient, "--label", label)
+        assert code == 2 and "not deleted" in err and "--force" in err
+    assert store.get_collection("cli_life").runs.count(third) == 1
+
+    # prune: too young → nothing; then the failed mutable run goes, the immutable one stays.
+    code, out, _ = _run(capsys, "prune", "--definitions", lenient, "--failed", "--older-than", "1h")
+    assert code == 0 and "deleted 0 failed run(s)" in out
+    code, out, _ = _run(capsys, "prune", "--definitions", lenient, "--failed", "--older-than", "0s")
+    assert code == 0
+    assert "deleted run" in out and "(ci-0002," in out
+    assert "kept run" in out and "(ci-0001," in out and "immutable" in out
+    labels = set(store.run_labels("cli_life").values())
+    assert "ci-0002" not in labels and {"ci-0001", "ci-0003", "partial"} <= labels
+    instance = dg.DagsterInstance.get()
+    assert "ci-0002" not in instance.get_dynamic_partitions(partitions_name("cli_life"))
+
+    # A forced promotion needs and records its reason; runs shows it.
+    code, out, _ = _run(
+        capsys, "promote", "--definitions", lenient, "--label", "partial",
+        "--force", "--reason", "hotfix approved by the data owner",
+    )  # fmt: skip
+    assert code == 0 and "FORCED" in out
+    (summary,) = [s for s in store.run_summaries("cli_life") if s.label == "partial"]
+    assert summary.is_default and summary.promotion_forced and summary.promoted_by == user
+    assert "hotfix approved by the data owner" in (summary.promotion_reason or "")
+    assert "graph is incomplete" in (summary.promotion_reason or "")
+    _, listing, _ = _run(capsys, "runs", "--definitions", lenient)
+    assert "FORCED: hotfix approved" in _line(listing, "partial")
+
+    # The Dagster UI is told which run is the default (text metadata on the resolver).
+    observation = instance.fetch_observations(dg.AssetKey(["cli_life", "people"]), limit=1)
+    meta = observation.records[0].asset_observation.metadata  # type: ignore[union-attr]
+    assert meta["matchbox/default_run"] == dg.MetadataValue.text("partial")
+
+    # With --force an immutable run can go; ci-0003 is no longer the default.
+    code, _, _ = _run(
+        capsys, "delete-run", "--definitions", lenient, "--label", "ci-0003", "--force"
+    )
+    assert code == 0 and "ci-0003" not in store.run_labels("cli_life").values()
+
+
+def test_runs_with_100_runs(
+    cli_env: Path, store: MatchboxPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """100 runs, two of them materialised: every state is right; the timing is reported."""
+    hundred = str(cli_env / "hundred.py")
+    (cli_env / "hundred.py").write_text(LENIENT.replace("cli_lenient", "cli_hundred"))
+    assert _run(capsys, "check", "--definitions", hundred)[0] == 0
+    assert _run(capsys, "promote", "--definitions", hundred, "--label", "ci-0001")[0] == 0
+    instance = dg.DagsterInstance.get()
+    for _ in range(98):
+        add_run_partition(instance, store, "cli_hundred", next_run_label(store, "cli_hundred"))
+    assert _run(capsys, "check", "--definitions", hundred)[0] == 0  # ci-0002, the 100th
+
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        code, listing, _ = _run(capsys, "runs", "--definitions", hundred)
+        timings.append(time.perf_counter() - started)
+        assert code == 0
+    rows = listing.strip().splitlines()[1:]
+    assert len(rows) == 100
+    for label, flags in [("ci-0001", "default"), ("ci-0002", "mutable")]:
+        assert flags in _line(listing, label) and "checks passed 8/8" in _line(listing, label)
+    assert sum("empty" in row for row in rows) == 98
+    assert [row.split()[1] for row in rows if "run-" in row][-1] == "run-0098"
+
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "matchbox_dagster.cli", "runs", "--definitions", hundred],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    process = time.perf_counter() - started
+    assert len(done.stdout.strip().splitlines()) == 101
+    with capsys.disabled():
+        print(
+            f"\n[timing] `runs` with 100 runs: in process {min(timings):.2f}s warm "
+            f"(first {timings[0]:.2f}s); as a new process {process:.2f}s"
+        )
+
+
+def test_errors_are_one_line_with_a_hint_and_a_traceback_only_when_verbose(
+    cli_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = str(cli_env / "nope.py")
+    code, _, err = _run(capsys, "runs", "--definitions", missing)
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()]
+    assert err.startswith("error: definitions file") and "does not exist. Hint: " in err
+
+    code, _, err = _run(capsys, "--verbose", "runs", "--definitions", missing)
+    assert code == 2 and "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith("error: definitions file")
+    code, _, err = _run(capsys, "runs", "--definitions", missing, "--verbose")
+    assert code == 2 and "Traceback" in err
+
+    broken = cli_env / "broken.py"
+    broken.write_text("raise RuntimeError('the definitions cannot be built')\n")
+    code, _, err = _run(capsys, "runs", "--definitions", str(broken))
+    assert code == 4 and len(err.strip().splitlines()) == 1
+    assert "RuntimeError: the definitions cannot be built" in err and "--verbose" in err
+
+    code, _, err = _run(capsys, "prune", "--definitions", str(cli_env / "lenient.py"),
+                        "--failed", "--older-than", "soon")  # fmt: skip
+    assert code == 2 and "not a duration" in err and "7d" in err
+
+    monkeypatch.setenv("MATCHBOX_POSTGRES_URI", "postgresql://nobody@127.0.0.1:1/none")
+    monkeypatch.setenv("MATCHBOX_RETRIES", "0")
+    code, _, err = _run(capsys, "runs", "--definitions", str(cli_env / "lenient.py"))
+    assert code == 3 and len(err.strip().splitlines()) == 1
+    assert "MATCHBOX_POSTGRES_URI" in err and "Traceback" not in err

@@ -24,6 +24,7 @@ from dagster._core.storage.asset_check_execution_record import (
 
 from matchbox_dagster.common.dtos import UploadStage
 from matchbox_dagster.common.runs import Promotion, RunSummary
+from matchbox_dagster.dagster.partitions import dagster_name
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 PARTITION_TAG = "dagster/partition"
@@ -45,6 +46,13 @@ class GraphShape:
     asset_keys: tuple[dg.AssetKey, ...]
     checks: tuple[dg.AssetCheckKey, ...]
     resolver_key: dg.AssetKey | None = None
+    job_name: str | None = None
+
+    def ran(self, run: dg.DagsterRun) -> bool:
+        """Whether a Dagster run materialised (some of) this graph."""
+        if run.asset_selection:
+            return bool(run.asset_selection & set(self.asset_keys))
+        return run.job_name == self.job_name  # the graph job (whole selection)
 
 
 def graph_shape(defs: dg.Definitions, collection: str) -> GraphShape:
@@ -71,6 +79,7 @@ def graph_shape(defs: dg.Definitions, collection: str) -> GraphShape:
         asset_keys=tuple(steps),
         checks=tuple(sorted(checks, key=lambda k: (k.asset_key.to_user_string(), k.name))),
         resolver_key=resolver,
+        job_name=f"{dagster_name(collection)}_graph",
     )
 
 
@@ -119,6 +128,8 @@ class RunStatus:
         done = len(self.checks_passed)
         if self.running:
             return f"running ({self.dagster_run.status.value.lower()})"  # type: ignore[union-attr]
+        if self.checks_failed:  # a failed blocking check also fails its step: say which
+            return f"checks failed {done}/{self.checks_total}"
         if self.failed_step:
             return f"failed at step {self.failed_step}"
         if self.dagster_run is not None and self.dagster_run.status in (
@@ -126,8 +137,6 @@ class RunStatus:
             dg.DagsterRunStatus.CANCELED,
         ):
             return f"{self.dagster_run.status.value.lower()} (no step failed)"
-        if self.checks_failed:
-            return f"checks failed {done}/{self.checks_total}"
         if not self.summary.steps:
             return "empty"
         if self.missing_steps:
@@ -165,7 +174,7 @@ class RunStatus:
                 f"its graph is incomplete: step(s) {', '.join(self.missing_steps)} missing or "
                 "not complete"
             )
-        if self.failed_step:
+        if self.failed_step and not self.checks_failed:
             found.append(f"its Dagster run failed at step {self.failed_step}: {self.failure}")
         if self.checks_failed:
             found.append(f"blocking check(s) failed: {', '.join(self.checks_failed)}")
@@ -200,8 +209,12 @@ def error_cause(error: object) -> str | None:
         error = getattr(error, "cause", None)
     if cause is None:
         return None
-    message = (getattr(cause, "message", "") or "").strip().splitlines()
-    return f"{getattr(cause, 'cls_name', 'Error')}: {message[0] if message else ''}".strip()
+    name = getattr(cause, "cls_name", None) or "Error"
+    lines = (getattr(cause, "message", "") or "").strip().splitlines()
+    first = lines[0] if lines else ""
+    if f"{name}: " in first[: len(name) + 120]:  # "module.Class: text" as Dagster serialises it
+        first = first.split(f"{name}: ", 1)[1]
+    return f"{name}: {first}".strip()
 
 
 def run_statuses(
@@ -232,12 +245,11 @@ def run_statuses(
         for status in statuses:
             status.checks_pending = [_check_name(k) for k in shape.checks]
         return statuses
-    keys = set(shape.asset_keys)
     for run in instance.get_runs(filters=dg.RunsFilter(tags={PARTITION_TAG: list(labelled)})):
         status = labelled.get(run.tags.get(PARTITION_TAG))
         if status is None or status.dagster_run is not None:
             continue  # runs come newest first: the first is the latest
-        if run.asset_selection is not None and not (run.asset_selection & keys):
+        if not shape.ran(run):
             continue  # a run of another collection's partition with the same label
         status.dagster_run = run
         if run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
@@ -272,16 +284,19 @@ def mark_default(
     label: str,
     run_id: int,
     promotion: Promotion,
+    *,
+    partition: bool = True,
 ) -> None:
     """Show in the Dagster UI that the run labelled ``label`` is now the default.
 
-    An observation of the final resolver's partition, with text metadata (identifiers are
-    shown, never plotted): ``matchbox/default_run`` (the label), the store run, who and why.
+    An observation of the final resolver (of its partition ``label`` when ``partition``), with
+    text metadata (identifiers are shown, never plotted): ``matchbox/default_run`` (the
+    label), the store run, who and why.
     """
     instance.report_runless_asset_event(
         dg.AssetObservation(
             asset_key=resolver_key,
-            partition=label,
+            partition=label if partition else None,
             description=f"Run {label} is the default (promoted by {promotion.promoted_by}).",
             metadata={
                 "matchbox/default_run": dg.MetadataValue.text(label),

@@ -109,11 +109,9 @@ def promote_run(
     promotion = promotion or Promotion(promoted_by=_who())
     run = store.promote_run(collection, run_id, promotion)
     if instance is not None and resolver_key is not None:
-        label = store.run_labels(collection).get(run_id)
-        if label is not None and instance.has_dynamic_partition(
-            partitions_name(collection), label
-        ):
-            mark_default(instance, resolver_key, label, run_id, promotion)
+        label = store.run_labels(collection).get(run_id) or f"#{run_id}"
+        known = instance.has_dynamic_partition(partitions_name(collection), label)
+        mark_default(instance, resolver_key, label, run_id, promotion, partition=known)
     return run
 
 
