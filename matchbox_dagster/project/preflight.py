@@ -116,9 +116,9 @@ def _database_columns(uri: str, sql: str) -> list[str]:
             return list(relation.columns)
     import sqlalchemy as sa
 
-    from matchbox_dagster.sources.locations import _sqlalchemy_uri
+    from matchbox_dagster.sources.locations import database_engine
 
-    engine = sa.create_engine(_sqlalchemy_uri(uri))
+    engine, _ = database_engine(uri)  # its ${NAME} password filled in from the environment
     try:
         with engine.connect() as conn:
             # A server-side cursor: the columns are described before any row is fetched.

@@ -229,6 +229,10 @@ def test_materialising_an_rdbms_source_never_persists_or_shows_the_password(
 ) -> None:
     """The whole graph over a PostgreSQL source whose password is in the environment."""
     monkeypatch.setenv(VARIABLE, SECRET)
+    # The user is referenced too: the test server ignores passwords but not user names, so a
+    # reader that does not fill the references in (source, model, check or preflight) fails.
+    monkeypatch.setenv("MBX_TEST_SOURCE_USER", _server()["user"])
+    uri = _uri("${" + VARIABLE + "}", user="${MBX_TEST_SOURCE_USER}")
     assert settings.postgres_uri is not None
     resource = MatchboxResource(
         postgres_uri=settings.postgres_uri.get_secret_value(),
@@ -236,7 +240,7 @@ def test_materialising_an_rdbms_source_never_persists_or_shows_the_password(
     )
     store = resource.get_store()
     collection = f"cred_{uuid.uuid4().hex[:8]}"
-    spec = _spec(collection, _uri("${" + VARIABLE + "}"), people_table)
+    spec = _spec(collection, uri, people_table)
     defs = build_collection_defs(spec, resource=resource)
     texts: list[str] = []
     with dg.instance_for_test() as instance:
@@ -258,7 +262,7 @@ def test_materialising_an_rdbms_source_never_persists_or_shows_the_password(
         texts.append(repr(instance.get_run_by_id(result.run_id)))
         # The source's step holds the reference (so a later step can re-read it), not the value.
         step = store.get_step(StepPath(collection=collection, run=run.run_id, name="people"))
-        assert step.config.location_config.name == _uri("${" + VARIABLE + "}")
+        assert step.config.location_config.name == uri
         # Every row of the store, config JSON included.
         texts.append(json.dumps(store.dump().model_dump(mode="json")))
         # A run whose source cannot connect: the failure, as Dagster records it.
