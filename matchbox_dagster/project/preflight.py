@@ -34,6 +34,12 @@ from matchbox_dagster.common.dtos import LocationType, SourceConfig
 from matchbox_dagster.common.errors import MatchboxError, MatchboxInvalidData
 from matchbox_dagster.common.redaction import redact
 from matchbox_dagster.project.yaml_lines import locate
+from matchbox_dagster.sources.roots import (
+    allowed_files,
+    database_file_allowed,
+    location_roots,
+    refuse_file_functions,
+)
 from matchbox_dagster.specs import CollectionPlan, CollectionSpec, InputSpec, plan_collection
 
 Where = tuple[str | int, ...]
@@ -96,20 +102,21 @@ def _transformed(frame: pl.LazyFrame, sql: str) -> pl.Schema:
     return frame.collect_schema()
 
 
-def _file_schema(kind: LocationType, name: str, sql: str) -> pl.Schema:
+def _file_schema(kind: LocationType, name: str | list[str], sql: str) -> pl.Schema:
     if kind == LocationType.CSV:
         return _transformed(pl.scan_csv(name, infer_schema=False), sql)
     return _transformed(pl.scan_parquet(name), sql)
 
 
-def _database_columns(uri: str, sql: str) -> list[str]:
+def _database_columns(uri: str, sql: str, local_only: bool) -> list[str]:
     if not sql.strip():
         raise MatchboxInvalidData("a database source needs an extract_transform query")
     if uri.startswith("duckdb://"):
         import duckdb
 
         path = uri.removeprefix("duckdb://").removeprefix("/") or ":memory:"
-        with duckdb.connect(path, read_only=path != ":memory:") as con:
+        settings = {"enable_external_access": False} if local_only else {}
+        with duckdb.connect(path, read_only=path != ":memory:", config=settings) as con:
             relation = con.sql(sql)  # lazy: its columns are known without running it
             if relation is None:
                 raise MatchboxInvalidData("extract_transform is not a query")
@@ -167,17 +174,28 @@ def _s3_schema(uri: str, sql: str, client: Any | None) -> pl.Schema:
 
 
 def source_schema(config: SourceConfig, *, s3_client: Any | None = None) -> pl.Schema:
-    """The columns a source's extract gives (names and types), read without its rows."""
+    """The columns a source's extract gives (names and types), read without its rows.
+
+    ``MATCHBOX_LOCATION_ROOTS`` binds it as it binds the extract (:mod:`~.sources.roots`).
+    """
     location = config.location_config
     sql = config.extract_transform
+    allowed = location_roots()
     if location.type in (LocationType.CSV, LocationType.PARQUET):
-        return _file_schema(location.type, location.name, sql)
+        files: str | list[str] = location.name
+        if allowed:
+            files = allowed_files(location, allowed)
+            refuse_file_functions(location.name, sql)
+        return _file_schema(location.type, files, sql)
     if location.type == LocationType.ARROW:
         from matchbox_dagster.sources.locations import _call
 
         return _transformed(_call(location.name).lazy(), sql)
     if location.type == LocationType.RDBMS:
-        return pl.Schema({name: pl.String for name in _database_columns(location.name, sql)})
+        if allowed:
+            database_file_allowed(location.name, allowed)
+        names = _database_columns(location.name, sql, local_only=bool(allowed))
+        return pl.Schema(dict.fromkeys(names, pl.String))
     if location.type == LocationType.S3:
         return _s3_schema(location.name, sql, s3_client)
     raise MatchboxInvalidData(f"unsupported location type {location.type!r}")

@@ -112,3 +112,23 @@ def test_s3_objects_are_read_by_head_and_ranges(s3: Any) -> None:
     assert _columns(LocationType.S3, "s3://people/p.parquet", s3_client=s3) == COLUMNS
     with pytest.raises(Exception, match=r"404|Not Found|NoSuchKey"):
         _columns(LocationType.S3, "s3://people/none.csv", s3_client=s3)
+
+
+def test_location_roots_bind_the_preflight_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from matchbox_dagster.common.errors import MatchboxLocationNotAllowed
+
+    (tmp_path / "inside").mkdir()
+    PEOPLE.write_csv(tmp_path / "outside.csv")
+    PEOPLE.write_csv(tmp_path / "inside" / "people.csv")
+    monkeypatch.setenv("MATCHBOX_LOCATION_ROOTS", str(tmp_path / "inside"))
+    assert _columns(LocationType.CSV, str(tmp_path / "inside" / "people.csv")) == COLUMNS
+    with pytest.raises(MatchboxLocationNotAllowed):
+        _columns(LocationType.CSV, str(tmp_path / "outside.csv"))
+    with pytest.raises(MatchboxLocationNotAllowed):
+        _columns(
+            LocationType.CSV,
+            str(tmp_path / "inside" / "people.csv"),
+            f"SELECT * FROM read_csv('{tmp_path / 'outside.csv'}')",
+        )
