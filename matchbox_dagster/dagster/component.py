@@ -12,7 +12,7 @@
           index_fields: [name, postcode]
       models:
         - name: crm_dedupe
-          left: crm
+          left: {step: crm}
           model_class: DeterministicRules
           settings: {rules: [[name, postcode]]}
       resolvers:

@@ -111,6 +111,8 @@ class ModelSpec(_Spec):
     @field_validator("left", "right", mode="before")
     @classmethod
     def _input_shorthand(cls, value: Any) -> Any:
+        # A bare step name works at load time; the component's schema (`dg check yaml`, which
+        # `dg dev` runs first) knows only the mapping form `{step: name}`.
         return {"step": value} if isinstance(value, str) else value
 
     @property
