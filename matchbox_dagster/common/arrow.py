@@ -171,6 +171,12 @@ class SourceHashes:
         flat = pc.list_flatten(keys)
         if flat.null_count:
             raise MatchboxInvalidData(f"{what} column 'keys' holds {flat.null_count} null key(s).")
+        if len(flat) and pc.any(pc.match_substring(flat, "\x00")).as_py():
+            bad = pc.sum(pc.match_substring(flat, "\x00")).as_py()
+            raise MatchboxInvalidData(
+                f"{what} column 'keys' holds {bad} key(s) with a NUL character, which text "
+                "cannot hold; clean the key field of the source."
+            )
         if table.num_rows:
             if pc.min(pc.list_value_length(keys)).as_py() == 0:
                 raise MatchboxInvalidData(f"{what}: every hash needs at least one key.")

@@ -11,6 +11,9 @@ Hierarchy::
     │   ├── MatchboxCollectionNotFoundError
     │   ├── MatchboxRunNotFoundError
     │   ├── MatchboxStepNotFoundError
+    │   │   ├── MatchboxStepCollectionNotFound (also MatchboxCollectionNotFoundError)
+    │   │   ├── MatchboxStepRunNotFound (also MatchboxRunNotFoundError)
+    │   │   └── MatchboxStepDeletedWhileReading
     │   ├── MatchboxUserNotFoundError
     │   ├── MatchboxGroupNotFoundError
     │   └── MatchboxDataNotFound
@@ -28,9 +31,11 @@ Hierarchy::
     │   └── MatchboxLocationNotAllowed
     ├── MatchboxCredentialInLocation
     ├── MatchboxRunNotWriteable
+    │   └── MatchboxRunStateError (ValueError)
     ├── MatchboxStepExistingData
     ├── MatchboxStepUpdateError
     ├── MatchboxStepNotQueriable
+    │   └── MatchboxInputNotComplete
     ├── MatchboxStepTypeError
     ├── MatchboxLockError
     ├── MatchboxDeletionNotConfirmed
@@ -108,9 +113,44 @@ class MatchboxStepNotFoundError(MatchboxNotFoundError):
     def __init__(self, path: object, detail: str = "") -> None:
         self.path = path
         text = str(path) if len(str(path)) <= 500 else str(path)[:500] + "…"
-        super().__init__(
+        Exception.__init__(
+            self,
             f"Step {text} does not exist{': ' + detail if detail else ''}. "
-            "Create it with create_step() first, or check the collection, run and name."
+            "Create it with create_step() first, or check the collection, run and name.",
+        )
+
+
+class MatchboxStepCollectionNotFound(MatchboxStepNotFoundError, MatchboxCollectionNotFoundError):
+    """A step path names a collection that does not exist (both errors, for either caller)."""
+
+    def __init__(self, path: object, collection: str) -> None:
+        self.name = collection
+        super().__init__(
+            path, f"collection {shown(collection)} does not exist (see list_collections())"
+        )
+
+
+class MatchboxStepRunNotFound(MatchboxStepNotFoundError, MatchboxRunNotFoundError):
+    """A step path names a run its collection does not have (both errors, for either caller)."""
+
+    def __init__(self, path: object, collection: str, run_id: int) -> None:
+        self.collection = collection
+        self.run_id = run_id
+        super().__init__(
+            path,
+            f"run {run_id} does not exist in collection {shown(collection)} (see "
+            "get_collection().runs)",
+        )
+
+
+class MatchboxStepDeletedWhileReading(MatchboxStepNotFoundError):
+    """The step was deleted (or replaced) while a read of its data was under way."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(
+            path,
+            "it was deleted or replaced while it was being read, so its data is gone; read "
+            "again (a step written anew is read whole)",
         )
 
 
@@ -250,6 +290,15 @@ class MatchboxRunNotWriteable(MatchboxError):
         )
 
 
+class MatchboxRunStateError(MatchboxRunNotWriteable, ValueError):
+    """A run's flags cannot change this way (a mutable default, deleting the default run)."""
+
+    def __init__(self, collection: str, run_id: int, detail: str) -> None:
+        self.collection = collection
+        self.run_id = run_id
+        MatchboxError.__init__(self, f"Run {run_id} of collection {collection!r}: {detail}")
+
+
 class MatchboxStepExistingData(MatchboxError):
     """The step already holds data; data can only be set once."""
 
@@ -273,6 +322,19 @@ class MatchboxStepNotQueriable(MatchboxError):
         super().__init__(
             f"Step {path} cannot be queried: its upload stage is {stage}, not complete. "
             "Insert its data first."
+        )
+
+
+class MatchboxInputNotComplete(MatchboxStepNotQueriable):
+    """A step's input (or an ancestor it reads through) holds no complete data yet."""
+
+    def __init__(self, path: object, step_input: object, stage: object) -> None:
+        self.path = path
+        self.input = step_input
+        MatchboxError.__init__(
+            self,
+            f"Step {path} cannot take data yet: its input {step_input!r} is {stage}, not "
+            "complete, and the step's ids would be fixed without it. Write that input first.",
         )
 
 

@@ -375,5 +375,15 @@ class MatchboxDBAdapter(ABC):
         """Judgements (``SCHEMA_JUDGEMENTS``) and their cluster expansion."""
 
     @abstractmethod
+    def get_collection_judgements(
+        self, collection: CollectionName, tag: str | None = None
+    ) -> tuple[pa.Table, pa.Table]:
+        """As :meth:`get_judgements`, only by users who may read ``collection``.
+
+        What an evaluation of the collection counts: a user without READ on it could not see
+        the records they judged.
+        """
+
+    @abstractmethod
     def sample_for_eval(self, n: int, path: ResolverStepPath, user_name: str) -> pa.Table:
         """Up to ``n`` (≤ 100) clusters of a resolver to judge (``SCHEMA_EVAL_SAMPLES``)."""

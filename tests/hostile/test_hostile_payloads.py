@@ -390,11 +390,13 @@ def test_resolver_children_must_be_in_the_lineage(w: World, declare: Any, case: 
     refused(w.store, lambda: w.store.insert_resolver_data(path, table), MatchboxStepInvalidData)
 
 
-def test_key_with_nul_reaches_the_database_and_is_refused_whole(w: World, declare: Any) -> None:
-    """PostgreSQL text cannot hold NUL: the COPY fails and the transaction leaves nothing."""
+def test_key_with_nul_is_refused_before_the_database(w: World, declare: Any) -> None:
+    """PostgreSQL text cannot hold NUL: the payload's validation refuses it (issue 15 item 17)."""
     table = hashes_table({"a": ["k1"], "b": ["nul\x00key"]})
-    path = declare(StepType.SOURCE, SourceHashes(table).fingerprint)
-    refused(w.store, lambda: w.store.insert_source_data(path, table))
+    with pytest.raises(MatchboxInvalidData, match="NUL"):
+        SourceHashes(table)
+    path = declare(StepType.SOURCE, b"\x00" * 32)
+    refused(w.store, lambda: w.store.insert_source_data(path, table), MatchboxInvalidData)
 
 
 def test_fingerprint_mismatch_for_a_valid_table(w: World) -> None:

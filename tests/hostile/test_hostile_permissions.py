@@ -19,6 +19,7 @@ from matchbox_dagster.common.dtos import Group, Judgement, PermissionType, Step,
 from matchbox_dagster.common.errors import (
     MatchboxGroupAlreadyExistsError,
     MatchboxPermissionDenied,
+    MatchboxStepInvalidData,
     MatchboxSystemGroupError,
 )
 from matchbox_dagster.store.postgres import MatchboxPostgres
@@ -232,9 +233,13 @@ def test_match_cannot_reach_into_a_collection_without_read(w: World) -> None:
         lambda: bob.match("c1", w.data.crm, [w.other_crm], w.data.r_all),
         MatchboxPermissionDenied,
     )
-    # The same call by someone who may read both collections finds the shared key.
-    found = w.store.match("c1", w.data.crm, [w.other_crm], w.data.r_all)
-    assert found[0].target_id == {"p1"}
+    # Someone who may read both collections is refused too: the target is outside the
+    # resolver's lineage (issue 15 item 4), as for query().
+    refused(
+        w.store,
+        lambda: w.store.match("c1", w.data.crm, [w.other_crm], w.data.r_all),
+        MatchboxStepInvalidData,
+    )
 
 
 # --- system groups ------------------------------------------------------------------------------

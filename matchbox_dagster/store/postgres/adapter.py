@@ -1,21 +1,9 @@
 """``MatchboxPostgres``: the PostgreSQL store, a flat facade over small parts.
 
 Each contract method is declared here with :func:`~.operations.operation` — the permission it
-needs and how it is retried — and delegates to one part, a plain class holding one concern:
-
-==================  ===========================================================================
-part                concern
-==================  ===========================================================================
-``Steps``           collections, runs, steps, upload stages (:mod:`.steps`)
-``Writes``          ``insert_*_data`` and ``write_step`` (:mod:`.writes`)
-``Reads``           ``get_*_data``, ``query``, ``match``, ``step_statistics`` (:mod:`.reads`)
-``Auth``            users, groups, permissions (:mod:`.auth`)
-``Evaluation``      judgements and evaluation samples (:mod:`.evaluation`)
-``JsonSnapshots``   ``dump`` / ``restore`` (:mod:`.snapshots_json`)
-``ParquetSnapshots``  ``dump_to`` / ``restore_from`` (:mod:`.snapshots_parquet`)
-``Housekeeping``    ``clear``, ``drop``, ``delete_orphans`` (:mod:`.housekeeping`)
-``Audit``           the upload audit (:mod:`.audit`)
-==================  ===========================================================================
+needs and how it is retried — and delegates to one part, a plain class holding one concern
+(``Steps``, ``Writes``, ``Reads``, ``Auth``, ``Evaluation``, the snapshots, ``Housekeeping``,
+``Audit``; the table of parts is in ``docs/store.md``).
 """
 
 from __future__ import annotations
@@ -443,6 +431,13 @@ class MatchboxPostgres(MatchboxDBAdapter):
     def get_judgements(self, tag: str | None = None) -> tuple[pa.Table, pa.Table]:
         """Judgements (``SCHEMA_JUDGEMENTS``) and their cluster expansion."""
         return self._evaluation.get_judgements(tag)
+
+    @operation(READ.on("collection"), retry=IDEMPOTENT)
+    def get_collection_judgements(
+        self, collection: CollectionName, tag: str | None = None
+    ) -> tuple[pa.Table, pa.Table]:
+        """Judgements by users who may read ``collection``, and their cluster expansion."""
+        return self._evaluation.get_judgements(tag, collection)
 
     @operation(READ.on_path("path"), retry=IDEMPOTENT)
     def sample_for_eval(self, n: int, path: ResolverStepPath, user_name: str) -> pa.Table:

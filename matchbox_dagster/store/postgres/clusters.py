@@ -14,8 +14,95 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from matchbox_dagster.common.arrow import SCHEMA_SOURCE_ROWS, SourceHashes
-from matchbox_dagster.common.errors import MatchboxStepInvalidData
+from matchbox_dagster.common.dtos import StepType, UploadStage
+from matchbox_dagster.common.errors import MatchboxInputNotComplete, MatchboxStepInvalidData
 from matchbox_dagster.store.postgres.core import StepRow
+from matchbox_dagster.store.postgres.partitions import ROOTS, dict_rows, read_partition
+
+
+def check_inputs_complete(cur: adbc.Cursor, step: StepRow) -> None:
+    """Refuse data for a step any of whose ancestors holds no complete data.
+
+    A model's or resolver's ids are fixed from its inputs (and the resolvers it reads
+    through) when its data is written; an input still READY (or PROCESSING) would leave them
+    fixed without that input's data for good. The ancestors are locked ``FOR KEY SHARE``, so
+    none can be deleted until this write commits.
+    """
+    cur.execute(
+        "SELECT s.name, s.upload_stage FROM step_lineage l JOIN steps s "
+        "ON s.step_id = l.parent_id WHERE l.child_id = $1 "
+        "ORDER BY l.level, s.name FOR KEY SHARE OF s",
+        parameters=(step.step_id,),
+    )
+    for row in dict_rows(cur):
+        if row["upload_stage"] != UploadStage.COMPLETE.value:
+            raise MatchboxInputNotComplete(
+                step.path(), row["name"], UploadStage(row["upload_stage"])
+            )
+
+
+def inherit(
+    cur: adbc.Cursor, schema: str, own: pl.DataFrame, ancestors: list[tuple[int, int]]
+) -> tuple[pl.DataFrame, pa.Table]:
+    """A resolver's whole partition: its own rows and those it inherits, content-addressed.
+
+    ``own`` holds the resolver's (``leaf_id``, ``root_id``); ``ancestors`` the (step id,
+    level) of the resolvers it descends from. A leaf the resolver leaves alone keeps the
+    cluster of the nearest ancestor claiming it; but where the resolver took some of that
+    cluster's leaves, the rest no longer make up the cluster its id addresses, so they get
+    the id of their own content (a single leaf: the leaf). Every id of the partition is thus
+    the content address of exactly the leaves it groups. Returns the rows (``leaf_id``,
+    ``root_id``, ``own``) in leaf order and the re-addressed clusters of several leaves (as
+    :func:`content_address` returns them, for the collision checks).
+    """
+    frames = []
+    for step_id, level in ancestors:
+        part = pl.from_arrow(
+            read_partition(
+                cur,
+                schema,
+                (StepType.RESOLVER, step_id),
+                "SELECT leaf_id, root_id FROM {part}",
+                ROOTS,
+                complete=True,
+            )
+        )
+        assert isinstance(part, pl.DataFrame)
+        frames.append(
+            part.with_columns(
+                pl.len().over("root_id").alias("size"),
+                pl.lit(level, pl.Int64).alias("level"),
+                pl.lit(step_id, pl.Int64).alias("step"),
+            )
+        )
+    rows = own.select("leaf_id", "root_id", pl.lit(True).alias("own"))
+    empty = content_address(pl.DataFrame(schema={"parent_id": pl.Int64, "leaf_id": pl.Int64}))[1]
+    if not frames:
+        return rows.sort("leaf_id"), empty
+    nearest = (
+        pl.concat(frames)
+        .sort("level", "step")
+        .unique("leaf_id", keep="first", maintain_order=True)
+        .join(own.select("leaf_id"), on="leaf_id", how="anti")
+    )
+    # Content addresses are consistent across resolvers, so a group is whole exactly when it
+    # keeps as many leaves as its cluster had where it came from.
+    broken = (
+        nearest.group_by("root_id")
+        .agg(pl.len().alias("kept"), pl.col("size").max())
+        .filter(pl.col("kept") != pl.col("size"))
+        .get_column("root_id")
+    )
+    partial = nearest.get_column("root_id").is_in(broken.implode())
+    readdressed, parents = content_address(
+        nearest.filter(partial).select(pl.col("root_id").alias("parent_id"), "leaf_id")
+    )
+    inherited = pl.concat(
+        [nearest.filter(~partial).select("leaf_id", "root_id"), readdressed.select(
+            "leaf_id", "root_id"
+        )]
+    ).with_columns(pl.lit(False).alias("own"))
+    return pl.concat([rows, inherited]).sort("leaf_id"), parents
 
 
 def check_cluster_ids(

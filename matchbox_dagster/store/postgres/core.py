@@ -25,8 +25,11 @@ from matchbox_dagster.common.errors import (
     MatchboxCollectionNotFoundError,
     MatchboxRunNotFoundError,
     MatchboxRunNotWriteable,
+    MatchboxStepCollectionNotFound,
     MatchboxStepNotFoundError,
+    MatchboxStepRunNotFound,
     MatchboxStepTypeError,
+    shown,
 )
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres.db import Database
@@ -67,6 +70,27 @@ WHERE c.name = $1 AND s.run_id = $2 AND s.name = $3
 """
 """A step with its run and collection, by path (``$n`` placeholders: psycopg's RawCursor and
 ADBC share it; the config comes back as JSON text)."""
+
+
+MISSING_SELECT = """
+SELECT EXISTS (SELECT 1 FROM collections WHERE name = $1) AS has_collection,
+       EXISTS (SELECT 1 FROM runs r JOIN collections c USING (collection_id)
+               WHERE c.name = $1 AND r.run_id = $2) AS has_run
+"""
+"""Which part of a step path is missing (``$n`` placeholders, for psycopg and ADBC)."""
+
+
+def step_not_found(path: StepPath, row: dict[str, Any] | None = None) -> MatchboxStepNotFoundError:
+    """The step-not-found error for ``path``, naming its collection or run if that is missing.
+
+    ``row`` is the result of ``MISSING_SELECT`` (None: the collection's name is invalid, so no
+    collection can have it).
+    """
+    if row is None or not row["has_collection"]:
+        return MatchboxStepCollectionNotFound(path, path.collection)
+    if not row["has_run"]:
+        return MatchboxStepRunNotFound(path, path.collection, path.run)
+    return MatchboxStepNotFoundError(path, f"run {path.run} has no step {shown(path.name)}")
 
 
 def step_from_row(row: dict[str, Any]) -> StepRow:
@@ -117,6 +141,11 @@ def collection_id(conn: psycopg.Connection, name: str, *, for_update: bool = Fal
     return int(row[0])
 
 
+def has_collection(conn: psycopg.Connection, name: str) -> bool:
+    """Whether a collection of that name exists."""
+    return conn.execute("SELECT 1 FROM collections WHERE name = %s", (name,)).fetchone() is not None
+
+
 def run_row(
     conn: psycopg.Connection, collection: str, run_id: int, *, for_update: bool = False
 ) -> dict[str, Any]:
@@ -156,8 +185,8 @@ def step_row(
     cursor = psycopg.RawCursor(conn, row_factory=dict_row)
     row = cursor.execute(query, (path.collection, path.run, path.name)).fetchone()
     if row is None:
-        run_row(conn, path.collection, path.run)  # a clearer error if run/collection
-        raise MatchboxStepNotFoundError(path)
+        missing = cursor.execute(MISSING_SELECT, (path.collection, path.run)).fetchone()
+        raise step_not_found(path, missing)
     step = step_from_row(row)
     if expected is not None and step.step_type != expected:
         raise MatchboxStepTypeError(path, step.step_type, expected)

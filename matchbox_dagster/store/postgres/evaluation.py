@@ -60,14 +60,34 @@ def _arrow(rows: list[tuple[Any, ...]], schema: pa.Schema) -> pa.Table:
     )
 
 
+_READERS = """
+SELECT ug.user_id FROM user_groups ug JOIN permissions p ON p.group_id = ug.group_id
+WHERE (p.is_system AND p.permission = 'admin')
+   OR (p.collection_id = c.collection_id AND p.permission IN ('read', 'write', 'admin'))
+"""
+"""Users holding READ (or more) on collection ``c`` (ADMIN on the system counts everywhere)."""
+
 _JUDGEMENTS = """
 SELECT u.user_name, g.endorsed_cluster_id AS endorsed, j.shown_cluster_id AS shown
 FROM judgements j
 JOIN users u ON u.user_id = j.user_id
 JOIN judgement_groups g ON g.judgement_id = j.judgement_id
-WHERE %(tag)s::text IS NULL OR j.tag = %(tag)s::text
+WHERE (%(tag)s::text IS NULL OR j.tag = %(tag)s::text)
+  AND (%(collection)s::bigint IS NULL OR j.user_id IN (
+       SELECT r.user_id FROM collections c, LATERAL ({readers}) r
+       WHERE c.collection_id = %(collection)s::bigint))
 ORDER BY j.judgement_id, g.endorsed_cluster_id
-"""
+""".replace("{readers}", _READERS)
+
+_UNREADABLE = """
+SELECT i FROM unnest(%(ids)s::bigint[]) AS i WHERE NOT EXISTS (
+    SELECT 1 FROM source_rows s WHERE s.leaf_id = i AND (NOT %(restricted)s OR s.step_id IN (
+        SELECT st.step_id FROM steps st JOIN runs r ON r.run_id = st.run_id
+        JOIN collections c ON c.collection_id = r.collection_id
+        WHERE st.step_type = 'source' AND %(user)s IN ({readers}))))
+ORDER BY i
+""".replace("{readers}", _READERS)
+"""Shown ids that are no leaf of a source the user may read (any source when unrestricted)."""
 
 _EXPANSION = """
 SELECT i.id AS root,
@@ -126,19 +146,20 @@ class Evaluation:
         contains = ([r for r in roots for _ in multi[r]], [x for r in roots for x in multi[r]])
         with self.db.connection() as conn:
             user_id = auth.find_user(conn, user_name)
+            # One answer for a leaf that does not exist and one the user may not read: a
+            # judgement must not tell whether a record exists in a collection they cannot see.
+            restricted = self.ctx.settings.authorisation
             missing = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT i FROM unnest(%s::bigint[]) AS i WHERE NOT EXISTS "
-                    "(SELECT 1 FROM source_rows s WHERE s.leaf_id = i) ORDER BY i",
-                    (groups[0],),
+                    _UNREADABLE, {"ids": groups[0], "restricted": restricted, "user": user_id}
                 )
             ]
             if missing:
                 raise MatchboxDataNotFound(
                     f"Judgement by {user_name!r} shows {len(missing)} id(s) that are not leaf "
-                    f"clusters of any source, e.g. {missing[:5]}. Judge the leaf ids "
-                    "sample_for_eval() returned."
+                    f"clusters of any source {user_name!r} may read, e.g. {missing[:5]}. Judge "
+                    "the leaf ids sample_for_eval() returned."
                 )
             if roots:
                 conn.execute(
@@ -183,16 +204,27 @@ class Evaluation:
             len(groups) - 1,
         )
 
-    def get_judgements(self, tag: str | None = None) -> tuple[pa.Table, pa.Table]:
+    def get_judgements(
+        self, tag: str | None = None, collection: str | None = None
+    ) -> tuple[pa.Table, pa.Table]:
         """Judgements (``SCHEMA_JUDGEMENTS``: one row per endorsed group) and the expansion.
 
         The expansion (``SCHEMA_CLUSTER_EXPANSION``) gives the leaves of every shown and
-        endorsed cluster id; a leaf expands to itself. ``tag`` filters the judgements.
+        endorsed cluster id; a leaf expands to itself. ``tag`` filters the judgements; with a
+        ``collection`` and authorisation on, only judgements by users holding READ on it (or
+        ADMIN on the system) are given: only they could see what they judged.
         """
         if tag is not None:
             validate_text(tag, "A judgement tag")
         with self.db.connection() as conn:
-            rows = conn.execute(_JUDGEMENTS, {"tag": tag}).fetchall()
+            collection_id = None
+            if collection is not None:
+                collection_id = core.collection_id(conn, collection)
+                if not self.ctx.settings.authorisation:
+                    collection_id = None
+            rows = conn.execute(
+                _JUDGEMENTS, {"tag": tag, "collection": collection_id}
+            ).fetchall()
             ids = sorted({r[1] for r in rows} | {r[2] for r in rows})
             roots = conn.execute(_EXPANSION, (ids,)).fetchall()
         judgements = _arrow(rows, SCHEMA_JUDGEMENTS)

@@ -27,6 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from matchbox_dagster.common.dtos import BackendResourceType, PermissionType
+from matchbox_dagster.common.errors import (
+    MatchboxCollectionNotFoundError,
+    MatchboxStepCollectionNotFound,
+    MatchboxStepNotFoundError,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -60,6 +65,20 @@ class Need:
             for item in items:
                 found.append(str(item) if self.kind == "name" else item.collection)
         return list(dict.fromkeys(found))
+
+    def missing(self, bound: inspect.BoundArguments, collection: str) -> MatchboxStepNotFoundError:
+        """The step-not-found error for a path argument whose collection does not exist."""
+        paths = [
+            item
+            for name in self.arguments
+            for item in (
+                bound.arguments[name]
+                if isinstance(bound.arguments[name], list | tuple)
+                else [bound.arguments[name]]
+            )
+            if item.collection == collection
+        ]
+        return MatchboxStepCollectionNotFound(paths[0], collection)
 
     def permission_for(self, bound: inspect.BoundArguments) -> PermissionType:
         """The permission to check (READ when a ``read_unless`` argument is false)."""
@@ -180,7 +199,12 @@ def operation(need: Need, *, retry: Retry) -> Callable[[F], F]:
                 bound.apply_defaults()
                 permission = need.permission_for(bound)
                 for resource in need.resources(bound):
-                    self._authorise(permission, resource)
+                    try:
+                        self._authorise(permission, resource)
+                    except MatchboxCollectionNotFoundError:
+                        if need.kind != "path":
+                            raise
+                        raise need.missing(bound, resource) from None
             return method(self, *args, **kwargs)
 
         @functools.wraps(method)

@@ -8,17 +8,19 @@ import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
 import pyarrow as pa
 
-from matchbox_dagster.common.dtos import StepPath, StepType
+from matchbox_dagster.common.dtos import StepPath, StepType, UploadStage
 from matchbox_dagster.common.errors import (
     MatchboxLockError,
-    MatchboxStepNotFoundError,
+    MatchboxStepDeletedWhileReading,
     MatchboxStepTypeError,
 )
 from matchbox_dagster.store.postgres.core import (
+    MISSING_SELECT,
     STEP_SELECT,
     StepRow,
     partition_name,
     step_from_row,
+    step_not_found,
 )
 from matchbox_dagster.store.postgres.db import compose, quote_ident, sqlstate
 
@@ -54,7 +56,8 @@ def adbc_step(cur: adbc.Cursor, path: StepPath, expected: StepType, *, lock: boo
         raise
     rows = dict_rows(cur)
     if not rows:
-        raise MatchboxStepNotFoundError(path)
+        cur.execute(MISSING_SELECT, parameters=(path.collection, path.run))
+        raise step_not_found(path, dict_rows(cur)[0])
     step = step_from_row(rows[0])
     if step.step_type != expected:
         raise MatchboxStepTypeError(path, step.step_type, expected)
@@ -67,25 +70,48 @@ def read_partition(
     step: StepRow | tuple[StepType, int],
     select: str,
     empty: pa.Schema,
+    *,
+    complete: bool | None = None,
 ) -> pa.Table:
     """Rows of ``select`` over a step's own partition (``{part}`` in the SQL text).
 
     The partition is named from the step's integer id, so the statement needs no
     parameters: ADBC then streams the result with ``COPY … TO STDOUT (FORMAT binary)``,
     ~1.4× faster than its row-wise path for parameterised statements, and no row is
-    filtered on ``step_id``. A step without a partition (no data yet) gives an empty table
-    of schema ``empty``. ``step`` is a step row or a (step type, step id) pair.
+    filtered on ``step_id``. ``step`` is a step row or a (step type, step id) pair.
+
+    A step without data (``complete`` false: by default, a step row whose stage is not
+    COMPLETE) gives an empty table of schema ``empty``. A step with data whose partition is
+    gone — the catalog is read as it is now, not as of the caller's snapshot, so a step
+    deleted or replaced since the caller looked it up — raises
+    :class:`MatchboxStepDeletedWhileReading`, never an empty table.
     """
     step_type, step_id = step if isinstance(step, tuple) else (step.step_type, step.step_id)
+    if complete is None:
+        complete = not isinstance(step, tuple) and step.stage == UploadStage.COMPLETE
     part = partition_name(step_type, step_id)
     cur.execute(
         "SELECT to_regclass($1) IS NOT NULL AS present",
         parameters=(quote_ident(schema) + "." + quote_ident(part),),
     )
     if not dict_rows(cur)[0]["present"]:
+        if complete:
+            raise _deleted(cur, step)
         return empty.empty_table()
-    cur.execute(compose(select, part=part))
-    return cur.fetch_arrow_table()
+    try:
+        cur.execute(compose(select, part=part))
+        return cur.fetch_arrow_table()
+    except adbc.Error as exc:
+        if sqlstate(exc) == "42P01":  # dropped between the check and the read
+            raise _deleted(cur, step) from None
+        raise
+
+
+def _deleted(cur: adbc.Cursor, step: StepRow | tuple[StepType, int]) -> Exception:
+    """The error for a step whose partition was dropped while it was being read."""
+    if isinstance(step, tuple):
+        return MatchboxStepDeletedWhileReading(f"{step[0]} step #{step[1]}")
+    return MatchboxStepDeletedWhileReading(step.path())
 
 
 def input_step_ids(cur: adbc.Cursor, run_id: int, names: list[str]) -> dict[str, int]:
@@ -102,7 +128,12 @@ def source_leaves(cur: adbc.Cursor, schema: str, step_ids: list[int]) -> pl.Seri
     """The leaf id of every key of the given source steps (repeats included)."""
     reads = [
         read_partition(
-            cur, schema, (StepType.SOURCE, sid), "SELECT leaf_id FROM {part}", LEAF_IDS
+            cur,
+            schema,
+            (StepType.SOURCE, sid),
+            "SELECT leaf_id FROM {part}",
+            LEAF_IDS,
+            complete=True,
         ).column("leaf_id")
         for sid in step_ids
     ]

@@ -11,6 +11,7 @@ from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
+import psycopg
 import pyarrow as pa
 from psycopg import sql
 
@@ -30,10 +31,12 @@ from matchbox_dagster.common.dtos import (
     StepPath,
     StepType,
     UploadStage,
+    validate_text,
 )
 from matchbox_dagster.common.errors import (
     MatchboxDataNotFound,
     MatchboxInvalidData,
+    MatchboxStepDeletedWhileReading,
     MatchboxStepInvalidData,
     MatchboxStepNotQueriable,
 )
@@ -59,6 +62,23 @@ _QUERIES = {
     ),
 }
 """Constant statements; only the (quoted) partition name is spliced in."""
+
+
+def _same_run(source: StepRow, resolver: StepRow) -> None:
+    """Refuse a source read through a resolver of another run (``query`` and ``match``)."""
+    if source.run_id != resolver.run_id:
+        raise MatchboxStepInvalidData(
+            f"Resolver {resolver.path()} belongs to another run than source {source.path()}; "
+            "query a source through a resolver of the same run."
+        )
+
+
+def _outside_lineage(source: StepRow, resolver: StepRow) -> MatchboxStepInvalidData:
+    """The error for a source the resolver does not descend from."""
+    return MatchboxStepInvalidData(
+        f"Resolver {resolver.path()} does not descend from source {source.path()}, so it "
+        "cannot resolve its keys. Pick a resolver whose inputs read this source."
+    )
 
 
 class Reads:
@@ -205,13 +225,29 @@ class Reads:
         targets: list[SourceStepPath],
         resolver: ResolverStepPath,
     ) -> list[Match]:
-        """For each target, the keys sharing ``key``'s entity under ``resolver``."""
+        """For each target, the keys sharing ``key``'s entity under ``resolver``.
+
+        The source and every target must be of the resolver's run and in its lineage, as for
+        :meth:`query`.
+        """
+        validate_text(key, "A key")
         with self.db.connection() as conn:
             src = core.step_row(conn, source, expected=StepType.SOURCE)
             res = core.step_row(conn, resolver, expected=StepType.RESOLVER)
             tgts = [core.step_row(conn, t, expected=StepType.SOURCE) for t in targets]
             for step in (src, res, *tgts):
                 self._queriable(step)
+            for step in (src, *tgts):
+                _same_run(step, res)
+            resolved = {
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT parent_id FROM step_lineage WHERE child_id = %s", (res.step_id,)
+                )
+            }
+            for step in (src, *tgts):
+                if step.step_id not in resolved:
+                    raise _outside_lineage(step, res)
             row = conn.execute(
                 """
                 SELECT coalesce(r.root_id, s.leaf_id), r.root_id IS NOT NULL
@@ -259,20 +295,13 @@ class Reads:
             raise MatchboxStepNotQueriable(step.path(), step.stage)
 
     def _resolves(self, cur: adbc.Cursor, source: StepRow, resolver: StepRow) -> None:
-        if source.run_id != resolver.run_id:
-            raise MatchboxStepInvalidData(
-                f"Resolver {resolver.path()} belongs to another run than source {source.path()}; "
-                "query a source through a resolver of the same run."
-            )
+        _same_run(source, resolver)
         cur.execute(
             "SELECT 1 FROM step_lineage WHERE parent_id = $1 AND child_id = $2",
             parameters=(source.step_id, resolver.step_id),
         )
         if not cur.fetchall():
-            raise MatchboxStepInvalidData(
-                f"Resolver {resolver.path()} does not descend from source {source.path()}, so "
-                "it cannot resolve its keys. Pick a resolver whose inputs read this source."
-            )
+            raise _outside_lineage(source, resolver)
 
     def step_statistics(self, path: StepPath) -> dict[str, Any]:
         """Upload stage and aggregates of a step's stored rows.
@@ -287,7 +316,10 @@ class Reads:
             if step.stage != UploadStage.COMPLETE:
                 return {**stats, "rows": 0}
             table = sql.Identifier(self.db.schema, partition_name(step.step_type, step.step_id))
-            cursor = conn.execute(_QUERIES[step.step_type].format(table))
+            try:
+                cursor = conn.execute(_QUERIES[step.step_type].format(table))
+            except psycopg.errors.UndefinedTable:  # dropped since the step was looked up
+                raise MatchboxStepDeletedWhileReading(path) from None
             names = [d.name for d in cursor.description or []]
             row = cursor.fetchone() or ()
         values = dict(zip(names, row, strict=True))

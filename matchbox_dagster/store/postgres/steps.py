@@ -27,7 +27,9 @@ from matchbox_dagster.common.errors import (
     MatchboxLockError,
     MatchboxNameError,
     MatchboxRunLabelNotFound,
+    MatchboxRunNotFoundError,
     MatchboxRunNotWriteable,
+    MatchboxRunStateError,
     MatchboxStepExistingData,
     MatchboxStepNotFoundError,
     MatchboxStepUpdateError,
@@ -45,9 +47,20 @@ def _known(collection: object) -> None:
 
 def _known_path(path: StepPath) -> None:
     """Refuse a path (e.g. built with ``model_construct``) no step can have."""
-    _known(path.collection)
+    if not is_valid_name(path.collection):
+        raise core.step_not_found(path)
     if not is_valid_name(path.name):
-        raise MatchboxStepNotFoundError(path)
+        raise MatchboxStepNotFoundError(path, "no step can have that name")
+
+
+def _writable_path(conn: psycopg.Connection, path: StepPath, action: str) -> None:
+    """Lock a step's mutable run; a missing collection or run is the step-not-found error."""
+    try:
+        core.writable_run(conn, path.collection, path.run, action)
+    except (MatchboxCollectionNotFoundError, MatchboxRunNotFoundError):
+        raise core.step_not_found(
+            path, {"has_collection": core.has_collection(conn, path.collection), "has_run": False}
+        ) from None
 
 
 class Steps:
@@ -189,10 +202,12 @@ class Steps:
         with self.db.connection() as conn:
             run = core.run_row(conn, collection, run_id, for_update=True)
             if mutable and run["is_default"]:
-                raise MatchboxRunNotWriteable(
+                raise MatchboxRunStateError(
                     collection,
                     run_id,
-                    "make it mutable while it is the default (unset the default first)",
+                    "it is the collection's default run, and a default run cannot be mutable. "
+                    "Make another run the default first (set_run_default), or start a new run "
+                    "with create_run().",
                 )
             conn.execute(
                 "UPDATE runs SET is_mutable = %s, updated_at = now() WHERE run_id = %s",
@@ -212,11 +227,12 @@ class Steps:
             run = core.run_row(conn, collection, run_id, for_update=True)
             if default:
                 if run["is_mutable"]:
-                    raise MatchboxRunNotWriteable(
+                    raise MatchboxRunStateError(
                         collection,
                         run_id,
-                        "make it the default while it is mutable (call "
-                        "set_run_mutable(..., mutable=False) first)",
+                        "it is mutable, and only an immutable run can be the default. Make it "
+                        "immutable first with set_run_mutable(..., mutable=False), then set it "
+                        "as the default.",
                     )
                 conn.execute(
                     "UPDATE runs SET is_default = false, updated_at = now() "
@@ -265,7 +281,18 @@ class Steps:
         """Delete a run, its steps and their data."""
         _known(collection)
         with self.db.connection() as conn:
-            core.run_row(conn, collection, run_id, for_update=True)
+            # The collection's row first, as set_run_default locks it: the default cannot move
+            # between the check below and the delete.
+            core.collection_id(conn, collection, for_update=True)
+            run = core.run_row(conn, collection, run_id, for_update=True)
+            if run["is_default"]:
+                raise MatchboxRunStateError(
+                    collection,
+                    run_id,
+                    "it is the collection's default run, which queries read by default, so it "
+                    "cannot be deleted. Make another run the default first (set_run_default), "
+                    "or unset it with set_run_default(..., default=False), then delete it.",
+                )
             steps = conn.execute(
                 "SELECT step_id, step_type, name FROM steps WHERE run_id = %s ORDER BY step_id",
                 (run_id,),
@@ -301,7 +328,7 @@ class Steps:
         _known_path(path)
         step_rows.storable(step)
         with self.db.connection() as conn:
-            core.writable_run(conn, path.collection, path.run, f"update step {path.name!r}")
+            _writable_path(conn, path, f"update step {path.name!r}")
             current = core.step_row(conn, path, lock="FOR UPDATE OF s")
             old = step_rows.step_dto(current)
             if step.step_type != current.step_type:
@@ -331,7 +358,7 @@ class Steps:
         """Delete a step, its descendants and their data."""
         _known_path(path)
         with self.db.connection() as conn:
-            core.writable_run(conn, path.collection, path.run, f"delete step {path.name!r}")
+            _writable_path(conn, path, f"delete step {path.name!r}")
             step = core.step_row(conn, path, lock="FOR UPDATE OF s")
             cur = psycopg.RawCursor(conn)
             doomed = step_rows.step_tree(cur, step.step_id)

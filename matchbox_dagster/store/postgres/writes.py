@@ -51,8 +51,10 @@ from matchbox_dagster.store.postgres import core, step_rows
 from matchbox_dagster.store.postgres.clusters import (
     check_cluster_ids,
     check_expanded,
+    check_inputs_complete,
     content_address,
     expand,
+    inherit,
     source_rows,
 )
 from matchbox_dagster.store.postgres.core import (
@@ -65,7 +67,6 @@ from matchbox_dagster.store.postgres.core import (
 )
 from matchbox_dagster.store.postgres.db import compose, sqlstate
 from matchbox_dagster.store.postgres.partitions import (
-    BULK_READ_SETTINGS,
     ROOTS,
     adbc_step,
     dict_rows,
@@ -123,6 +124,8 @@ class Writes:
     def _load_step(self, cur: adbc.Cursor, step: StepRow, load: Load) -> int:
         """Load a step's partition, attach it and mark the step COMPLETE; return the rows."""
         table = partition_name(step.step_type, step.step_id)
+        if step.step_type != StepType.SOURCE:
+            check_inputs_complete(cur, step)
         rows = load(cur, step, table)
         cur.execute(
             compose(
@@ -445,17 +448,22 @@ class Writes:
         )
         lineage = dict_rows(cur)
         sources = sorted(int(r["parent_id"]) for r in lineage if r["step_type"] == "source")
-        ancestors = sorted(int(r["parent_id"]) for r in lineage if r["step_type"] == "resolver")
+        ancestors = sorted(
+            (int(r["parent_id"]), int(r["level"])) for r in lineage if r["step_type"] == "resolver"
+        )
         leaves = source_leaves(cur, self.db.schema, sources).unique()
         assigned = pl.from_arrow(clusters.table)
         assert isinstance(assigned, pl.DataFrame)
-        expanded = expand(cur, assigned, leaves, ancestors)
+        expanded = expand(cur, assigned, leaves, [a for a, _ in ancestors])
         if expanded is None:  # every child is a lineage leaf, listed once: nothing to check
             expanded = assigned.rename({"child_id": "leaf_id"})
         else:
             check_expanded(step, expanded, leaves)
-        rows, parents = content_address(expanded)
-        check_cluster_ids(cur, step, parents, leaves)
+        own, parents = content_address(expanded)
+        # Leaves left alone keep their nearest ancestor's cluster, re-addressed where this
+        # resolver took part of it (so every id is the content address of its leaves).
+        rows, readdressed = inherit(cur, self.db.schema, own, ancestors)
+        check_cluster_ids(cur, step, pa.concat_tables([parents, readdressed]), leaves)
         self._create_step_table(
             cur,
             table,
@@ -463,27 +471,10 @@ class Writes:
             "leaf_id bigint NOT NULL, root_id bigint NOT NULL, own boolean NOT NULL",
         )
         # In leaf order, so the unique index on leaf_id is built from presorted rows.
-        own = rows.select("leaf_id", "root_id", pl.lit(True).alias("own")).sort("leaf_id")
-        self._ingest(cur, table, own.to_arrow())
-        if ancestors:
-            # Inherit the nearest ancestor resolver's cluster for leaves this one leaves alone.
-            for setting in BULK_READ_SETTINGS:
-                cur.execute(setting)
-            cur.execute(
-                compose(
-                    "INSERT INTO {table} (leaf_id, root_id, own) "
-                    "SELECT DISTINCT ON (r.leaf_id) r.leaf_id, r.root_id, false "
-                    "FROM resolver_leaves r JOIN step_lineage l ON l.parent_id = r.step_id "
-                    "WHERE l.child_id = $1 AND NOT EXISTS "
-                    "(SELECT 1 FROM {table} o WHERE o.leaf_id = r.leaf_id) "
-                    "ORDER BY r.leaf_id, l.level, r.step_id",
-                    table=table,
-                ),
-                parameters=(sid,),
-            )
+        self._ingest(cur, table, rows.to_arrow())
         cur.execute(compose("CREATE UNIQUE INDEX ON {table} (leaf_id)", table=table))
         cur.execute(compose("CREATE INDEX ON {table} (root_id)", table=table))
         # Statistics now, so match()'s index lookups on this fresh partition get sound plans
         # (whole-partition reads force hash joins and need none).
         cur.execute(compose("ANALYZE {table}", table=table))
-        return rows.height
+        return own.height
