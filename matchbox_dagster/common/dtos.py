@@ -309,11 +309,24 @@ class SourceConfig(BaseModel):
 class QueryConfig(BaseModel):
     """A model input: one or more sources, resolved through an optional resolver."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     sources: tuple[SourceStepName, ...] = Field(min_length=1)
     resolver: ResolverStepName | None = None
     cleaning: dict[str, str] | None = None
+    # The contract's field: sources' records are concatenated, one row per record. Only
+    # "concat" is honoured, so it is not stored (it round-trips as the default).
+    combine_type: str = Field(default="concat", exclude=True)
+
+    @field_validator("combine_type")
+    @classmethod
+    def _combine(cls, value: str) -> str:
+        if value != "concat":
+            raise ValueError(
+                f"combine_type {value!r} is not supported: model inputs concatenate their "
+                "sources' records, one row per record ('concat')"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:
