@@ -62,7 +62,8 @@ def evaluate_resolver(
     ``entities`` comes from :func:`~matchbox_dagster.evaluation.entities.resolver_entities`
     over ``sources`` (in that order: its keys are hashed by position; needed for the curves).
     With ``truth``, scores against its ``entity`` column (and a curve per model of ``models``);
-    otherwise against the store's judgements (:class:`MatchboxNoJudgements` when there are none).
+    otherwise against the judgements of users who may read the collection
+    (:class:`MatchboxNoJudgements` when there are none).
     """
     if truth:
         scores = score_against_truth(entities, cluster="id", truth="entity")
@@ -71,7 +72,8 @@ def evaluate_resolver(
             step = StepPath(collection=path.collection, run=path.run, name=model)
             curve += model_curve(store, step, entities, sources or [])
         return ResolverEvaluation(scores=scores, against="ground truth", curve=curve)
-    judgements, expansion = store.get_judgements()
+    # Only judgements by users who may read the collection count (issue 15 item 7).
+    judgements, expansion = store.get_collection_judgements(path.collection)
     clusters = entities.select(pl.col("id").alias("root"), pl.col("leaf_id").alias("leaf")).unique()
     scores = score_against_judgements(
         clusters, judgements, expansion, universe=clusters.get_column("leaf")
