@@ -255,6 +255,7 @@ def test_materialising_an_rdbms_source_never_persists_or_shows_the_password(
             texts += [f"{k}={v!r}" for k, v in mat.metadata.items()]
         for node in defs.resolve_asset_graph().asset_nodes:
             texts += [f"{k}={v!r}" for k, v in node.metadata.items()]
+        assert any("${" + VARIABLE + "}" in t for t in texts)  # matchbox/config shows it
         texts += [repr(e) for e in result.all_events]
         texts += [repr(e) for e in result.get_asset_check_evaluations()]
         assert all(e.passed for e in result.get_asset_check_evaluations())
@@ -264,7 +265,9 @@ def test_materialising_an_rdbms_source_never_persists_or_shows_the_password(
         step = store.get_step(StepPath(collection=collection, run=run.run_id, name="people"))
         assert step.config.location_config.name == uri
         # Every row of the store, config JSON included.
-        texts.append(json.dumps(store.dump().model_dump(mode="json")))
+        dump = json.dumps(store.dump().model_dump(mode="json"))
+        assert "${" + VARIABLE + "}" in dump  # the channel holds the location: it is searched
+        texts.append(dump)
         # A run whose source cannot connect: the failure, as Dagster records it.
         port = str(_free_port())
         broken = _spec(f"{collection}_x", _uri("${" + VARIABLE + "}", port=port), people_table)
