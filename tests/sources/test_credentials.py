@@ -285,3 +285,22 @@ def test_materialising_an_rdbms_source_never_persists_or_shows_the_password(
     texts += [out, err]
     assert len(texts) > 50
     _assert_clean("\n".join(texts))
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("postgresql://u:pw@h:1/db", "postgresql://u:***@h:1/db"),
+        ("postgresql://u:p%40ss%2Fx@h/db?sslmode=require", "postgresql://u:***@h/db?sslmode=require"),
+        ("postgresql://u:p@ss/w0rd@h/db", "postgresql://u:***@h/db"),  # written unencoded
+        ("postgresql://h/db?user=u&Password=x%20y&a=b#f", "postgresql://h/db?user=u&Password=***&a=b#f"),
+        ("mssql+pyodbc:///?odbc_connect=DSN%3Dx%3BPWD%3Dabc", "mssql+pyodbc:///?odbc_connect=***"),
+        ("sqlite:///relative.db", "sqlite:///relative.db"),
+        ("duckdb:////abs/file.duckdb", "duckdb:////abs/file.duckdb"),
+        ("postgresql://u:${PW}@h/db", "postgresql://u:${PW}@h/db"),
+        ("data/people.parquet", "data/people.parquet"),
+    ],
+)
+def test_redact_keeps_everything_but_the_password(uri: str, shown: str) -> None:
+    assert redact(uri) == shown
+    assert literal_password(uri) == (uri != shown)
