@@ -99,7 +99,7 @@ id,name,dob,postcode,person
 3,Alan Turing,1912-06-23,SW1 2BB,p2
 4,Alan Turing,1912-06-23,SW1 2BB,p2
 5,Grace Hopper,1906-12-09,NY1 3CC,p3
-6,Grace Hoper,1906-12-09,NY1 3CC,p3
+6,Grace Hopper,1906-12-09,NY1 3CD,p3
 7,Edsger Dijkstra,1930-05-11,NL1 4DD,p4
 """
 
