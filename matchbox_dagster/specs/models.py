@@ -131,9 +131,9 @@ class ResolverChecksSpec(_Spec):
     min_recall: float | None = Field(default=None, description="Minimum in [0, 1].")
     truth: dict[str, str] | None = Field(
         default=None,
-        description="Ground truth per source: a polars SQL expression over ``key`` and the "
-        "index fields giving each record's true entity. Without it, precision and recall are "
-        "measured against the store's judgements.",
+        description="Ground truth per source: a polars SQL expression over ``key`` and any "
+        "column of the source (an index field or not) giving each record's true entity. "
+        "Without it, precision and recall are measured against the store's judgements.",
     )
     max_churn: float | None = Field(
         default=None,
