@@ -33,6 +33,7 @@ import polars as pl
 from matchbox_dagster.common.dtos import LocationType, SourceConfig
 from matchbox_dagster.common.errors import MatchboxError, MatchboxInvalidData
 from matchbox_dagster.common.redaction import redact
+from matchbox_dagster.methods.organisations import cleaning_expr
 from matchbox_dagster.project.yaml_lines import locate
 from matchbox_dagster.sources.roots import (
     allowed_files,
@@ -207,7 +208,7 @@ def source_schema(config: SourceConfig, *, s3_client: Any | None = None) -> pl.S
 def _compile(expression: str, columns: Sequence[str]) -> str | None:
     """Why ``expression`` does not compile against ``columns`` (None when it does)."""
     try:
-        expr = pl.sql_expr(expression)
+        expr = cleaning_expr(expression)
         pl.LazyFrame(schema=dict.fromkeys(columns, pl.String)).select(expr).collect_schema()
     except Exception as exc:  # polars raises several types for bad SQL and unknown columns
         return _short(exc)

@@ -26,6 +26,7 @@ from matchbox_dagster.common.errors import MatchboxInvalidData, MatchboxSourceCh
 from matchbox_dagster.common.fingerprint import leaf_ids
 from matchbox_dagster.common.settings import DEFAULT_BATCH_SIZE
 from matchbox_dagster.methods.hashing import row_hashes
+from matchbox_dagster.methods.organisations import cleaning_expr
 from matchbox_dagster.sources.locations import extract
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
@@ -230,7 +231,7 @@ def query_frame(
         if query.cleaning:
             try:
                 records = records.with_columns(
-                    pl.sql_expr(expr).alias(column) for column, expr in query.cleaning.items()
+                    cleaning_expr(expr).alias(column) for column, expr in query.cleaning.items()
                 )
             except Exception as exc:  # polars raises several types for bad SQL
                 raise MatchboxInvalidData(

@@ -22,6 +22,7 @@ from matchbox_dagster.common.dtos import (
     SourceConfig,
 )
 from matchbox_dagster.common.errors import MatchboxError, MatchboxInvalidData
+from matchbox_dagster.methods.clustering import SplitConflicts, build_resolver
 from matchbox_dagster.methods.models import Model, build_model
 from matchbox_dagster.methods.resolvers import ConnectedComponents
 from matchbox_dagster.specs.models import (
@@ -79,7 +80,7 @@ class ResolverPlan:
 
     spec: ResolverSpec
     config: ResolverConfig
-    resolver: ConnectedComponents
+    resolver: ConnectedComponents | SplitConflicts
     sources: list[str]
 
     @property
@@ -147,10 +148,14 @@ def plan_resolver(spec: ResolverSpec, sources: Sequence[str]) -> ResolverPlan:
             f"sources upstream of it ({sorted(sources)})",
         )
     try:  # a spec built with model_copy skipped its validators: the methodology checks again
-        resolver = ConnectedComponents(thresholds=spec.thresholds)
-    except ValueError as exc:
+        resolver = build_resolver(spec.method, spec.thresholds, spec.settings)
+    except (ValueError, MatchboxError) as exc:
         raise SpecError("resolver", f"{spec.name!r}: {_reason(exc)}") from exc
-    config = ResolverConfig(inputs=tuple(spec.thresholds), resolver_settings=resolver.settings())
+    config = ResolverConfig(
+        resolver_class=resolver.resolver_class,
+        inputs=tuple(spec.thresholds),
+        resolver_settings=resolver.settings(),
+    )
     return ResolverPlan(spec=spec, config=config, resolver=resolver, sources=list(sources))
 
 

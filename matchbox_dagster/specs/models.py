@@ -168,6 +168,16 @@ class ResolverSpec(_Spec):
     thresholds: dict[str, float] = Field(
         description="Model step name → minimum score (in [0, 1]) of an edge kept; one or more."
     )
+    method: str = Field(
+        default="components",
+        description="'components' (connected components) or 'split_conflicts' (no weak links, "
+        "no conflicting records in one entity; see matchbox_dagster.methods.clustering).",
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The method's settings: for split_conflicts 'strong' (model → score) and "
+        "'conflict_score'.",
+    )
     exclude: list[str] = Field(
         default_factory=list,
         description="Models scoring this resolver's sources that it leaves out on purpose (a "

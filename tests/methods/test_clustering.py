@@ -1,0 +1,132 @@
+"""SplitConflicts: weak links cut, conflicting records never share an entity."""
+
+from __future__ import annotations
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from matchbox_dagster.common.arrow import SCHEMA_CLUSTERS, SCHEMA_MODEL_EDGES, ModelResults
+from matchbox_dagster.common.errors import MatchboxInvalidData
+from matchbox_dagster.methods.clustering import SplitConflicts
+from matchbox_dagster.methods.resolvers import ConnectedComponents
+
+
+def edges(*rows: tuple[int, int, float]) -> ModelResults:
+    left, right, score = zip(*rows, strict=True) if rows else ((), (), ())
+    return ModelResults(
+        pa.table(
+            {"left_id": list(left), "right_id": list(right), "score": list(score)},
+            schema=SCHEMA_MODEL_EDGES,
+        )
+    )
+
+
+def groups(clusters) -> set[frozenset[int]]:
+    frame = pl.DataFrame(pl.from_arrow(clusters.table))
+    return {
+        frozenset(g)
+        for g in frame.group_by("parent_id").agg("child_id").get_column("child_id").to_list()
+    }
+
+
+def test_same_shape_and_components_without_conflicts():
+    data = edges((1, 2, 0.95), (2, 3, 0.97), (4, 5, 0.99))
+    ours = SplitConflicts(thresholds={"m": 0.9}).resolve({"m": data})
+    assert ours.table.schema == SCHEMA_CLUSTERS
+    assert groups(ours) == groups(ConnectedComponents(thresholds={"m": 0.9}).resolve({"m": data}))
+    assert groups(ours) == {frozenset({1, 2, 3}), frozenset({4, 5})}
+
+
+def test_conflict_splits_a_chain_at_its_weakest_link():
+    # 1-2 strong, 2-3 weak-ish, 3-4 strong; 1 and 4 conflict (two company numbers).
+    data = edges((1, 2, 0.99), (2, 3, 0.92), (3, 4, 0.98), (1, 4, 0.0))
+    chained = ConnectedComponents(thresholds={"m": 0.9}).resolve({"m": data})
+    assert groups(chained) == {frozenset({1, 2, 3, 4})}
+    split = SplitConflicts(thresholds={"m": 0.9}).resolve({"m": data})
+    assert groups(split) == {frozenset({1, 2}), frozenset({3, 4})}
+
+
+def test_conflicts_propagate_through_merges():
+    # A star: 0 links to 1, 2, 3, which pairwise conflict; 0 joins the strongest only.
+    data = edges((0, 1, 0.95), (0, 2, 0.99), (0, 3, 0.97), (1, 2, 0.0), (1, 3, 0.0), (2, 3, 0.0))
+    split = SplitConflicts(thresholds={"m": 0.5}).resolve({"m": data})
+    assert groups(split) == {frozenset({0, 2}), frozenset({1}), frozenset({3})}
+    clusters = pl.DataFrame(pl.from_arrow(split.table))
+    assert sorted(clusters.get_column("child_id").to_list()) == [0, 1, 2, 3]
+
+
+def test_weak_edges_kept_only_when_mutual_best():
+    # 2-3 (0.7) is the best edge of 3 but not of 2 (whose best is 1-2): cut; 4-5 is mutual best.
+    data = edges((1, 2, 0.95), (2, 3, 0.7), (4, 5, 0.7))
+    split = SplitConflicts(thresholds={"m": 0.6}, strong={"m": 0.9}).resolve({"m": data})
+    # Node 3 keeps no edge: like connected components, it is left out (a singleton).
+    assert groups(split) == {frozenset({1, 2}), frozenset({4, 5})}
+    assert groups(ConnectedComponents(thresholds={"m": 0.6}).resolve({"m": data})) == {
+        frozenset({1, 2, 3}),
+        frozenset({4, 5}),
+    }
+
+
+def test_conflicts_ignored_when_switched_off_and_edges_of_several_models():
+    data = edges((1, 2, 0.99), (2, 3, 0.92), (1, 3, 0.0))
+    off = SplitConflicts(thresholds={"m": 0.9}, conflict_score=None).resolve({"m": data})
+    assert groups(off) == {frozenset({1, 2, 3})}
+    both = SplitConflicts(thresholds={"m": 0.9, "n": 0.5}).resolve(
+        {"m": data, "n": edges((3, 4, 0.6))}
+    )
+    assert groups(both) == {frozenset({1, 2}), frozenset({3, 4})}
+
+
+def test_settings_and_validation():
+    resolver = SplitConflicts(thresholds={"m": 0.8}, strong={"m": 0.95})
+    assert resolver.settings() == {
+        "method": "split_conflicts",
+        "thresholds": {"m": 0.8},
+        "strong": {"m": 0.95},
+        "conflict_score": 0.0,
+    }
+    with pytest.raises(ValueError, match="below its threshold"):
+        SplitConflicts(thresholds={"m": 0.8}, strong={"m": 0.5})
+    with pytest.raises(ValueError, match="above conflict_score"):
+        SplitConflicts(thresholds={"m": 0.0})
+    with pytest.raises(ValueError, match="without a threshold"):
+        SplitConflicts(thresholds={"m": 0.8}, strong={"x": 0.9})
+    with pytest.raises(MatchboxInvalidData, match="not inputs"):
+        SplitConflicts(thresholds={"x": 0.8}).resolve({"m": edges((1, 2, 0.9))})
+    empty = SplitConflicts(thresholds={"m": 0.8}).resolve({"m": edges()})
+    assert empty.table.num_rows == 0
+
+
+def test_a_resolver_spec_selects_the_method():
+    from matchbox_dagster.specs import ResolverSpec
+    from matchbox_dagster.specs.graph import SpecError, plan_resolver
+
+    default = plan_resolver(ResolverSpec(name="r", thresholds={"m": 0.9}), ["s"])
+    assert isinstance(default.resolver, ConnectedComponents)
+    assert default.config.resolver_class == "Components"
+    assert default.config.resolver_settings == {"thresholds": {"m": 0.9}}
+
+    spec = ResolverSpec.model_validate(
+        {
+            "name": "r",
+            "thresholds": {"m": 0.5},
+            "method": "split_conflicts",
+            "settings": {"strong": {"m": 0.9}},
+        }
+    )
+    plan = plan_resolver(spec, ["s"])
+    assert isinstance(plan.resolver, SplitConflicts)
+    assert plan.resolver.strong == {"m": 0.9}
+    assert plan.config.resolver_class == "SplitConflicts"
+    assert plan.config.resolver_settings["strong"] == {"m": 0.9}
+
+    for method, settings, reason in [
+        ("nearest", {}, "Unknown resolver method"),
+        ("components", {"strong": {"m": 1}}, "takes no settings"),
+        ("split_conflicts", {"strong": {"m": 0.1}}, "below its threshold"),
+        ("split_conflicts", {"nope": 1}, "nope"),
+    ]:
+        bad = ResolverSpec(name="r", thresholds={"m": 0.5}, method=method, settings=settings)
+        with pytest.raises(SpecError, match=reason):
+            plan_resolver(bad, ["s"])
