@@ -6,6 +6,7 @@ subprocesses against the test PostgreSQL: init → own CSV → validate → chec
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -56,7 +57,7 @@ def test_init_refuses_a_folder_with_files(tmp_path: Path) -> None:
 
 def test_dagster_tools_accept_the_new_project(tmp_path: Path) -> None:
     project = init_project(tmp_path / f"p{uuid.uuid4().hex[:6]}")
-    env = {"DAGSTER_HOME": str(tmp_path), "PATH": str(BIN)}
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     for command in (["dg", "check", "yaml"], ["dagster", "definitions", "validate"]):
         done = subprocess.run(
