@@ -6,6 +6,10 @@ Datasets (ground truth known):
 * FEBRL4 — two files of 5,000 records, linked A↔B;
 * synthetic people (``matchbox_dagster.methods.synthetic``), deduplicated: 100k records
   (``--synthetic N`` entities, default 66,667 ≈ 100k records) and, with ``--big``, ~1M records.
+* companies (``bench/companies.py``, only with ``--only companies``; ``--companies N`` entities,
+  default 20,000 ≈ 34k records in two registers), linked: the OrganisationLinker preset with the
+  SplitConflicts resolver (and with connected components) beside Splink alone on a user's
+  cleaning with the same kinds of comparisons.
 
 For each, **ours** runs the whole path on a throwaway PostgreSQL store: records written to
 Parquet → ``SourceSpec.config()`` → ``index_source`` (extract + stable row hashes) →
@@ -240,6 +244,8 @@ class Dataset:
     settings: dict[str, Any]
     training: list[dict[str, dict[str, Any]]]
     extra_models: dict[str, Model] = field(default_factory=dict)
+    preset: Model | None = None  # ours: this model and resolver instead of Splink's settings
+    resolver: Any = None
 
     @property
     def linker(self) -> bool:
@@ -315,6 +321,30 @@ def synthetic(n_entities: int) -> Dataset:
         list(SYNTHETIC_FIELDS),
         settings,
         training,
+    )
+
+
+def companies(n_entities: int) -> Dataset:
+    """Organisations in two registers (``bench/companies.py``); Splink alone on a user's cleaning
+    beside the OrganisationLinker preset with the SplitConflicts resolver."""
+    from companies import generate_companies, simple_clean, splink_alone
+
+    from matchbox_dagster.methods.clustering import SplitConflicts
+    from matchbox_dagster.methods.models.organisation import OrganisationLinker
+
+    a, b, truth = generate_companies(n_entities)
+    a, b = simple_clean(a), simple_clean(b)
+    settings, training = splink_alone()
+    roles = ["name", "postcode", "town", "address", "company_number"]
+    return Dataset(
+        f"companies {a.height + b.height:,}",
+        {"register_a": a, "register_b": b},
+        truth.with_columns(pl.col("source").replace({"a": "register_a", "b": "register_b"})),
+        [c for c in a.columns if c != "key"],
+        settings,
+        training,
+        preset=OrganisationLinker(roles={r: r for r in roles}, threshold=0.5),
+        resolver=SplitConflicts(thresholds={"organisations": 0.9}, strong={"organisations": 0.99}),
     )
 
 
@@ -404,8 +434,12 @@ def run_ours(
     workdir: Path,
     label: str,
     threshold: float,
+    resolver: Any = None,
 ) -> tuple[Scores, dict[str, float]]:
-    """Source → model → resolver (edges ≥ ``threshold``) → query on the store."""
+    """Source → model → resolver (edges ≥ ``threshold``) → query on the store.
+
+    ``resolver`` (default: connected components at ``threshold``) reads the model as ``label``.
+    """
     times: dict[str, float] = {}
     collection = f"acc_{uuid.uuid4().hex[:8]}"
     store.create_collection(collection)
@@ -478,14 +512,18 @@ def run_ours(
     t = tick("insert model", t)
 
     edges = ModelResults(store.get_model_data(path(label)))
-    resolver = ConnectedComponents(thresholds={label: threshold})
+    resolver = resolver or ConnectedComponents(thresholds={label: threshold})
     clusters = resolver.resolve({label: edges})
     t = tick("resolve", t)
     store.create_step(
         Step(
             step_type=StepType.RESOLVER,
             fingerprint=clusters.fingerprint,
-            config=ResolverConfig(inputs=(label,), resolver_settings=resolver.settings()),
+            config=ResolverConfig(
+                resolver_class=resolver.resolver_class,
+                inputs=(label,),
+                resolver_settings=resolver.settings(),
+            ),
         ),
         path("resolve"),
     )
@@ -600,12 +638,15 @@ def one_side(load: Any, side: str) -> None:
             MatchboxSettings(postgres_uri=URI, postgres_schema=schema, log_level="WARNING")
         )
         # Predict at the threshold Splink alone predicts at, so both sides score the same pairs.
-        model = SplinkModel(
+        model = data.preset or SplinkModel(
             splink_settings=data.settings, training=data.training, threshold=THRESHOLD
         )
+        label = "organisations" if data.preset else "splink"
         try:
             with tempfile.TemporaryDirectory(prefix="mbacc-") as tmp:
-                scores, times = run_ours(store, data, model, Path(tmp), "splink", THRESHOLD)
+                scores, times = run_ours(
+                    store, data, model, Path(tmp), label, THRESHOLD, data.resolver
+                )
         finally:
             store.close()
             with psycopg.connect(URI, autocommit=True) as conn:
@@ -618,6 +659,7 @@ def one_side(load: Any, side: str) -> None:
         "peak_mb": peak,
         "loaded_mb": loaded,
         "f1": scores.pairs.f1,
+        "row": _row(data.name, side, scores, times["total"]),
         "stages": {k: round(v, 2) for k, v in times.items() if k != "total"},
         "peak_mb_after": {k: round(v) for k, v in PEAKS.items()},
         "rss_mb_after": {k: round(v) for k, v in NOW.items()},
@@ -664,7 +706,13 @@ def main() -> None:
         "--synthetic", type=int, default=66_667, help="entities of the synthetic run (~1.5 rec.)"
     )
     parser.add_argument(
-        "--only", nargs="*", choices=["febrl3", "febrl4", "synthetic"], help="datasets to run"
+        "--companies", type=int, default=20_000, help="entities of the companies run (~1.7 rec.)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=["febrl3", "febrl4", "synthetic", "companies"],
+        help="datasets to run (default: all but companies)",
     )
     parser.add_argument(
         "--isolate",
@@ -681,10 +729,12 @@ def main() -> None:
         "febrl3": [febrl3],
         "febrl4": [febrl4],
         "synthetic": [lambda: synthetic(args.synthetic)],
+        "companies": [lambda: companies(args.companies)],
     }
     if args.big:
         datasets["synthetic"].append(lambda: synthetic(666_667))
-    chosen = [load for name in (args.only or datasets) for load in datasets[name]]
+    default = ["febrl3", "febrl4", "synthetic"]
+    chosen = [load for name in (args.only or default) for load in datasets[name]]
     if args.side:
         one_side(chosen[args.index], args.side)
         return
@@ -716,11 +766,24 @@ def main() -> None:
                     f"{time.perf_counter() - started:.1f}s",
                     file=sys.stderr,
                 )
-                model = SplinkModel(
-                    splink_settings=data.settings, training=data.training, threshold=0.5
-                )
-                ours, times = run_ours(store, data, model, workdir, "splink", THRESHOLD)
-                lines.append(_row(data.name, "ours: Splink", ours, times["total"]))
+                if data.preset is not None:
+                    ours, times = run_ours(
+                        store, data, data.preset, workdir, "organisations", THRESHOLD,
+                        data.resolver,
+                    )
+                    lines.append(_row(data.name, "ours: preset + split", ours, times["total"]))
+                    print(lines[-1], file=sys.stderr)
+                    cc, cc_times = run_ours(
+                        store, data, data.preset, workdir, "organisations", THRESHOLD
+                    )
+                    label = "ours: preset + components"
+                    lines.append(_row(data.name, label, cc, cc_times["total"]))
+                else:
+                    model = SplinkModel(
+                        splink_settings=data.settings, training=data.training, threshold=0.5
+                    )
+                    ours, times = run_ours(store, data, model, workdir, "splink", THRESHOLD)
+                    lines.append(_row(data.name, "ours: Splink", ours, times["total"]))
                 stage_lines.append(
                     f"| {data.name} | "
                     + " | ".join(f"{k} {v:.1f}s" for k, v in times.items() if k != "total")

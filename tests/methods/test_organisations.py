@@ -93,3 +93,26 @@ def test_vectorised_on_many_rows():
     frame = pl.DataFrame({"x": ["Acme Holdings Ltd", "Smith & Co"] * 50_000})
     out = frame.select(org_name_core("x").alias("c")).get_column("c")
     assert out.n_unique() == 2 and out.len() == 100_000
+
+
+def test_a_model_input_applies_building_blocks_and_sql(store, collection, run, tmp_path):
+    """Through the store: a query's cleaning names a building block beside a SQL entry."""
+    from matchbox_dagster.common.dtos import QueryConfig
+    from matchbox_dagster.sources.inputs import query_frame
+    from tests.sources.test_inputs import indexed
+
+    pl.DataFrame(
+        {
+            "pid": [1, 2, 3],
+            "name": ["The Acme Holdings Ltd", "ACME & Co.", "Smith Bros Limited"],
+            "town": ["Leeds", "York", "Hull"],
+        }
+    ).write_parquet(tmp_path / "people.parquet")
+    indexed(store, collection, run, tmp_path / "people.parquet")
+    query = QueryConfig(
+        sources=("people",),
+        cleaning={"core": "org_name_core(name)", "shout": "upper(town)"},
+    )
+    frame = query_frame(store, collection, run, query).sort("core")
+    assert frame.get_column("core").to_list() == ["acme", "acme", "smith brothers"]
+    assert sorted(frame.get_column("shout").to_list()) == ["HULL", "LEEDS", "YORK"]

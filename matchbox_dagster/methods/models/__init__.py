@@ -6,5 +6,6 @@ from matchbox_dagster.methods.models.base import finish_pairs as finish_pairs
 from matchbox_dagster.methods.models.base import model_class as model_class
 from matchbox_dagster.methods.models.deterministic import DeterministicRules as DeterministicRules
 from matchbox_dagster.methods.models.deterministic import ExactMatch as ExactMatch
+from matchbox_dagster.methods.models.organisation import OrganisationLinker as OrganisationLinker
 from matchbox_dagster.methods.models.splink import SplinkModel as SplinkModel
 from matchbox_dagster.methods.models.weighted import WeightedRules as WeightedRules

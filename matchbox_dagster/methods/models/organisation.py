@@ -1,0 +1,278 @@
+"""The organisations preset: :class:`OrganisationLinker`.
+
+A user names the columns that play each role and gets a tuned model::
+
+    ModelSpec(name="orgs", model_class="OrganisationLinker", left=..., right=...,
+              settings={"roles": {"name": "company_name", "postcode": "pc", "town": "town",
+                                  "address": "street", "company_number": "crn"}})
+
+Every role but ``name`` is optional; with ``left`` only it deduplicates. The records are cleaned
+with the building blocks of :mod:`matchbox_dagster.methods.organisations` (core name,
+distinguishing tokens, postcode and district, town, company number) and scored by Splink
+(:class:`~matchbox_dagster.methods.models.splink.SplinkModel`: Jaro-Winkler levels on the core
+name with term frequencies, distinguishing tokens, Splink's postcode comparison, town, address,
+company number; trained by EM). Pairs scoring at least ``threshold`` are kept.
+
+Records that must never share an entity are marked with an edge scoring 0 (a *conflict*): two
+records brought together by a shared core name, postcode or address but holding different
+company numbers or different distinguishing tokens (``Acme Holdings`` and ``Acme Services``).
+Connected components ignore these edges (any threshold above 0 drops them); the matching
+resolver, :class:`~matchbox_dagster.methods.clustering.SplitConflicts`
+(:func:`organisation_resolver`), keeps conflicting records apart and cuts weak links.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from pydantic import Field, field_validator
+
+from matchbox_dagster.common.arrow import ModelResults
+from matchbox_dagster.methods.models.base import ID, Model, finish_pairs, require_columns
+from matchbox_dagster.methods.models.splink import SplinkModel
+from matchbox_dagster.methods.organisations import (
+    address_clean,
+    company_number_clean,
+    org_name_core,
+    org_name_tokens,
+    postcode_clean,
+    postcode_district,
+    town_clean,
+)
+
+ROLES = ("name", "postcode", "town", "address", "company_number")
+MAX_BLOCK = 200
+"""Blocks (records sharing a core name, postcode or address) larger than this on a side are not
+searched for conflicts: a very common value says little."""
+
+
+class OrganisationLinker(Model):
+    """Organisations matched on cleaned names, postcodes, towns, addresses, company numbers."""
+
+    model_class = "OrganisationLinker"
+
+    roles: dict[str, str] = Field(
+        description="Role → input column; roles: name (required), postcode, town, address, "
+        "company_number."
+    )
+    threshold: float = Field(default=0.5, ge=0, le=1, description="Minimum match probability.")
+    conflicts: bool = Field(
+        default=True, description="Emit score-0 edges for records that must not share an entity."
+    )
+    abbreviations: dict[str, str] | None = Field(
+        default=None, description="Abbreviation → word (default: the module's dictionary)."
+    )
+    distinguishing: list[str] | None = Field(
+        default=None, description="Distinguishing words (default: the module's list)."
+    )
+    max_pairs: float = Field(default=1e6, gt=0, description="Pairs sampled to estimate u.")
+    seed: int = Field(default=1, description="Seed of Splink's sampling.")
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown role(s) {unknown}; roles are {list(ROLES)}")
+        if "name" not in value:
+            raise ValueError("the 'name' role is required")
+        return value
+
+    @property
+    def fields(self) -> list[str]:
+        """The input columns of the roles."""
+        return list(self.roles.values())
+
+    @property
+    def input_fields(self) -> list[str]:
+        """Exactly the role columns."""
+        return self.fields
+
+    def prepare(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``id`` and the cleaned columns the model compares (``core``, ``tokens``, …)."""
+        col = {role: pl.col(column) for role, column in self.roles.items()}
+        out = [
+            pl.col(ID).cast(pl.Int64),
+            org_name_core(col["name"], self.abbreviations, self.distinguishing).alias("core"),
+            org_name_tokens(col["name"], self.abbreviations, self.distinguishing).alias("tokens"),
+        ]
+        if "postcode" in col:
+            out += [
+                postcode_clean(col["postcode"]).alias("postcode"),
+                postcode_district(col["postcode"]).alias("district"),
+            ]
+        if "town" in col:
+            out.append(town_clean(col["town"]).alias("town"))
+        if "address" in col:
+            out.append(address_clean(col["address"]).alias("address"))
+        if "company_number" in col:
+            out.append(company_number_clean(col["company_number"]).alias("company_number"))
+        return frame.select(out)
+
+    def splink(self) -> SplinkModel:
+        """The Splink model over :meth:`prepare`'s columns."""
+        roles = self.roles
+        comparisons: list[dict[str, Any]] = [
+            {
+                "comparison": "JaroWinklerAtThresholds",
+                "col_name": "core",
+                "score_threshold_or_thresholds": [0.95, 0.88, 0.8],
+                "term_frequency_adjustments": True,
+            },
+            {"comparison": "ExactMatch", "col_name": "tokens"},
+        ]
+        blocking: list[Any] = [["core"]]
+        em: list[Any] = []
+        if "postcode" in roles:
+            comparisons.append(
+                {
+                    "comparison": "PostcodeComparison",
+                    "col_name": "postcode",
+                    "term_frequency_adjustments": True,
+                }
+            )
+            blocking += [
+                ["postcode"],
+                "l.district = r.district and substr(l.core, 1, 4) = substr(r.core, 1, 4)",
+            ]
+            em.append(["postcode"])
+        if "town" in roles:
+            comparisons.append(
+                {"comparison": "ExactMatch", "col_name": "town", "term_frequency_adjustments": True}
+            )
+        if "address" in roles:
+            comparisons.append(
+                {
+                    "comparison": "ExactMatch",
+                    "col_name": "address",
+                    "term_frequency_adjustments": True,
+                }
+            )
+            blocking.append(["address"])
+        if "company_number" in roles:
+            comparisons.append({"comparison": "ExactMatch", "col_name": "company_number"})
+            blocking.append(["company_number"])
+        em.append(["core"])
+        if "postcode" not in roles and "town" in roles:
+            em.append(["town"])
+        training: list[dict[str, dict[str, Any]]] = [
+            {
+                "estimate_probability_two_random_records_match": {
+                    "deterministic_matching_rules": [
+                        "l.core = r.core and l.postcode = r.postcode"
+                        if "postcode" in roles
+                        else "l.core = r.core"
+                    ],
+                    "recall": 0.7,
+                }
+            },
+            {
+                "estimate_u_using_random_sampling": {
+                    "max_pairs": self.max_pairs,
+                    "seed": self.seed,
+                }
+            },
+            *(
+                {"estimate_parameters_using_expectation_maximisation": {"blocking_rule": rule}}
+                for rule in em
+            ),
+        ]
+        return SplinkModel(
+            splink_settings={
+                "comparisons": comparisons,
+                "blocking_rules_to_generate_predictions": blocking,
+                "retain_intermediate_calculation_columns": False,
+            },
+            training=training,
+            threshold=self.threshold,
+        )
+
+    def dedupe(self, data: pl.DataFrame) -> ModelResults:
+        """Pairs of distinct ids within ``data``, and conflicts scoring 0."""
+        require_columns(data, self.fields, "OrganisationLinker")
+        rows = self.prepare(data)
+        return self._with_conflicts(self.splink().dedupe(rows), rows, None)
+
+    def link(self, left: pl.DataFrame, right: pl.DataFrame) -> ModelResults:
+        """Pairs (left id, right id), and conflicts scoring 0."""
+        require_columns(left, self.fields, "OrganisationLinker left")
+        require_columns(right, self.fields, "OrganisationLinker right")
+        a, b = self.prepare(left), self.prepare(right)
+        return self._with_conflicts(self.splink().link(a, b), a, b)
+
+    def _with_conflicts(
+        self, scored: ModelResults, left: pl.DataFrame, right: pl.DataFrame | None
+    ) -> ModelResults:
+        if not self.conflicts:
+            return scored
+        clash = conflict_pairs(left, right)
+        if clash.height == 0:
+            return scored
+        pairs = pl.DataFrame(pl.from_arrow(scored.table)).select("left_id", "right_id", "score")
+        if right is None:  # finish_pairs orders deduper pairs; order the conflicts alike
+            clash = clash.select(
+                pl.min_horizontal("left_id", "right_id").alias("left_id"),
+                pl.max_horizontal("left_id", "right_id").alias("right_id"),
+            ).unique()
+        # A conflict overrides a score: the pair must not be linked.
+        kept = pairs.join(clash, on=["left_id", "right_id"], how="anti")
+        zero = clash.with_columns(pl.lit(0.0, pl.Float32).alias("score"))
+        return finish_pairs(pl.concat([kept, zero], how="vertical_relaxed"), dedupe=right is None)
+
+
+def conflict_pairs(left: pl.DataFrame, right: pl.DataFrame | None) -> pl.DataFrame:
+    """(``left_id``, ``right_id``) of records that must not share an entity.
+
+    Records sharing a core name, postcode or address conflict when their company numbers or
+    distinguishing tokens differ (see the comment below for tokens).
+    """
+    other = left if right is None else right
+    keys = [k for k in ("core", "postcode", "address") if k in left.columns]
+    checks = [c for c in ("company_number", "tokens") if c in left.columns]
+    parts = []
+    for key in keys:
+        columns = [ID, key, pl.col("core").alias("_core"), *checks]
+        a = _small_blocks(left.select(columns), key)
+        b = a if right is None else _small_blocks(other.select(columns), key)
+        joined = a.join(b, on=key, suffix="_r").filter(pl.col(ID) != pl.col(f"{ID}_r"))
+        if right is None:
+            joined = joined.filter(pl.col(ID) < pl.col(f"{ID}_r"))
+        # Company numbers and distinguishing tokens conflict when both exist and differ; tokens
+        # also when only one of two equal core names has any ("Acme Ltd" and its sister "Acme
+        # Holdings Ltd"; not "Acme Holdngs Ltd", whose typo left its core "acme holdngs").
+        both = [
+            pl.col(c).is_not_null()
+            & pl.col(f"{c}_r").is_not_null()
+            & (pl.col(c) != pl.col(f"{c}_r"))
+            for c in checks
+        ]
+        if "tokens" in checks:
+            both.append(
+                (pl.col("_core") == pl.col("_core_r"))
+                & (pl.col("tokens").is_null() != pl.col("tokens_r").is_null())
+            )
+        differ = pl.any_horizontal(both)
+        parts.append(
+            joined.filter(differ).select(
+                pl.col(ID).alias("left_id"), pl.col(f"{ID}_r").alias("right_id")
+            )
+        )
+    if not parts:
+        return pl.DataFrame(schema={"left_id": pl.Int64, "right_id": pl.Int64})
+    return pl.concat(parts).unique()
+
+
+def _small_blocks(frame: pl.DataFrame, key: str) -> pl.DataFrame:
+    return frame.drop_nulls(key).filter(pl.len().over(key) <= MAX_BLOCK)
+
+
+def organisation_resolver(
+    model: str, threshold: float = 0.9, strong: float = 0.99
+) -> dict[str, Any]:
+    """The resolver spec fields matching the preset (``ResolverSpec(name=…, **this)``)."""
+    return {
+        "thresholds": {model: threshold},
+        "method": "split_conflicts",
+        "settings": {"strong": {model: strong}},
+    }

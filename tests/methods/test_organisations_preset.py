@@ -1,0 +1,151 @@
+"""The OrganisationLinker preset: cleaning, Splink scoring, conflicts; from Python and a spec."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from matchbox_dagster.methods import build_model
+from matchbox_dagster.methods.clustering import SplitConflicts
+from matchbox_dagster.methods.models.organisation import (
+    OrganisationLinker,
+    conflict_pairs,
+    organisation_resolver,
+)
+from matchbox_dagster.methods.resolvers import ConnectedComponents
+
+ROLES = {
+    "name": "company",
+    "postcode": "pc",
+    "town": "town",
+    "address": "street",
+    "company_number": "crn",
+}
+
+
+def registers() -> tuple[pl.DataFrame, pl.DataFrame, dict[int, int]]:
+    """Two small registers (ids 1.. and 1001..) and each record's true firm."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
+    from companies import generate_companies
+
+    a, b, truth = generate_companies(600, seed=3)
+    rename = {
+        "name": "company", "postcode": "pc", "address": "street", "company_number": "crn"
+    }
+    a = a.rename(rename).with_row_index("id", offset=1)
+    b = b.rename(rename).with_row_index("id", offset=100_001)
+    ids = pl.concat(
+        [a.select("id", pl.lit("a").alias("source"), "key"),
+         b.select("id", pl.lit("b").alias("source"), "key")]
+    ).join(truth, on=["source", "key"])
+    return (
+        a.with_columns(pl.col("id").cast(pl.Int64)),
+        b.with_columns(pl.col("id").cast(pl.Int64)),
+        dict(zip(ids["id"].to_list(), ids["entity"].to_list(), strict=True)),
+    )
+
+
+def test_roles_are_checked_and_the_model_is_registered():
+    with pytest.raises(ValueError, match="'name' role is required"):
+        OrganisationLinker(roles={"postcode": "pc"})
+    with pytest.raises(ValueError, match="unknown role"):
+        OrganisationLinker(roles={"name": "n", "vat": "v"})
+    model = build_model("OrganisationLinker", {"roles": {"name": "n", "town": "t"}})
+    assert isinstance(model, OrganisationLinker)
+    assert model.input_fields == ["n", "t"]
+    assert OrganisationLinker.from_settings(model.settings()) == model
+
+
+def test_conflicts_of_sisters_and_company_numbers():
+    model = OrganisationLinker(roles={"name": "n", "postcode": "p", "company_number": "c"})
+    frame = pl.DataFrame(
+        {
+            "id": [1, 2, 3, 4, 5],
+            "n": ["Acme Ltd", "Acme Holdings Ltd", "ACME LIMITED", "Acme Holdngs", "Acme Ltd"],
+            "p": ["AB1 2CD", "ab12cd", "AB1 2CD", "AB1 2CD", "AB1 2CD"],
+            "c": ["01234567", "07654321", "1234567", None, "9999"],
+        }
+    )
+    pairs = conflict_pairs(model.prepare(frame), None)
+    got = {tuple(p) for p in pairs.select("left_id", "right_id").rows()}
+    # 1-2 sisters (tokens, numbers), 1-5 and 3-5 (numbers), 2-3, 2-5; 1-3 agree (same number);
+    # 4's typo leaves its core "acme holdngs": no conflict on tokens, and it has no number.
+    assert got == {(1, 2), (1, 5), (2, 3), (2, 5), (3, 5)}
+
+
+def test_the_preset_links_and_its_resolver_splits_conflicts():
+    a, b, entity = registers()
+    model = OrganisationLinker(roles=ROLES, max_pairs=2e5)
+    results = model.link(a, b)
+    edges = pl.DataFrame(pl.from_arrow(results.table))
+    assert edges["left_id"].max() < 100_001 <= edges["right_id"].min()
+    zero = edges.filter(pl.col("score") == 0)
+    assert zero.height > 0  # conflicts are marked
+    apart = [entity[x] != entity[y] for x, y in zero.select("left_id", "right_id").rows()]
+    assert sum(apart) / len(apart) > 0.95  # nearly always two firms (a trading name may clash)
+
+    kept = edges.filter(pl.col("score") >= 0.9)
+    right = sum(entity[x] == entity[y] for x, y in kept.select("left_id", "right_id").rows())
+    assert right / kept.height > 0.9  # precise pairs on a hard sample
+    settings = organisation_resolver("orgs")
+    resolver = SplitConflicts(thresholds=settings["thresholds"], **settings["settings"])
+    for clusters in (
+        resolver.resolve({"orgs": results}),
+        ConnectedComponents(thresholds={"orgs": 0.9}).resolve({"orgs": results}),
+    ):
+        frame = pl.DataFrame(pl.from_arrow(clusters.table))
+        assert frame.height > 0
+    split = pl.DataFrame(pl.from_arrow(resolver.resolve({"orgs": results}).table))
+    members = split.group_by("parent_id").agg("child_id")["child_id"].to_list()
+    zero_pairs = {tuple(p) for p in zero.select("left_id", "right_id").rows()}
+    for group in members:
+        inside = set(group)
+        assert not any(x in inside and y in inside for x, y in zero_pairs)
+
+
+def test_the_preset_deduplicates_one_register():
+    a, b, entity = registers()
+    both = pl.concat([a, b])
+    model = OrganisationLinker(roles={"name": "company", "postcode": "pc"}, max_pairs=2e5)
+    edges = pl.DataFrame(pl.from_arrow(model.dedupe(both).table))
+    assert (edges["left_id"] < edges["right_id"]).all()
+    kept = edges.filter(pl.col("score") >= 0.9)
+    right = sum(entity[x] == entity[y] for x, y in kept.select("left_id", "right_id").rows())
+    assert kept.height > 100 and right / kept.height > 0.8
+
+
+def test_a_yaml_spec_plans_the_preset_and_its_resolver():
+    import yaml
+
+    from matchbox_dagster.specs import CollectionSpec, plan_collection
+
+    text = """
+collection: orgs
+sources:
+  - {name: register_a, key_field: key, index_fields: [name, postcode],
+     location: {type: parquet, name: a.parquet}}
+  - {name: register_b, key_field: key, index_fields: [name, postcode],
+     location: {type: parquet, name: b.parquet}}
+models:
+  - name: organisations
+    model_class: OrganisationLinker
+    left: {step: register_a, cleaning: {district: "postcode_district(postcode)"}}
+    right: {step: register_b}
+    settings: {roles: {name: name, postcode: postcode}}
+resolvers:
+  - name: firms
+    thresholds: {organisations: 0.9}
+    method: split_conflicts
+    settings: {strong: {organisations: 0.99}}
+"""
+    plan = plan_collection(CollectionSpec.model_validate(yaml.safe_load(text)))
+    model = plan.models[0]
+    assert isinstance(model.methodology, OrganisationLinker)
+    assert model.config.model_settings["roles"] == {"name": "name", "postcode": "postcode"}
+    resolver = plan.resolvers[0]
+    assert isinstance(resolver.resolver, SplitConflicts)
+    assert resolver.config.resolver_class == "SplitConflicts"
+    assert resolver.config.resolver_settings["strong"] == {"organisations": 0.99}
