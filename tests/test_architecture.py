@@ -53,6 +53,7 @@ RULES: tuple[Rule, ...] = (
     Rule(f"{MB}.methods",    (*DAGSTER, f"{MB}.store", f"{MB}.sources")),
     Rule(f"{MB}.evaluation", DAGSTER),
     Rule(f"{MB}.specs",      DAGSTER),
+    Rule(f"{MB}.review",     DAGSTER),
     Rule(f"{MB}.examples",   (*DAGSTER, MB),                               (f"{MB}.specs",
                                                                             f"{MB}.common")),
     # every other module (the root package, any new one) but the Dagster layer and the CLI:

@@ -16,6 +16,7 @@ by default the FEBRL4 demo graph):
 ``query``       print or save the entities of a source's keys (default run unless told)
 ``validate``    the preflight alone: each source's schema against the collection, nothing written
 ``init DIR``    a new project (pyproject ``[tool.dg]``, package, ``defs.yaml``, ``definitions.py``)
+``review``      the review web app: judge entities in a browser (docs/review.md)
 
 Errors are one line (``error: <cause>. Hint: <what to do>``) with an exit code
 (``base.EXIT_CODES``: 0 ok, 1 a check or step failed, 2 refused or bad input, 3 store unreachable,
@@ -35,6 +36,7 @@ import dagster as dg
 
 from matchbox_dagster.cli.base import Graph, explain
 from matchbox_dagster.cli.graph import cmd_check, cmd_demo, cmd_query
+from matchbox_dagster.cli.review import add_review
 from matchbox_dagster.cli.runs import cmd_delete_run, cmd_promote, cmd_prune, cmd_runs
 from matchbox_dagster.project.commands import cmd_init, validate_loaded
 
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     init = add("init", "create a new project", graph=False)
     init.add_argument("directory", help="new or empty folder")
     init.set_defaults(func=cmd_init)
+    add_review(sub)
     return parser
 
 

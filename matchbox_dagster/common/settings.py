@@ -8,6 +8,7 @@ variable                                  meaning
 ``MATCHBOX_EMBEDDED_DATA_DIR``            data directory of the embedded server
 ``MATCHBOX_BATCH_SIZE``                   rows per batch when moving bulk data (250000)
 ``MATCHBOX_AUTHORISATION``                enforce permissions (``false``: single-user use)
+``MATCHBOX_REVIEW_URL``                   base URL of the review app (checks link to it)
 ``MATCHBOX_UPLOADS_EXPIRY_MINUTES``       a PROCESSING upload older than this is stuck (60)
 ``MATCHBOX_STEP_LOCK_TIMEOUT_SECONDS``    write_step waits this long for a write of the step (60)
 ``MATCHBOX_RETRIES``                      at most this many retries of a call (50; the time
@@ -94,6 +95,7 @@ class MatchboxSettings(BaseSettings):
     )
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, gt=0, description="Rows per bulk batch.")
     authorisation: bool = Field(default=False, description="Enforce permissions.")
+    review_url: str | None = Field(default=None, description="Base URL of the review app.")
     uploads_expiry_minutes: int | None = Field(default=60, gt=0)
     step_lock_timeout_seconds: float = Field(
         default=60.0,

@@ -29,6 +29,7 @@ from matchbox_dagster.evaluation.entities import resolver_entities
 from matchbox_dagster.evaluation.quality import entity_sizes, score_range
 from matchbox_dagster.evaluation.quality import source_quality as judge_source
 from matchbox_dagster.evaluation.resolver import evaluate_resolver
+from matchbox_dagster.evaluation.sampling import judgement_count
 from matchbox_dagster.specs import ResolverChecksSpec
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
@@ -52,7 +53,7 @@ def _result(name: str, passed: bool, description: str, **metadata: object) -> dg
 def resolver_check_names(checks: ResolverChecksSpec) -> list[str]:
     """The checks a resolver with these settings carries."""
     names = [RESOLVER_QUALITY]
-    if checks.min_precision is not None or checks.min_recall is not None:
+    if (checks.min_precision, checks.min_recall, checks.min_judgements) != (None, None, None):
         names.append(EVALUATION)
     if checks.max_churn is not None:
         names.append(CHURN)
@@ -196,20 +197,31 @@ def _evaluation(
     entities: pl.DataFrame,
     checks: ResolverChecksSpec,
 ) -> dg.AssetCheckResult:
+    base = store.settings.review_url  # the review app links from the check (issue 16)
+    link: dict[str, object] = {}
+    if base:
+        link["review"] = dg.MetadataValue.url(f"{base.rstrip('/')}/review/{path.collection}")
+    judged, wanted = 0, checks.min_judgements if not checks.truth else None
+    if wanted:
+        judged = judgement_count(store, path.collection, entities.get_column("leaf_id"))
+        link["judgements"] = judged
+    short = bool(wanted) and judged < wanted  # type: ignore[operator]
+    more = f" {wanted - judged} more judgement(s) needed (minimum {wanted})." if short else ""  # type: ignore[operator]
     try:
         found = evaluate_resolver(
             store, path, models, entities, truth=bool(checks.truth), sources=sources
         )
     except MatchboxError as exc:  # e.g. MatchboxNoJudgements
-        return _result(EVALUATION, False, f"Could not evaluate: {exc}")
+        return _result(EVALUATION, False, f"Could not evaluate: {exc}{more}", **link)
     scores = found.scores
     return _result(
         EVALUATION,
-        found.passes(checks.min_precision, checks.min_recall),
+        found.passes(checks.min_precision, checks.min_recall) and not more,
         f"Against {found.against}, after clustering (the resolver's entities): precision "
         f"{scores.precision:.4f} (minimum {checks.min_precision}), recall "
         f"{scores.recall:.4f} (minimum {checks.min_recall}), F1 {scores.f1:.4f} over "
-        f"{scores.pairs:,} pairs.",
+        f"{scores.pairs:,} pairs.{more}",
+        **link,
         precision=scores.precision,
         recall=scores.recall,
         f1=scores.f1,

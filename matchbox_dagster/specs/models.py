@@ -140,6 +140,12 @@ class ResolverChecksSpec(_Spec):
         description="Fail if more than this share of keys changed entity against the "
         "collection's default run.",
     )
+    min_judgements: int | None = Field(
+        default=None,
+        ge=1,
+        description="Without ``truth``: fail until this many judgements of the resolver's "
+        "records were made (``matchbox-dagster review``).",
+    )
 
     @field_validator("min_precision", "min_recall", "max_churn")
     @classmethod

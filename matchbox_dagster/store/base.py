@@ -387,3 +387,11 @@ class MatchboxDBAdapter(ABC):
     @abstractmethod
     def sample_for_eval(self, n: int, path: ResolverStepPath, user_name: str) -> pa.Table:
         """Up to ``n`` (≤ 100) clusters of a resolver to judge (``SCHEMA_EVAL_SAMPLES``)."""
+
+    @abstractmethod
+    def delete_last_judgement(self, user_name: str) -> int | None:
+        """Extension: delete ``user_name``'s latest judgement, only when acting as that user.
+
+        Returns its id, or None when they have none. Nobody deletes another user's judgement
+        (:class:`MatchboxPermissionDenied`, admins included): an undo, not a moderation tool.
+        """

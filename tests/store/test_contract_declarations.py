@@ -88,6 +88,7 @@ def test_rules_decided_in_the_body_are_few() -> None:
         "check_permission": "public",
         "get_user_groups": "body",
         "insert_judgement": "body",
+        "delete_last_judgement": "body",
     }
 
 

@@ -444,6 +444,11 @@ class MatchboxPostgres(MatchboxDBAdapter):
         """Up to ``n`` (≤ 100) clusters of a resolver to judge (``SCHEMA_EVAL_SAMPLES``)."""
         return self._evaluation.sample_for_eval(n, path, user_name)
 
+    @operation(decided_in_body("the user themself only, never another's"), retry=NOT_REPEATABLE)
+    def delete_last_judgement(self, user_name: str) -> int | None:
+        """Extension: delete the acting user's own latest judgement; its id (None: none left)."""
+        return self._evaluation.delete_last_judgement(user_name, self._acting_as(user_name))
+
     # --- snapshots ------------------------------------------------------------------------
 
     @operation(ADMIN.on_system, retry=IDEMPOTENT)

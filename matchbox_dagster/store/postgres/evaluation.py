@@ -31,6 +31,7 @@ from matchbox_dagster.common.dtos import (
 from matchbox_dagster.common.errors import (
     MatchboxDataNotFound,
     MatchboxInvalidData,
+    MatchboxPermissionDenied,
     MatchboxStepNotQueriable,
     MatchboxTooManySamplesRequested,
 )
@@ -269,6 +270,25 @@ class Evaluation:
                 },
             ).fetchall()
         return _arrow(rows, SCHEMA_EVAL_SAMPLES)
+
+    def delete_last_judgement(self, user_name: str, acting_as_them: bool) -> int | None:
+        """Delete ``user_name``'s latest judgement (with its groups) in one transaction.
+
+        Refused (:class:`MatchboxPermissionDenied`) unless the call acts as ``user_name``. The
+        clusters it named stay: other judgements may share them, and they are content-addressed.
+        """
+        if not acting_as_them:
+            raise MatchboxPermissionDenied(user_name, "their own judgement", "judgements")
+        with self.db.connection() as conn:
+            user_id = auth.find_user(conn, user_name)
+            row = conn.execute(
+                "DELETE FROM judgements WHERE judgement_id = (SELECT max(judgement_id) "
+                "FROM judgements WHERE user_id = %s) RETURNING judgement_id",
+                (user_id,),
+            ).fetchone()
+        if row is not None:
+            logger.info("Deleted judgement %s by %s (undo)", row[0], user_name)
+        return None if row is None else int(row[0])
 
 
 __all__ = ["MAX_SAMPLES", "Evaluation", "cluster_hash"]

@@ -1,0 +1,179 @@
+"""Fixtures of the review app's browser tests: a judged-by-people collection and the app.
+
+The collection is FEBRL4 whose resolver is evaluated against judgements (no truth), with
+``min_judgements``; ``matchbox-dagster demo`` materialises run ``run-0001`` (not promoted: no
+judgements yet). The app is the real CLI, ``matchbox-dagster review``, in a subprocess on a
+free loopback port; the browser is Debian's chromium driven by Playwright (no download).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from matchbox_dagster.cli import main
+from matchbox_dagster.common.dtos import Group, PermissionType, User
+from matchbox_dagster.common.settings import MatchboxSettings
+from matchbox_dagster.store.postgres import MatchboxPostgres
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+MIN_JUDGEMENTS = 10
+DEFS = """
+from matchbox_dagster.dagster.collection import build_collection_defs
+from matchbox_dagster.examples.febrl import febrl4_spec
+
+spec = febrl4_spec(collection={collection!r}, max_churn=None, min_precision=0.9, min_recall=0.9)
+resolver = spec.resolvers[0]
+checks = resolver.checks.model_copy(update={{"truth": None, "min_judgements": {minimum}}})
+spec = spec.model_copy(update={{"resolvers": [resolver.model_copy(update={{"checks": checks}})]}})
+defs = build_collection_defs(spec)
+"""
+
+
+@dataclass(frozen=True)
+class Project:
+    """The collection under review and how to reach its store and definitions."""
+
+    collection: str
+    defs: Path
+    env: dict[str, str]
+    run_id: int
+
+
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def project(
+    settings: MatchboxSettings, store: MatchboxPostgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Project]:
+    """FEBRL4 judged by people: run-0001 materialised, readable by ``alice``, not ``bob``."""
+    assert settings.postgres_uri is not None
+    tmp = tmp_path_factory.mktemp("review")
+    collection = f"rv_{uuid.uuid4().hex[:8]}"
+    home = tmp / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    defs = tmp / "definitions.py"
+    defs.write_text(DEFS.format(collection=collection, minimum=MIN_JUDGEMENTS))
+    env = {
+        "MATCHBOX_POSTGRES_URI": settings.postgres_uri.get_secret_value(),
+        "MATCHBOX_POSTGRES_SCHEMA": settings.postgres_schema,
+        "DAGSTER_HOME": str(home),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        store.login(User(user_name="review_admin"))  # the first user of a schema is an admin
+        assert main(["demo", "--definitions", str(defs), "--label", "run-0001"]) == 1
+        run_id = store.run_for_label(collection, "run-0001", create=False).run_id
+        assert store.get_collection(collection).default_run is None  # no judgements: no promotion
+        for user in ("alice", "bob"):
+            store.login(User(user_name=user))
+        group = f"readers_{collection}"
+        store.create_group(Group(name=group, description="reviewers"))
+        store.add_user_to_group("alice", group)
+        store.grant_permission(group, PermissionType.READ, collection)
+        yield Project(collection, defs, env, run_id)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _reset_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture(scope="module")
+def start_app(project: Project) -> Iterator[Callable[..., str]]:
+    """Start ``matchbox-dagster review`` for a user; its base URL (stopped at the end)."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(user: str, *extra: str) -> str:
+        port = free_port()
+        log = project.defs.parent / f"review-{user}-{port}.log"
+        command = [sys.executable, "-m", "matchbox_dagster.cli", "review", "--user", user]
+        command += ["--collection", project.collection, "--label", "run-0001"]
+        command += ["--port", str(port), "--target", str(MIN_JUDGEMENTS), *extra]
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                command,
+                env={**os.environ, **project.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_reset_sigint,
+            )
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"review app exited:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"{base}/", timeout=2):
+                    break
+            except urllib.error.HTTPError:
+                break  # it answers (a refusal is an answer)
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"review app not up:\n{log.read_text()[-3000:]}"
+            time.sleep(0.3)
+        assert f"http://127.0.0.1:{port}/" in log.read_text()  # it printed its URL
+        return base
+
+    yield start
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Debian chromium."""
+    assert CHROMIUM.exists(), "chromium is missing: `apt-get install -y chromium` (.ci/run does)"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield chromium
+        chromium.close()
+
+
+def screenshot(page: object, name: str) -> None:
+    """Save a screenshot under ``$MATCHBOX_REVIEW_SCREENSHOTS`` (docs/img/review) when set."""
+    folder = os.environ.get("MATCHBOX_REVIEW_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
