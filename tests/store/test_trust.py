@@ -572,3 +572,44 @@ def test_a_nul_in_a_key_is_invalid_data_before_the_database(
     assert store_state(store) == before
     with pytest.raises(MatchboxInvalidData, match="NUL"):
         store.match("a\x00b", path, [path], path)
+
+
+def test_match_racing_delete_run_is_whole_or_typed(
+    store: MatchboxPostgres, collection: str, run: int
+) -> None:
+    """match() while its run's deletion commits: the typed error, never an empty match."""
+    import psycopg
+
+    crm = add_source(store, collection, run, "crm", {"acme": ["c1"], "acme ltd": ["c2"]})
+    lc = leaf_of(store, crm)
+    add_model(
+        store, collection, run, "m", [(lc["c1"], lc["c2"], 0.9)], QueryConfig(sources=("crm",))
+    )
+    resolver = add_resolver(store, collection, run, "r", [[lc["c1"], lc["c2"]]], ("m",))
+    assert store.match("c1", crm, [crm], resolver)[0].target_id == {"c1", "c2"}
+    results: list[object] = []
+
+    def match() -> None:
+        try:
+            results.append(store.match("c1", crm, [crm], resolver))
+        except Exception as exc:  # recorded and checked below
+            results.append(exc)
+
+    with psycopg.connect(store.db.uri) as deleter:  # delete_run's statements, held open
+        deleter.execute(
+            psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(store.db.schema))
+        )
+        steps = deleter.execute(
+            "SELECT step_id, step_type FROM steps WHERE run_id = %s", (run,)
+        ).fetchall()
+        from matchbox_dagster.store.postgres.core import drop_partitions
+
+        drop_partitions(deleter, store.db.schema, [(int(s), t) for s, t in steps])
+        deleter.execute("DELETE FROM runs WHERE run_id = %s", (run,))
+        thread = threading.Thread(target=match)
+        thread.start()
+        time.sleep(1.0)  # match has found its steps and waits for their partitions
+        deleter.commit()
+    thread.join(timeout=60)
+    assert len(results) == 1
+    assert isinstance(results[0], MatchboxStepNotFoundError), results[0]

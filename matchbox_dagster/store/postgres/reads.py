@@ -248,6 +248,16 @@ class Reads:
             for step in (src, *tgts):
                 if step.step_id not in resolved:
                     raise _outside_lineage(step, res)
+            # Lock the partitions read below: each statement sees the catalog as it is now,
+            # so a step deleted meanwhile would read as empty; locked, none can be dropped
+            # until this read ends, and one dropped already is the typed error.
+            for step in sorted({s.step_id: s for s in (src, res, *tgts)}.values(),
+                               key=lambda s: s.step_id):  # fmt: skip
+                part = sql.Identifier(self.db.schema, partition_name(step.step_type, step.step_id))
+                try:
+                    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(part))
+                except psycopg.errors.UndefinedTable:
+                    raise MatchboxStepDeletedWhileReading(step.path()) from None
             row = conn.execute(
                 """
                 SELECT coalesce(r.root_id, s.leaf_id), r.root_id IS NOT NULL
