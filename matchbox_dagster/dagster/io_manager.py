@@ -44,6 +44,7 @@ from matchbox_dagster.common.dtos import (
 from matchbox_dagster.common.errors import MatchboxInvalidData, MatchboxRunNotWriteable
 from matchbox_dagster.dagster.partitions import dagster_run_id, step_path
 from matchbox_dagster.dagster.resources import MatchboxResource
+from matchbox_dagster.evaluation.sampling import entity_tables
 from matchbox_dagster.sources.inputs import query_frame
 
 META_COLLECTION = "matchbox/collection"
@@ -154,6 +155,11 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
             "matchbox/store_seconds": round(time.perf_counter() - started, 3),
             **_statistics(obj, context),
         }
+        if step_type == StepType.RESOLVER:
+            try:  # what merged, in the Dagster UI (issue 16); metadata must never fail a run
+                metadata["entities"] = dg.MetadataValue.md(entity_tables(store, path))
+            except Exception as exc:
+                context.log.warning("Could not tabulate entities for the UI: %s", exc)
         context.add_output_metadata(metadata)
         context.log.info("%s %s step %s (%s)", action.capitalize(), step_type, path, obj.num_rows)
 

@@ -39,6 +39,8 @@ def figures(store: MatchboxDBAdapter, target: Target) -> Figures:
     for model in target.lineage.thresholds:
         edges = store.get_model_data(target.path.model_copy(update={"name": model}))
         curve = threshold_curve(edges, labels, thresholds=CURVE_THRESHOLDS)
+        if not curve.get_column("edges").sum():
+            continue  # no judged pair among its edges: nothing to draw
         curves[model] = [
             r | ({"precision": None} if not r["tp"] + r["fp"] else {})
             for r in curve.sort("threshold").iter_rows(named=True)

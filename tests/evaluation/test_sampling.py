@@ -26,6 +26,7 @@ from matchbox_dagster.evaluation.intervals import wilson
 from matchbox_dagster.evaluation.sampling import (
     Strategy,
     draw,
+    entity_tables,
     judgement_count,
     lineage,
     resolver_records,
@@ -176,3 +177,19 @@ def test_wilson_interval() -> None:
     assert wilson(90, 100)[1] - wilson(90, 100)[0] < high - low  # more trials, narrower
     with pytest.raises(ValueError, match="successes"):
         wilson(3, 2)
+
+
+def test_entity_tables_show_the_largest_entities_and_edges_near_thresholds(
+    store: MatchboxPostgres, resolved: tuple[StepPath, list[int]]
+) -> None:
+    path, _ = resolved
+    text = entity_tables(store, path, n=2)
+    largest, nearest = text.split("### Edges nearest each threshold")
+    # Two entities of 50 records (two leaves of 25 identical rows), at most 10 rows each.
+    assert largest.count("| 50 | people |") == 20
+    assert "name=name" in largest and "town=town" in largest  # fields re-read from the source
+    assert "| dedupe | 0.790 | 0.8 | no | people |" in nearest  # just below: not kept
+    assert "| dedupe | 0.820 | 0.8 | yes | people |" in nearest
+    assert "0.950" not in nearest  # only the two nearest
+    keys_only = entity_tables(store, path, n=1, max_keys=10)
+    assert "name=" not in keys_only and "| 50 | people |" in keys_only

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import dagster as dg
 import polars as pl
+import pytest
 from playwright.sync_api import Browser, Page
 
 from matchbox_dagster.cli import main
@@ -48,11 +50,22 @@ def _promote(project: Project) -> int:
     return main(["demo", "--definitions", str(project.defs), "--label", "run-0001"])
 
 
+def test_the_resolvers_materialisation_shows_its_entities(project: Project) -> None:
+    """The Dagster UI's metadata: largest entities and edges nearest the thresholds, fields too."""
+    key = dg.AssetKey([project.collection, "people"])
+    event = dg.DagsterInstance.get().get_latest_materialization_event(key)
+    assert event is not None and event.asset_materialization is not None
+    text = event.asset_materialization.metadata["entities"].value
+    assert "### Largest entities" in text and "### Edges nearest each threshold" in text
+    assert "| link_ab |" in text and "surname=" in text and "| febrl_b | rec-" in text
+
+
 def test_judge_ten_entities_with_the_keyboard_and_gate_promotion(
     project: Project,
     store: MatchboxPostgres,
     start_app: Callable[..., str],
     browser: Browser,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     base = start_app("alice")
     page = browser.new_page(viewport={"width": 1200, "height": 800})
@@ -73,7 +86,9 @@ def test_judge_ten_entities_with_the_keyboard_and_gate_promotion(
     assert figures["pairs"] == "5" and figures["precision"] == "1.000"
 
     # Half-way the gate still holds, and says how many more are needed.
+    capsys.readouterr()
     assert _promote(project) == 1
+    assert "5 more judgement(s) needed (minimum 10)" in capsys.readouterr().out
     assert store.get_collection(collection).default_run is None
 
     page.goto(f"{base}/review/{collection}")
