@@ -574,10 +574,12 @@ def test_a_nul_in_a_key_is_invalid_data_before_the_database(
         store.match("a\x00b", path, [path], path)
 
 
-def test_match_racing_delete_run_is_whole_or_typed(
-    store: MatchboxPostgres, collection: str, run: int
+@pytest.mark.parametrize("call", ["match", "sample_for_eval"])
+def test_shared_table_reads_racing_delete_run_are_typed(
+    store: MatchboxPostgres, collection: str, run: int, call: str
 ) -> None:
-    """match() while its run's deletion commits: the typed error, never an empty match."""
+    """match() and sample_for_eval() while their run's deletion commits: the typed error,
+    never an empty answer."""
     import psycopg
 
     crm = add_source(store, collection, run, "crm", {"acme": ["c1"], "acme ltd": ["c2"]})
@@ -587,11 +589,15 @@ def test_match_racing_delete_run_is_whole_or_typed(
     )
     resolver = add_resolver(store, collection, run, "r", [[lc["c1"], lc["c2"]]], ("m",))
     assert store.match("c1", crm, [crm], resolver)[0].target_id == {"c1", "c2"}
+    assert store.sample_for_eval(5, resolver, "_public").num_rows == 2
     results: list[object] = []
 
     def match() -> None:
         try:
-            results.append(store.match("c1", crm, [crm], resolver))
+            if call == "match":
+                results.append(store.match("c1", crm, [crm], resolver))
+            else:
+                results.append(store.sample_for_eval(5, resolver, "_public"))
         except Exception as exc:  # recorded and checked below
             results.append(exc)
 

@@ -38,6 +38,7 @@ from matchbox_dagster.common.errors import (
 from matchbox_dagster.common.fingerprint import cluster_id
 from matchbox_dagster.store.postgres import auth, core
 from matchbox_dagster.store.postgres.core import logger
+from matchbox_dagster.store.postgres.partitions import lock_partitions
 
 MAX_SAMPLES = 100
 """Most clusters ``sample_for_eval`` returns in one call."""
@@ -223,9 +224,7 @@ class Evaluation:
                 collection_id = core.collection_id(conn, collection)
                 if not self.ctx.settings.authorisation:
                     collection_id = None
-            rows = conn.execute(
-                _JUDGEMENTS, {"tag": tag, "collection": collection_id}
-            ).fetchall()
+            rows = conn.execute(_JUDGEMENTS, {"tag": tag, "collection": collection_id}).fetchall()
             ids = sorted({r[1] for r in rows} | {r[2] for r in rows})
             roots = conn.execute(_EXPANSION, (ids,)).fetchall()
         judgements = _arrow(rows, SCHEMA_JUDGEMENTS)
@@ -251,14 +250,18 @@ class Evaluation:
             step = core.step_row(conn, path, expected=StepType.RESOLVER)
             if step.stage != UploadStage.COMPLETE:
                 raise MatchboxStepNotQueriable(path, step.stage)
-            sources = [
-                int(r[0])
-                for r in conn.execute(
-                    "SELECT s.step_id FROM step_lineage l JOIN steps s ON s.step_id = l.parent_id "
-                    "WHERE l.child_id = %s AND s.step_type = 'source' ORDER BY 1",
-                    (step.step_id,),
-                )
+            lineage = conn.execute(
+                "SELECT s.step_id, s.name FROM step_lineage l JOIN steps s "
+                "ON s.step_id = l.parent_id WHERE l.child_id = %s AND s.step_type = 'source' "
+                "ORDER BY 1",
+                (step.step_id,),
+            ).fetchall()
+            sources = [int(r[0]) for r in lineage]
+            # The resolver and its sources cannot be dropped while they are sampled.
+            named = [
+                (StepType.SOURCE, int(i), f"{path.collection}/{path.run}/{n}") for i, n in lineage
             ]
+            lock_partitions(conn, self.db.schema, [step, *named])
             rows = conn.execute(
                 _SAMPLE,
                 {

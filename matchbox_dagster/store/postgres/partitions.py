@@ -6,6 +6,7 @@ from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
+import psycopg
 import pyarrow as pa
 
 from matchbox_dagster.common.dtos import StepPath, StepType, UploadStage
@@ -112,6 +113,30 @@ def _deleted(cur: adbc.Cursor, step: StepRow | tuple[StepType, int]) -> Exceptio
     if isinstance(step, tuple):
         return MatchboxStepDeletedWhileReading(f"{step[0]} step #{step[1]}")
     return MatchboxStepDeletedWhileReading(step.path())
+
+
+def lock_partitions(
+    conn: psycopg.Connection, schema: str, steps: list[StepRow | tuple[StepType, int, object]]
+) -> None:
+    """Lock the partitions of steps with data (psycopg, for reads over the shared tables).
+
+    Each statement sees the catalog as it is now, so a step deleted after its row was read
+    would read as empty. Locked (in step order), no partition can be dropped until the
+    caller's transaction ends; one dropped already raises
+    :class:`MatchboxStepDeletedWhileReading`. ``steps`` are step rows or (step type, step id,
+    what to call it in the error) triples.
+    """
+    triples = [s if isinstance(s, tuple) else (s.step_type, s.step_id, s.path()) for s in steps]
+    for step_type, step_id, shown in sorted(
+        {t[1]: t for t in triples}.values(), key=lambda t: t[1]
+    ):
+        part = partition_name(StepType(step_type), step_id)
+        try:
+            conn.execute(
+                compose("LOCK TABLE {schema}.{part} IN ACCESS SHARE MODE", schema=schema, part=part)
+            )
+        except psycopg.errors.UndefinedTable:
+            raise MatchboxStepDeletedWhileReading(shown) from None
 
 
 def input_step_ids(cur: adbc.Cursor, run_id: int, names: list[str]) -> dict[str, int]:

@@ -42,7 +42,12 @@ from matchbox_dagster.common.errors import (
 )
 from matchbox_dagster.store.postgres import core
 from matchbox_dagster.store.postgres.core import StepRow, partition_name
-from matchbox_dagster.store.postgres.partitions import ROOTS, adbc_step, read_partition
+from matchbox_dagster.store.postgres.partitions import (
+    ROOTS,
+    adbc_step,
+    lock_partitions,
+    read_partition,
+)
 
 _KEYS = pa.schema([("leaf_id", pa.int64()), ("key", pa.large_string())])
 
@@ -248,16 +253,7 @@ class Reads:
             for step in (src, *tgts):
                 if step.step_id not in resolved:
                     raise _outside_lineage(step, res)
-            # Lock the partitions read below: each statement sees the catalog as it is now,
-            # so a step deleted meanwhile would read as empty; locked, none can be dropped
-            # until this read ends, and one dropped already is the typed error.
-            for step in sorted({s.step_id: s for s in (src, res, *tgts)}.values(),
-                               key=lambda s: s.step_id):  # fmt: skip
-                part = sql.Identifier(self.db.schema, partition_name(step.step_type, step.step_id))
-                try:
-                    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(part))
-                except psycopg.errors.UndefinedTable:
-                    raise MatchboxStepDeletedWhileReading(step.path()) from None
+            lock_partitions(conn, self.db.schema, [src, res, *tgts])
             row = conn.execute(
                 """
                 SELECT coalesce(r.root_id, s.leaf_id), r.root_id IS NOT NULL
