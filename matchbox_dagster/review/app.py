@@ -208,7 +208,9 @@ def create_app(config: ReviewConfig) -> Starlette:
         review.target(collection)
         deleted = review.undo(session)
         if deleted is None:
-            raise ReviewError("You have no judgement to undo; nothing was changed.", 409)
+            raise ReviewError(
+                "You have no judgement to undo in this session; nothing was changed.", 409
+            )
         return "Undone: your last judgement was deleted; its sample is back."
 
     async def evaluation(request: Request) -> Response:

@@ -225,10 +225,16 @@ class Review:
             return judgement
 
     def undo(self, session: Session) -> int | None:
-        """Delete the reviewer's own latest judgement; its sample comes back to be judged."""
+        """Delete the reviewer's own latest judgement; its sample comes back to be judged.
+
+        Only after a judgement made in this session (None otherwise): undo is of what the
+        reviewer just did here, never of older work.
+        """
         with self.lock:
+            if session.last is None:
+                return None
             deleted = self.store.delete_last_judgement(self.config.user)
-            if deleted is not None and session.last is not None:
+            if deleted is not None:
                 key, sample = session.last
                 session.queues.setdefault(key, []).insert(0, (secrets.token_urlsafe(16), sample))
             session.last = None
