@@ -103,7 +103,12 @@ def test_judge_ten_entities_with_the_keyboard_and_gate_promotion(
 
     # A split lowers precision; undo (the keyboard's u) takes it back.
     page.goto(f"{base}/review/{collection}")
-    assert "2 entities" in _judge(page, "s")
+    assert page.inner_text("#verdict") == "one entity (endorse)"
+    page.keyboard.press("ArrowRight")  # the second record ...
+    page.keyboard.press("2")  # ... into group 2
+    assert page.inner_text("#verdict") == "2 entities (split)"
+    screenshot(page, "split")
+    assert "2 entities" in _judge(page, "")
     assert float(_evaluation(page, base, collection)["precision"]) < 1.0
     page.goto(f"{base}/review/{collection}")
     with page.expect_navigation():
@@ -128,6 +133,12 @@ def test_bad_input_is_refused_on_the_page_and_changes_nothing(
     page = browser.new_page()
     collection = project.collection
     before = _judgements(store, collection, "alice").height
+
+    # The uncertain strategy: an edge nearest its threshold, and why it was picked.
+    page.goto(f"{base}/review/{collection}")
+    page.click("text=uncertain")
+    assert "link_ab edge scoring" in page.inner_text(".reason")
+    assert page.locator("th.rec").count() >= 2
 
     page.goto(f"{base}/review/no_such_collection")
     assert "no collection 'no_such_collection'" in page.inner_text("[role=alert]")
