@@ -10,7 +10,6 @@ never touches the default or an immutable run without ``--force``.
 from __future__ import annotations
 
 import argparse
-import getpass
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -20,14 +19,7 @@ from matchbox_dagster.cli.base import CliError, Graph, instance, run_id_of
 from matchbox_dagster.common.runs import Promotion
 from matchbox_dagster.dagster.lifecycle import RunStatus, run_statuses
 from matchbox_dagster.dagster.partitions import partitions_name
-from matchbox_dagster.dagster.sensors import promote_run
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no user name in this environment
-        return "unknown user"
+from matchbox_dagster.dagster.sensors import current_user, promote_run
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -79,7 +71,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     reason = args.reason or ("gate passed: " + status.state)
     if blockers:
         reason = f"{args.reason} (overrode: {'; '.join(blockers)})"
-    promotion = Promotion(promoted_by=_user(), reason=reason, forced=bool(blockers))
+    promotion = Promotion(promoted_by=current_user(), reason=reason, forced=bool(blockers))
     shape = graph.shape()
     promote_run(
         graph.store,

@@ -106,7 +106,7 @@ def promote_run(
     (:func:`.lifecycle.mark_default`). Whether the run *should* be promoted is the caller's
     decision (the sensor's checks, or the CLI's gate).
     """
-    promotion = promotion or Promotion(promoted_by=_who())
+    promotion = promotion or Promotion(promoted_by=current_user())
     run = store.promote_run(collection, run_id, promotion)
     if instance is not None and resolver_key is not None:
         label = store.run_labels(collection).get(run_id) or f"#{run_id}"
@@ -115,7 +115,8 @@ def promote_run(
     return run
 
 
-def _who() -> str:
+def current_user() -> str:
+    """The OS user running this process (who promotes from a shell)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no user name in this environment
