@@ -34,6 +34,8 @@ from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.methods.resolvers import ConnectedComponents, check_thresholds
 
 L, R, S = "left_id", "right_id", "score"
+CHUNK = 1_000_000
+"""Edges of conflicted components turned into Python ints at a time (bounded memory)."""
 
 
 class SplitConflicts(BaseModel):
@@ -105,14 +107,17 @@ class SplitConflicts(BaseModel):
         for name, results in edges.items():
             table = results.table if isinstance(results, ModelResults) else results
             frame = pl.DataFrame(pl.from_arrow(table.select([L, R, S]))).select(
-                pl.col(L, R).cast(pl.Int64), pl.col(S).cast(pl.Float64)
+                pl.col(L, R).cast(pl.Int64), pl.col(S).cast(pl.Float32)
             )
             floor = -1.0 if self.conflict_score is None else self.conflict_score
             threshold = self.thresholds.get(name, 0.0)
-            kept = frame.filter((pl.col(S) >= threshold) & (pl.col(S) > floor))
+            # Compare in float32, as stored: a threshold of 0.9 keeps a stored 0.9.
+            low = pl.lit(threshold, pl.Float32)
+            kept = frame.filter((pl.col(S) >= low) & (pl.col(S) > pl.lit(floor, pl.Float32)))
             links.append(mutual_best(kept, self.strong.get(name, threshold)))
             if self.conflict_score is not None:
-                conflicts.append(frame.filter(pl.col(S) <= floor).select(L, R))
+                conflicts.append(frame.filter(pl.col(S) <= pl.lit(floor, pl.Float32)).select(L, R))
+            del frame
         if not links:
             return ResolverClusters(SCHEMA_CLUSTERS.empty_table())
         return split_components(
@@ -122,22 +127,27 @@ class SplitConflicts(BaseModel):
 
 def mutual_best(edges: pl.DataFrame, strong: float) -> pl.DataFrame:
     """The edges scoring ≥ ``strong``, and weaker ones that are the best of both their records."""
-    weak = edges.filter(pl.col(S) < strong)
+    bar = pl.lit(strong, pl.Float32)
+    weak = edges.filter(pl.col(S) < bar)
     if weak.height == 0:
         return edges
-    ends = pl.concat(
-        [edges.select(pl.col(L).alias("node"), S), edges.select(pl.col(R).alias("node"), S)]
-    )
-    best = ends.group_by("node").agg(pl.col(S).max().alias("best"))
-    flagged = (
-        edges.join(best, left_on=L, right_on="node")
-        .join(best, left_on=R, right_on="node", suffix="_r")
-        .filter(
-            (pl.col(S) >= strong)
-            | ((pl.col(S) >= pl.col("best")) & (pl.col(S) >= pl.col("best_r")))
+    best = (
+        pl.concat(
+            [
+                edges.group_by(L).agg(pl.col(S).max()).rename({L: "node"}),
+                edges.group_by(R).agg(pl.col(S).max()).rename({R: "node"}),
+            ]
         )
+        .group_by("node")
+        .agg(pl.col(S).max().alias("best"))
     )
-    return flagged.select(L, R, S)
+    mutual = (
+        weak.join(best, left_on=L, right_on="node")
+        .join(best, left_on=R, right_on="node", suffix="_r")
+        .filter((pl.col(S) >= pl.col("best")) & (pl.col(S) >= pl.col("best_r")))
+        .select(L, R, S)
+    )
+    return pl.concat([edges.filter(pl.col(S) >= bar), mutual])
 
 
 def _labels(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -226,27 +236,36 @@ def _greedy(
         return root
 
     order = np.argsort(-score, kind="stable")
-    for x, y in zip(a[order].tolist(), b[order].tolist(), strict=True):
-        rx, ry = find(x), find(y)
-        if rx == ry:
-            continue
-        bx, by = blocked.get(rx), blocked.get(ry)
-        if bx is not None and ry in bx:
-            continue
-        if by is not None and len(by) > len(bx or ()):
-            rx, ry, bx, by = ry, rx, by, bx  # merge the smaller conflict set into the larger
-        parent[ry] = rx
-        if by:
-            for other in by:
-                partners = blocked[other]
-                partners.discard(ry)
-                partners.add(rx)
-            if bx is None:
-                blocked[rx] = by
-            else:
-                bx |= by
-            del blocked[ry]
+    for start in range(0, len(order), CHUNK):  # Python ints for a chunk of edges at a time
+        part = order[start : start + CHUNK]
+        for x, y in zip(a[part].tolist(), b[part].tolist(), strict=True):
+            _union(x, y, find, parent, blocked)
     return np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)
+
+
+def _union(
+    x: int, y: int, find: Any, parent: list[int], blocked: dict[int, set[int]]
+) -> None:
+    """Join the groups of ``x`` and ``y`` unless a conflict lies between them."""
+    rx, ry = find(x), find(y)
+    if rx == ry:
+        return
+    bx, by = blocked.get(rx), blocked.get(ry)
+    if bx is not None and ry in bx:
+        return
+    if by is not None and len(by) > len(bx or ()):
+        rx, ry, bx, by = ry, rx, by, bx  # merge the smaller conflict set into the larger
+    parent[ry] = rx
+    if by:
+        for other in by:
+            partners = blocked[other]
+            partners.discard(ry)
+            partners.add(rx)
+        if bx is None:
+            blocked[rx] = by
+        else:
+            bx |= by
+        del blocked[ry]
 
 
 RESOLVER_METHODS = ("components", "split_conflicts")
