@@ -84,6 +84,7 @@ def project(
         "MATCHBOX_POSTGRES_URI": settings.postgres_uri.get_secret_value(),
         "MATCHBOX_POSTGRES_SCHEMA": settings.postgres_schema,
         "DAGSTER_HOME": str(home),
+        "MATCHBOX_REVIEW_URL": "http://reviews.example:8765/",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

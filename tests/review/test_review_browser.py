@@ -60,6 +60,21 @@ def test_the_resolvers_materialisation_shows_its_entities(project: Project) -> N
     assert "| link_ab |" in text and "surname=" in text and "| febrl_b | rec-" in text
 
 
+def test_the_evaluation_check_links_to_the_app_and_counts_judgements(project: Project) -> None:
+    records = dg.DagsterInstance.get().get_event_records(
+        dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    )
+    found = [
+        r.event_log_entry.dagster_event.event_specific_data  # type: ignore[union-attr]
+        for r in records
+        if r.event_log_entry.dagster_event.event_specific_data.check_name == "evaluation"  # type: ignore[union-attr]
+    ]
+    assert found, "no evaluation check ran"
+    metadata = found[0].metadata
+    assert metadata["review"].value == f"http://reviews.example:8765/review/{project.collection}"
+    assert metadata["judgements"].value == 0 and not found[0].passed
+
+
 def test_judge_ten_entities_with_the_keyboard_and_gate_promotion(
     project: Project,
     store: MatchboxPostgres,
