@@ -1,0 +1,133 @@
+"""Thresholds from judgements: per model, the score threshold maximising F1, with an interval.
+
+:func:`suggest_threshold` takes a model's edges and labelled pairs (from
+:func:`~matchbox_dagster.evaluation.metrics.judged_pairs` or
+:func:`~matchbox_dagster.evaluation.metrics.truth_labels`) and returns the threshold whose kept
+edges score the best F1 on the labelled pairs, and a bootstrap interval of that threshold: the
+labelled pairs are resampled (Poisson weights, seeded) and the best threshold found again on
+each resample. A wide interval says the judgements do not yet pin the threshold down.
+:func:`suggest_thresholds` does it for each model of a resolver. Vectorised with numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from matchbox_dagster.common.errors import MatchboxNoJudgements
+from matchbox_dagster.evaluation.metrics import FrameLike, _frame, _ordered
+
+
+@dataclass(frozen=True)
+class ThresholdSuggestion:
+    """The best threshold on labelled pairs, its figures, and its bootstrap interval."""
+
+    threshold: float
+    f1: float
+    precision: float
+    recall: float
+    low: float
+    high: float
+    labelled: int
+
+
+def _labelled_scores(edges: FrameLike, labels: FrameLike) -> pl.DataFrame:
+    """Each labelled pair's ``match`` (0–1) and the model's best ``score`` (null: unscored)."""
+    scored = (
+        _ordered(_frame(edges, ["left_id", "right_id", "score"], "edges"), "left_id", "right_id")
+        .group_by("left_id", "right_id")
+        .agg(pl.col("score").max())
+    )
+    labelled = (
+        _ordered(_frame(labels, ["left_id", "right_id", "match"], "labels"), "left_id", "right_id")
+        .group_by("left_id", "right_id")
+        .agg(pl.col("match").cast(pl.Float64).mean())
+    )
+    return labelled.join(scored, on=["left_id", "right_id"], how="left")
+
+
+def _best(
+    match: np.ndarray, weights: np.ndarray, ends: np.ndarray, positives: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per weight row: index (into ``ends``) of the best-F1 threshold, and that F1."""
+    tp = np.cumsum(weights * match, axis=1)[:, ends]
+    kept = np.cumsum(weights, axis=1)[:, ends]
+    denominator = kept + positives[:, None]
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    best = np.argmax(f1, axis=1)  # the first maximum: the highest threshold on ties
+    return best, f1[np.arange(len(best)), best]
+
+
+def suggest_threshold(
+    edges: FrameLike,
+    labels: FrameLike,
+    *,
+    resamples: int = 400,
+    level: float = 0.95,
+    seed: int = 0,
+) -> ThresholdSuggestion:
+    """The threshold maximising F1 on ``labels`` and its ``level`` bootstrap interval.
+
+    ``edges``: ``left_id``, ``right_id``, ``score``; ``labels``: ``left_id``, ``right_id``,
+    ``match`` (bool or 0–1). A positive pair the model never scored counts against recall.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    joined = _labelled_scores(edges, labels)
+    scored = joined.drop_nulls("score").sort("score", descending=True)
+    if scored.is_empty():
+        raise MatchboxNoJudgements("No labelled pair was scored by the model.")
+    match = scored.get_column("match").to_numpy()
+    score = scored.get_column("score").to_numpy()
+    unscored = joined.filter(pl.col("score").is_null()).get_column("match").to_numpy()
+    # The last row of each run of equal scores: keeping edges ≥ that score keeps the run.
+    ends = np.flatnonzero(np.append(score[1:] != score[:-1], True))
+
+    ones = np.ones((1, len(match)))
+    best, f1 = _best(match, ones, ends, np.array([match.sum() + unscored.sum()]))
+    at = ends[best[0]]
+    tp, kept = float(match[: at + 1].sum()), at + 1
+    positives = float(match.sum() + unscored.sum())
+
+    rng = np.random.default_rng(seed)
+    chosen: list[np.ndarray] = []
+    for start in range(0, resamples, 100):  # bounded memory: 100 rows of weights at a time
+        rows = min(100, resamples - start)
+        weights = rng.poisson(1.0, (rows, len(match))).astype(np.float64)
+        extra = rng.poisson(1.0, (rows, len(unscored))) @ unscored if len(unscored) else 0.0
+        total = weights @ match + extra
+        index, _ = _best(match, weights, ends, np.asarray(total, dtype=np.float64))
+        chosen.append(score[ends[index]])
+    thresholds = np.concatenate(chosen)
+    tail = (1 - level) / 2
+    return ThresholdSuggestion(
+        threshold=float(score[at]),
+        f1=float(f1[0]),
+        precision=tp / kept,
+        recall=tp / positives if positives else 0.0,
+        low=float(np.quantile(thresholds, tail)),
+        high=float(np.quantile(thresholds, 1 - tail)),
+        labelled=joined.height,
+    )
+
+
+def suggest_thresholds(
+    models: Mapping[str, FrameLike], labels: FrameLike, **kwargs: float | int
+) -> dict[str, ThresholdSuggestion]:
+    """:func:`suggest_threshold` for each model (``{model step name: edges}``).
+
+    A model none of whose edges is labelled is left out.
+    """
+    suggestions = {}
+    for name, edges in models.items():
+        try:
+            suggestions[name] = suggest_threshold(edges, labels, **kwargs)  # type: ignore[arg-type]
+        except MatchboxNoJudgements:
+            continue
+    return suggestions
+
+
+__all__ = ["ThresholdSuggestion", "suggest_threshold", "suggest_thresholds"]

@@ -1,0 +1,59 @@
+"""Thresholds from judgements: the best-F1 threshold per model and its bootstrap interval."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from matchbox_dagster.common.errors import MatchboxNoJudgements
+from matchbox_dagster.evaluation.metrics import best_threshold, threshold_curve
+from matchbox_dagster.evaluation.thresholds import suggest_threshold, suggest_thresholds
+
+
+def model(n: int, cut: float, noise: float, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Edges scored around ``cut`` (matches above, non-matches below, ``noise`` overlap)."""
+    rng = np.random.default_rng(seed)
+    match = rng.random(n) < 0.5
+    score = np.clip(np.where(match, cut + 0.1, cut - 0.1) + rng.normal(0, noise, n), 0, 1)
+    ids = np.arange(n)
+    edges = pl.DataFrame({"left_id": ids, "right_id": ids + n, "score": score.round(3)})
+    labels = pl.DataFrame({"left_id": ids + n, "right_id": ids, "match": match})  # any order
+    return edges, labels
+
+
+def test_the_threshold_maximises_f1_like_the_curve():
+    edges, labels = model(400, 0.7, 0.05, seed=1)
+    got = suggest_threshold(edges, labels, resamples=200)
+    curve = threshold_curve(edges, labels)
+    assert got.threshold == pytest.approx(best_threshold(curve))
+    best = curve.filter(pl.col("threshold") == got.threshold).row(0, named=True)
+    assert got.f1 == pytest.approx(best["f1"])
+    assert got.precision == pytest.approx(best["precision"])
+    assert got.recall == pytest.approx(best["recall"])
+    assert got.low <= got.threshold <= got.high
+    assert 0.55 < got.threshold < 0.8 and got.labelled == 400
+
+
+def test_the_interval_narrows_with_more_judgements_and_is_seeded():
+    few = suggest_threshold(*model(40, 0.6, 0.1, seed=2), resamples=300)
+    many = suggest_threshold(*model(4000, 0.6, 0.1, seed=2), resamples=300)
+    assert many.high - many.low < few.high - few.low
+    assert suggest_threshold(*model(40, 0.6, 0.1, seed=2), resamples=300) == few
+
+
+def test_unscored_positives_count_against_recall_and_models_are_separate():
+    edges = pl.DataFrame({"left_id": [1, 2], "right_id": [11, 12], "score": [0.9, 0.8]})
+    labels = pl.DataFrame(
+        {"left_id": [1, 2, 3, 4], "right_id": [11, 12, 13, 14], "match": [1.0, 1.0, 1.0, 0.0]}
+    )
+    got = suggest_threshold(edges, labels, resamples=50)
+    assert got.threshold == pytest.approx(0.8) and got.recall == pytest.approx(2 / 3)
+    assert got.precision == 1.0
+    other = pl.DataFrame({"left_id": [99], "right_id": [100], "score": [0.5]})
+    both = suggest_thresholds({"a": edges, "b": other}, labels, resamples=50)
+    assert list(both) == ["a"]  # b scored no labelled pair
+    with pytest.raises(MatchboxNoJudgements):
+        suggest_threshold(other, labels)
+    with pytest.raises(ValueError, match="level"):
+        suggest_threshold(edges, labels, level=1.0)
