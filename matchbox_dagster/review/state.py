@@ -29,6 +29,9 @@ from matchbox_dagster.store.base import MatchboxDBAdapter
 BATCH = 20
 """Samples drawn at a time for a session."""
 
+MAX_SESSIONS = 1000
+"""Sessions kept in memory (a request without a known cookie starts one)."""
+
 
 class ReviewError(MatchboxError):
     """Input the app refuses; its message is shown on the page and nothing is changed."""
@@ -154,6 +157,8 @@ class Review:
             if token and token in self.sessions:
                 return token, self.sessions[token]
             token = secrets.token_urlsafe(32)
+            while len(self.sessions) >= MAX_SESSIONS:  # the oldest go first
+                del self.sessions[next(iter(self.sessions))]
             self.sessions[token] = Session()
             return token, self.sessions[token]
 
