@@ -359,6 +359,7 @@ class Scores:
     pairs: PairwiseScores
     cluster_precision: float
     cluster_recall: float
+    largest: int = 0
 
     @property
     def cluster_f1(self) -> float:
@@ -415,6 +416,7 @@ def cluster_scores(assignments: pl.DataFrame, truth: pl.DataFrame, edges: Pairwi
         pairs=pairs,
         cluster_precision=exact / sets.height if sets.height else 1.0,
         cluster_recall=exact / sizes.height if sizes.height else 1.0,
+        largest=int(sets.get_column("size").max() or 0),
     )
 
 
@@ -622,7 +624,7 @@ def _row(dataset: str, method: str, scores: Scores, seconds: float) -> str:
         f"| {dataset} | {method} | {e.precision:.4f} | {e.recall:.4f} | {e.f1:.4f} "
         f"| {p.precision:.4f} | {p.recall:.4f} | **{p.f1:.4f}** "
         f"| {scores.cluster_precision:.4f} | {scores.cluster_recall:.4f} | {scores.cluster_f1:.4f} "
-        f"| {seconds:.1f} |"
+        f"| {scores.largest} | {seconds:.1f} |"
     )
 
 
@@ -748,8 +750,8 @@ def main() -> None:
     )
     header = (
         "| dataset | method | edges P | edges R | edges F1 | pairs P | pairs R | pairs F1 "
-        "| clusters P | clusters R | clusters F1 | seconds |\n"
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| clusters P | clusters R | clusters F1 | largest | seconds |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     lines: list[str] = []
     stage_lines: list[str] = []
