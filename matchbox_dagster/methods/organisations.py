@@ -188,10 +188,13 @@ def org_name_tokens(
     distinguishing: Collection[str] | None = None,
 ) -> pl.Expr:
     """The distinguishing words (``holdings``, ``services``, …), sorted, space-joined; else null."""
-    words = sorted(DISTINGUISHING if distinguishing is None else distinguishing)
-    found = _tokens(column, abbreviations).list.eval(
-        pl.element().filter(pl.element().is_in(words))
-    )
+    return tokens_of(_tokens(column, abbreviations), distinguishing)
+
+
+def tokens_of(words: pl.Expr, distinguishing: Collection[str] | None = None) -> pl.Expr:
+    """:func:`org_name_tokens` of an already normalised word list (:func:`org_words`)."""
+    wanted = sorted(DISTINGUISHING if distinguishing is None else distinguishing)
+    found = words.list.eval(pl.element().filter(pl.element().is_in(wanted)))
     return _joined(found.list.unique().list.sort())
 
 
@@ -204,13 +207,22 @@ def org_name_core(
 
     A name made only of such words (``"Holdings Ltd"``) keeps them, so it is never empty.
     """
+    return core_of(_tokens(column, abbreviations), distinguishing)
+
+
+def core_of(words: pl.Expr, distinguishing: Collection[str] | None = None) -> pl.Expr:
+    """:func:`org_name_core` of an already normalised word list (:func:`org_words`)."""
     drop = sorted(
         {*LEGAL_FORMS.values(), *_DROP_FROM_CORE}
         | set(DISTINGUISHING if distinguishing is None else distinguishing)
     )
-    tokens = _tokens(column, abbreviations)
-    core = tokens.list.eval(pl.element().filter(~pl.element().is_in(drop)))
-    return _joined(pl.when(core.list.len() > 0).then(core).otherwise(tokens))
+    core = words.list.eval(pl.element().filter(~pl.element().is_in(drop)))
+    return _joined(pl.when(core.list.len() > 0).then(core).otherwise(words))
+
+
+def org_words(column: ColumnLike, abbreviations: Mapping[str, str] | None = None) -> pl.Expr:
+    """The normalised words of a name as a list (to derive core and tokens from one pass)."""
+    return _tokens(column, abbreviations)
 
 
 def postcode_clean(column: ColumnLike) -> pl.Expr:

@@ -34,10 +34,11 @@ from matchbox_dagster.methods.models.splink import SplinkModel
 from matchbox_dagster.methods.organisations import (
     address_clean,
     company_number_clean,
-    org_name_core,
-    org_name_tokens,
+    core_of,
+    org_words,
     postcode_clean,
     postcode_district,
+    tokens_of,
     town_clean,
 )
 
@@ -92,10 +93,11 @@ class OrganisationLinker(Model):
     def prepare(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``id`` and the cleaned columns the model compares (``core``, ``tokens``, …)."""
         col = {role: pl.col(column) for role, column in self.roles.items()}
+        words = pl.col("__words")
         out = [
             pl.col(ID).cast(pl.Int64),
-            org_name_core(col["name"], self.abbreviations, self.distinguishing).alias("core"),
-            org_name_tokens(col["name"], self.abbreviations, self.distinguishing).alias("tokens"),
+            core_of(words, self.distinguishing).alias("core"),
+            tokens_of(words, self.distinguishing).alias("tokens"),
         ]
         if "postcode" in col:
             out += [
@@ -108,7 +110,9 @@ class OrganisationLinker(Model):
             out.append(address_clean(col["address"]).alias("address"))
         if "company_number" in col:
             out.append(company_number_clean(col["company_number"]).alias("company_number"))
-        return frame.select(out)
+        # The name's words once (the costliest step), then core and tokens from them.
+        named = frame.with_columns(org_words(col["name"], self.abbreviations).alias("__words"))
+        return named.select(out)
 
     def splink(self) -> SplinkModel:
         """The Splink model over :meth:`prepare`'s columns."""
