@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from matchbox_dagster.common.settings import MatchboxSettings
+from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.store.postgres import MatchboxPostgres
 
 DEFAULT_TEST_URI = "postgresql://postgres@127.0.0.1:5432/test"
@@ -96,3 +97,19 @@ def collection(store: MatchboxPostgres) -> str:
 def run(store: MatchboxPostgres, collection: str) -> int:
     """A fresh mutable run of the test's collection."""
     return store.create_run(collection).run_id
+
+
+@pytest.fixture(scope="session")
+def mb_resource(settings: MatchboxSettings) -> MatchboxResource:
+    """The matchbox resource pointing at the session's store schema."""
+    assert settings.postgres_uri is not None
+    return MatchboxResource(
+        postgres_uri=settings.postgres_uri.get_secret_value(),
+        postgres_schema=settings.postgres_schema,
+    )
+
+
+@pytest.fixture(scope="session")
+def mb_store(mb_resource: MatchboxResource) -> MatchboxPostgres:
+    """The store the resource gives the assets (the same adapter object)."""
+    return mb_resource.get_store()

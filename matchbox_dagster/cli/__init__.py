@@ -36,9 +36,9 @@ import dagster as dg
 
 from matchbox_dagster.cli.base import Graph, explain
 from matchbox_dagster.cli.graph import cmd_check, cmd_demo, cmd_query
+from matchbox_dagster.cli.project import cmd_init, validate_loaded
 from matchbox_dagster.cli.review import add_review
 from matchbox_dagster.cli.runs import cmd_delete_run, cmd_promote, cmd_prune, cmd_runs
-from matchbox_dagster.project.commands import cmd_init, validate_loaded
 
 __all__ = ["build_parser", "main"]
 

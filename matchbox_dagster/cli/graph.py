@@ -11,10 +11,10 @@ import dagster as dg
 import polars as pl
 
 from matchbox_dagster.cli.base import EXIT_FAILED, Graph, instance, run_id_of
+from matchbox_dagster.cli.project import preflight_defs
 from matchbox_dagster.common.dtos import StepPath, StepType
 from matchbox_dagster.dagster.lifecycle import error_cause
 from matchbox_dagster.dagster.partitions import add_run_partition, next_run_label
-from matchbox_dagster.project.commands import preflight_defs
 
 
 def _materialise(

@@ -5,7 +5,7 @@
 gives the run-partitioned assets with their checks, the graph job, the promotion sensor (when
 the spec has a resolver and ``promote``), the schedule (when ``schedule`` is set) and the
 ``matchbox`` resource and ``matchbox_io_manager``. Each asset first runs the collection's
-preflight (:mod:`matchbox_dagster.project.preflight`) once per Dagster run, so a run that would
+preflight (:mod:`matchbox_dagster.specs.preflight`) once per Dagster run, so a run that would
 fail on its data fails before anything is written; the spec (and its ``defs.yaml``) is kept in
 the definitions' metadata (``project.preflight.spec_metadata``) for ``matchbox-dagster validate``.
 """
@@ -26,8 +26,8 @@ from matchbox_dagster.dagster.io_manager import MatchboxIOManager
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.dagster.schedules import build_graph_job, build_run_schedule
 from matchbox_dagster.dagster.sensors import build_promotion_sensor
-from matchbox_dagster.project.preflight import RunPreflight, spec_metadata
 from matchbox_dagster.specs import CollectionSpec, final_resolver
+from matchbox_dagster.specs.preflight import RunPreflight, spec_metadata
 
 
 def build_collection_defs(

@@ -142,7 +142,6 @@ class ResolverChecksSpec(_Spec):
     )
     min_judgements: int | None = Field(
         default=None,
-        ge=1,
         description="Without ``truth``: fail until this many judgements of the resolver's "
         "records were made (``matchbox-dagster review``).",
     )
@@ -154,7 +153,7 @@ class ResolverChecksSpec(_Spec):
             raise ValueError(f"must lie in [0, 1], got {value}")
         return value
 
-    @field_validator("max_cluster_size")
+    @field_validator("max_cluster_size", "min_judgements")
     @classmethod
     def _positive(cls, value: int | None) -> int | None:
         if value is not None and value < 1:

@@ -17,14 +17,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.dagster.assets import IO_MANAGER_KEY, build_collection_assets
 from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.dagster.io_manager import MatchboxIOManager
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.examples.febrl import febrl4_spec
 from matchbox_dagster.specs import CollectionSpec
-from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.conftest import postgres_uri
 
 STEPS = ["febrl_a", "febrl_b", "dedupe_a", "dedupe_b", "link_ab", "people"]
@@ -34,22 +32,6 @@ STEPS = ["febrl_a", "febrl_b", "dedupe_a", "dedupe_b", "link_ab", "people"]
 def unique_collection(prefix: str = "dg") -> str:
     """A collection name no other test uses."""
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="session")
-def mb_resource(settings: MatchboxSettings) -> MatchboxResource:
-    """The matchbox resource pointing at the session's store schema."""
-    assert settings.postgres_uri is not None
-    return MatchboxResource(
-        postgres_uri=settings.postgres_uri.get_secret_value(),
-        postgres_schema=settings.postgres_schema,
-    )
-
-
-@pytest.fixture(scope="session")
-def mb_store(mb_resource: MatchboxResource) -> MatchboxPostgres:
-    """The store the resource gives the assets (the same adapter object)."""
-    return mb_resource.get_store()
 
 
 @pytest.fixture

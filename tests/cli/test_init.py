@@ -16,10 +16,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from matchbox_dagster.cli.template import init_project, package_name
 from matchbox_dagster.common.errors import MatchboxInvalidData
-from matchbox_dagster.project.template import init_project, package_name
 from matchbox_dagster.store.postgres import MatchboxPostgres
-from tests.project.conftest import Cli
+from tests.cli_runner import Cli
 
 BIN = Path(sys.executable).parent
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 
 from matchbox_dagster.common.settings import MatchboxSettings
-from matchbox_dagster.dagster.resources import MatchboxResource
-from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.conftest import postgres_uri
 
 SCRIPT = Path(sys.executable).parent / "matchbox-dagster"
@@ -50,17 +48,3 @@ def cli(settings: MatchboxSettings, tmp_path: Path) -> Cli:
     return Cli(settings, tmp_path / "dagster_home")
 
 
-@pytest.fixture(scope="session")
-def mb_resource(settings: MatchboxSettings) -> MatchboxResource:
-    """The matchbox resource pointing at the session's store schema."""
-    assert settings.postgres_uri is not None
-    return MatchboxResource(
-        postgres_uri=settings.postgres_uri.get_secret_value(),
-        postgres_schema=settings.postgres_schema,
-    )
-
-
-@pytest.fixture(scope="session")
-def mb_store(mb_resource: MatchboxResource) -> MatchboxPostgres:
-    """The store the resource gives the assets."""
-    return mb_resource.get_store()

@@ -34,7 +34,6 @@ from matchbox_dagster.common.dtos import LocationType, SourceConfig
 from matchbox_dagster.common.errors import MatchboxError, MatchboxInvalidData
 from matchbox_dagster.common.redaction import redact
 from matchbox_dagster.methods.organisations import cleaning_expr
-from matchbox_dagster.project.yaml_lines import locate
 from matchbox_dagster.sources.roots import (
     allowed_files,
     database_file_allowed,
@@ -42,6 +41,7 @@ from matchbox_dagster.sources.roots import (
     refuse_file_functions,
 )
 from matchbox_dagster.specs import CollectionPlan, CollectionSpec, InputSpec, plan_collection
+from matchbox_dagster.specs.yaml_lines import locate
 
 Where = tuple[str | int, ...]
 """A place in the spec, as keys and indices under ``attributes`` (e.g. sources, 0, key_field)."""

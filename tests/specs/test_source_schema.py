@@ -20,8 +20,8 @@ import pyarrow as pa
 import pytest
 
 from matchbox_dagster.common.dtos import LocationConfig, LocationType
-from matchbox_dagster.project.preflight import source_schema
 from matchbox_dagster.specs import SourceSpec
+from matchbox_dagster.specs.preflight import source_schema
 from tests.conftest import postgres_uri
 
 PEOPLE = pl.DataFrame(

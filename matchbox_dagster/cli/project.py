@@ -10,8 +10,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from matchbox_dagster.project.preflight import preflight, spec_from_metadata
-from matchbox_dagster.project.template import init_project
+from matchbox_dagster.cli.template import init_project
+from matchbox_dagster.specs.preflight import preflight, spec_from_metadata
 
 
 def preflight_defs(defs: dg.Definitions, collection: str) -> bool:

@@ -18,7 +18,6 @@ from matchbox_dagster.common.dtos import LocationConfig, LocationType
 from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.dagster.partitions import partitions_name
 from matchbox_dagster.dagster.resources import MatchboxResource
-from matchbox_dagster.project.preflight import PreflightError, preflight, preflight_problems
 from matchbox_dagster.specs import (
     CollectionSpec,
     InputSpec,
@@ -27,8 +26,9 @@ from matchbox_dagster.specs import (
     ResolverSpec,
     SourceSpec,
 )
+from matchbox_dagster.specs.preflight import PreflightError, preflight, preflight_problems
 from matchbox_dagster.store.postgres import MatchboxPostgres
-from tests.project.conftest import Cli
+from tests.cli_runner import Cli
 
 CSV = """\
 id,name,dob,postcode,person
