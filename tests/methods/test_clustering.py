@@ -130,3 +130,27 @@ def test_a_resolver_spec_selects_the_method():
         bad = ResolverSpec(name="r", thresholds={"m": 0.5}, method=method, settings=settings)
         with pytest.raises(SpecError, match=reason):
             plan_resolver(bad, ["s"])
+
+
+def test_random_graphs_never_hold_a_conflict_and_split_only_conflicted_components():
+    import numpy as np
+
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        n, m = 40, 60
+        pairs = {tuple(sorted(p)) for p in rng.integers(0, n, (m, 2)).tolist() if p[0] != p[1]}
+        rows = [
+            (a, b, 0.0 if rng.random() < 0.1 else float(rng.uniform(0.5, 1.0)))
+            for a, b in sorted(pairs)
+        ]
+        data = edges(*rows)
+        split = groups(SplitConflicts(thresholds={"m": 0.5}).resolve({"m": data}))
+        components = groups(ConnectedComponents(thresholds={"m": 0.5}).resolve({"m": data}))
+        conflicts = [(a, b) for a, b, s in rows if s == 0.0]
+        for group in split:
+            assert not any(a in group and b in group for a, b in conflicts)
+        # Each component without a conflict inside comes out whole.
+        for group in components:
+            if not any(a in group and b in group for a, b in conflicts):
+                assert group in split
+        assert set().union(*split) == set().union(*components)
