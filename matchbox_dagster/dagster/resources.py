@@ -2,7 +2,7 @@
 
 A thin configuration shell: its fields mirror :class:`MatchboxSettings` (any field left unset
 falls back to the ``MATCHBOX_*`` environment), and :meth:`MatchboxResource.get_store` builds
-the :class:`MatchboxPostgres` adapter — once per process and configuration, because building it
+the :class:`MatchboxPostgres` adapter — once per process and settings, because building it
 connects, migrates the schema and, without a URI, starts the embedded PostgreSQL.
 
 Pass a URI holding a password as ``dg.EnvVar("MATCHBOX_POSTGRES_URI")`` (or leave it unset): a
@@ -69,7 +69,9 @@ class MatchboxResource(dg.ConfigurableResource):
         """The store adapter (shared within the process for the same settings)."""
         settings = self.settings()
         uri = settings.postgres_uri.get_secret_value() if settings.postgres_uri else None
-        key = (uri, settings.postgres_schema, str(settings.embedded_data_dir.resolve()))
+        # Every setting is part of the key: a store built for other settings (authorisation,
+        # retries, review URL, location roots, …) must not answer for these.
+        key = (uri, str(settings.embedded_data_dir.resolve()), settings.model_dump_json())
         with _LOCK:
             store = _STORES.get(key)
             if store is None:

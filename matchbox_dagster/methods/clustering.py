@@ -31,7 +31,11 @@ from scipy.sparse.csgraph import connected_components
 
 from matchbox_dagster.common.arrow import SCHEMA_CLUSTERS, ModelResults, ResolverClusters
 from matchbox_dagster.common.errors import MatchboxInvalidData
-from matchbox_dagster.methods.resolvers import ConnectedComponents, check_thresholds
+from matchbox_dagster.methods.resolvers import (
+    ConnectedComponents,
+    check_inputs,
+    check_thresholds,
+)
 
 L, R, S = "left_id", "right_id", "score"
 CHUNK = 1_000_000
@@ -96,12 +100,7 @@ class SplitConflicts(BaseModel):
 
     def resolve(self, edges: Mapping[str, ModelResults | pa.Table]) -> ResolverClusters:
         """Cluster the edges of each named model (``{model step name: results}``)."""
-        unknown = set(self.thresholds) - set(edges)
-        if unknown:
-            raise MatchboxInvalidData(
-                f"Thresholds name model(s) {sorted(unknown)} that are not inputs "
-                f"{sorted(edges)} of the resolver."
-            )
+        check_inputs(self.thresholds, edges)
         links: list[pl.DataFrame] = []
         conflicts: list[pl.DataFrame] = []
         for name, results in edges.items():

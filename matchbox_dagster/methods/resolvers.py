@@ -35,6 +35,16 @@ def check_thresholds(thresholds: Mapping[str, float]) -> dict[str, float]:
     return dict(thresholds)
 
 
+def check_inputs(thresholds: Mapping[str, float], edges: Mapping[str, Any]) -> None:
+    """Refuse thresholds naming a model that is not among a resolver's inputs ``edges``."""
+    unknown = set(thresholds) - set(edges)
+    if unknown:
+        raise MatchboxInvalidData(
+            f"Thresholds name model(s) {sorted(unknown)} that are not inputs "
+            f"{sorted(edges)} of the resolver."
+        )
+
+
 class ConnectedComponents(BaseModel):
     """Connected components over edges at or above per-model thresholds."""
 
@@ -57,12 +67,7 @@ class ConnectedComponents(BaseModel):
 
     def resolve(self, edges: Mapping[str, ModelResults | pa.Table]) -> ResolverClusters:
         """Cluster the edges of each named model (``{model step name: results}``)."""
-        unknown = set(self.thresholds) - set(edges)
-        if unknown:
-            raise MatchboxInvalidData(
-                f"Thresholds name model(s) {sorted(unknown)} that are not inputs "
-                f"{sorted(edges)} of the resolver."
-            )
+        check_inputs(self.thresholds, edges)
         kept: list[pl.DataFrame] = []
         for name, results in edges.items():
             table = results.table if isinstance(results, ModelResults) else results

@@ -231,13 +231,19 @@ def _sqlalchemy_uri(uri: str) -> str:
     return uri
 
 
-def _read_s3(uri: str, sql: str, batch_size: int, client: Any | None) -> Iterator[pl.DataFrame]:
+def s3_object(uri: str) -> tuple[str, str, str]:
+    """Bucket, key and suffix (``.parquet`` or ``.csv``) of an s3 location, else a clear error."""
     if not uri.startswith("s3://") or "/" not in uri.removeprefix("s3://"):
         raise MatchboxInvalidData(f"An s3 location is 's3://bucket/key'; got {uri!r}.")
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     suffix = Path(key).suffix.lower()
     if suffix not in {".parquet", ".csv"}:
         raise MatchboxInvalidData(f"S3 sources are .parquet or .csv objects; got {key!r}.")
+    return bucket, key, suffix
+
+
+def _read_s3(uri: str, sql: str, batch_size: int, client: Any | None) -> Iterator[pl.DataFrame]:
+    bucket, key, suffix = s3_object(uri)
     if client is None:
         client = default_s3_client()
     with tempfile.TemporaryDirectory(prefix="matchbox-s3-") as tmp:

@@ -140,15 +140,10 @@ def _database_columns(uri: str, sql: str, local_only: bool) -> list[str]:
 
 
 def _s3_schema(uri: str, sql: str, client: Any | None) -> pl.Schema:
-    if not uri.startswith("s3://") or "/" not in uri.removeprefix("s3://"):
-        raise MatchboxInvalidData(f"an s3 location is 's3://bucket/key'; got {uri!r}")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    suffix = Path(key).suffix.lower()
-    if suffix not in {".csv", ".parquet"}:
-        raise MatchboxInvalidData(f"S3 sources are .parquet or .csv objects; got {key!r}")
-    if client is None:
-        from matchbox_dagster.sources.locations import default_s3_client
+    from matchbox_dagster.sources.locations import default_s3_client, s3_object
 
+    bucket, key, suffix = s3_object(uri)
+    if client is None:
         client = default_s3_client()
     size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
 

@@ -52,3 +52,21 @@ def test_resource_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch) ->
     assert resource.settings() is resource.settings()
     assert MatchboxResource().batch_rows == 7
     assert MatchboxResource(batch_size=50).batch_rows == 50
+
+
+def test_a_store_is_shared_only_between_identical_settings(
+    mb_resource: MatchboxResource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same URI and schema, other settings: another store, whose settings are its own."""
+    fields = {
+        "postgres_uri": mb_resource.postgres_uri,
+        "postgres_schema": mb_resource.postgres_schema,
+    }
+    first = MatchboxResource(**fields).get_store()
+    assert MatchboxResource(**fields).get_store() is first
+    monkeypatch.setenv("MATCHBOX_AUTHORISATION", "true")
+    monkeypatch.setenv("MATCHBOX_REVIEW_URL", "http://reviews.example/")
+    other = MatchboxResource(**fields).get_store()
+    assert other is not first
+    assert other.settings.authorisation and other.settings.review_url == "http://reviews.example/"
+    assert not first.settings.authorisation and first.settings.review_url is None

@@ -21,22 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser
 
 from matchbox_dagster.cli import main
 from matchbox_dagster.common.dtos import Group, PermissionType, User
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres
+from tests.browser import chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 MIN_JUDGEMENTS = 10
 DEFS = """
 from matchbox_dagster.dagster.collection import build_collection_defs
@@ -163,13 +155,8 @@ def start_app(project: Project) -> Iterator[Callable[..., str]]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless Debian chromium."""
-    assert CHROMIUM.exists(), "chromium is missing: `apt-get install -y chromium` (.ci/run does)"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield chromium
-        chromium.close()
+    with chromium() as opened:
+        yield opened
 
 
 def screenshot(page: object, name: str) -> None:

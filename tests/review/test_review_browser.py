@@ -68,6 +68,8 @@ def test_the_evaluation_check_links_to_the_app_and_counts_judgements(project: Pr
         r.event_log_entry.dagster_event.event_specific_data  # type: ignore[union-attr]
         for r in records
         if r.event_log_entry.dagster_event.event_specific_data.check_name == "evaluation"  # type: ignore[union-attr]
+        and r.event_log_entry.dagster_event.event_specific_data.asset_key  # type: ignore[union-attr]
+        == dg.AssetKey([project.collection, "people"])
     ]
     assert found, "no evaluation check ran"
     metadata = found[0].metadata

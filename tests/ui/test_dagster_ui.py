@@ -20,21 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from matchbox_dagster.cli import main
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres
+from tests.browser import chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DEFS = """
 from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.examples.febrl import febrl4_spec
@@ -137,7 +129,6 @@ def test_ui_marks_the_default_run_and_shows_a_checks_partition(
     webserver: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert CHROMIUM.exists(), "chromium is missing: `apt-get install -y chromium` (.ci/run does)"
     defs, collection, _ = ui_project
     assert main(["check", "--definitions", str(defs)]) == 0  # ci-0001, passes, not promoted
     assert main(["demo", "--definitions", str(defs)]) == 0  # run-0001, promoted by the sensor
@@ -146,10 +137,7 @@ def test_ui_marks_the_default_run_and_shows_a_checks_partition(
     assert store.run_labels(collection)[default] == "run-0001"  # type: ignore[index]
 
     asset = f"{webserver}/assets/{collection}/people"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
+    with chromium() as browser:
         try:
             page = browser.new_page()
             # The UI's first-visit "join the community" dialog would cover the page: mark it
@@ -172,5 +160,4 @@ def test_ui_marks_the_default_run_and_shows_a_checks_partition(
         except Exception:
             page.screenshot(path=str(defs.parent / "failure.png"))
             raise
-        finally:
-            browser.close()
+
