@@ -142,21 +142,24 @@ def _col(column: ColumnLike) -> pl.Expr:
     return pl.col(column) if isinstance(column, str) else column
 
 
+def _plain(text: pl.Expr) -> pl.Expr:
+    """Lower-case words: apostrophes dropped, any other run of punctuation one space, trimmed."""
+    return (
+        text.str.to_lowercase()
+        .str.replace_all(r"['’`]", "")
+        .str.replace_all(r"[^a-z0-9]+", " ")
+        .str.strip_chars()
+    )
+
+
 def _tokens(
     column: ColumnLike, abbreviations: Mapping[str, str] | None = None
 ) -> pl.Expr:
     """The normalised words of a name as a list (abbreviations and legal forms mapped)."""
     mapping = {**(ABBREVIATIONS if abbreviations is None else abbreviations), **LEGAL_FORMS}
-    text = (
-        _col(column)
-        .cast(pl.String)
-        .str.to_lowercase()
-        .str.replace_all("&", " and ", literal=True)
-        .str.replace_all(r"['’`]", "")
-        .str.replace_all(r"[^a-z0-9]+", " ")
-        .str.strip_chars()
-        .str.replace(r"^the ", "")
-    )
+    text = _plain(
+        _col(column).cast(pl.String).str.replace_all("&", " and ", literal=True)
+    ).str.replace(r"^the ", "")
     for pattern, replacement in PHRASES.items():
         text = text.str.replace_all(pattern, replacement)
     return (
@@ -264,15 +267,7 @@ def company_number_clean(column: ColumnLike) -> pl.Expr:
 
 def town_clean(column: ColumnLike) -> pl.Expr:
     """A town lower-cased without punctuation and a leading "the"; else null."""
-    text = (
-        _col(column)
-        .cast(pl.String)
-        .str.to_lowercase()
-        .str.replace_all(r"['’`]", "")
-        .str.replace_all(r"[^a-z0-9]+", " ")
-        .str.strip_chars()
-        .str.replace(r"^the ", "")
-    )
+    text = _plain(_col(column).cast(pl.String)).str.replace(r"^the ", "")
     return pl.when(text != "").then(text)
 
 
@@ -300,12 +295,7 @@ def address_clean(column: ColumnLike, words: Mapping[str, str] | None = None) ->
     """An address lower-cased, without punctuation, its abbreviations expanded; else null."""
     mapping = ADDRESS_WORDS if words is None else words
     tokens = (
-        _col(column)
-        .cast(pl.String)
-        .str.to_lowercase()
-        .str.replace_all(r"['’`]", "")
-        .str.replace_all(r"[^a-z0-9]+", " ")
-        .str.strip_chars()
+        _plain(_col(column).cast(pl.String))
         .str.split(" ")
         .list.eval(pl.element().replace(mapping).filter(pl.element() != ""))
     )
