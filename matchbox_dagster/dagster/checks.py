@@ -10,7 +10,8 @@ Check names (the promotion sensor relies on them only through the asset's check 
 ``source_quality``     stage complete; stored keys = extracted keys; keys unique and non-null
 ``scores_in_range``    stage complete; stored pairs = produced pairs; every score in [0, 1]
 ``resolver_quality``   at least one entity; no entity holds more than ``max_cluster_size`` records
-``evaluation``         pairwise precision/recall ≥ minimums, against ground truth or judgements
+``evaluation``         pairwise precision/recall ≥ minimums, against ground truth or judgements;
+                       per model, the threshold in use beside the one maximising F1 (metadata)
 ``churn``              share of keys whose entity changed against the default run ≤ ``max_churn``
 """
 
@@ -30,6 +31,7 @@ from matchbox_dagster.evaluation.quality import entity_sizes, score_range
 from matchbox_dagster.evaluation.quality import source_quality as judge_source
 from matchbox_dagster.evaluation.resolver import evaluate_resolver
 from matchbox_dagster.evaluation.sampling import judgement_count
+from matchbox_dagster.evaluation.thresholds import ModelThreshold
 from matchbox_dagster.specs import ResolverChecksSpec
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
@@ -189,6 +191,28 @@ def curve_table(curve: Sequence[dict[str, object]]) -> str:
     )
 
 
+def threshold_table(rows: Sequence[ModelThreshold]) -> str:
+    """Per model (Markdown): the threshold in use and its F1, the threshold maximising F1 on the
+    labelled pairs, that F1 and the threshold's 95% bootstrap interval."""
+
+    def line(row: ModelThreshold) -> str:
+        found = row.suggestion
+        if found is None:
+            best = "no labelled edges | | |"
+        else:
+            best = f"{found.threshold:.4f} | {found.f1:.4f} | {found.low:.4f} – {found.high:.4f} |"
+        labelled = "0" if found is None else f"{found.labelled:,}"
+        return f"| {row.model} | {row.in_use:.4f} | {row.f1_in_use:.4f} | {best} {labelled} |"
+
+    return (
+        "The threshold maximising F1 on the labelled pairs (of each model's edges, before "
+        "clustering) beside the one in use; a wide interval says the labels do not yet pin "
+        "it down.\n\n| model | threshold in use | F1 in use | suggested threshold | F1 there | "
+        "95% interval | labelled pairs |\n|---|---|---|---|---|---|---|\n"
+        + "\n".join(line(r) for r in rows)
+    )
+
+
 def _evaluation(
     store: MatchboxDBAdapter,
     path: StepPath,
@@ -233,6 +257,14 @@ def _evaluation(
                 "precision_recall_by_threshold": dg.MetadataValue.md(curve_table(found.curve))
             }
             if found.curve
+            else {}
+        ),
+        **(
+            {
+                "suggested_thresholds": dg.MetadataValue.md(threshold_table(found.thresholds)),
+                "thresholds": dg.MetadataValue.json([t.row() for t in found.thresholds]),
+            }
+            if found.thresholds
             else {}
         ),
     )

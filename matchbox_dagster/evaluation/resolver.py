@@ -6,6 +6,10 @@ Against ground truth, each model's edges also get a precision/recall curve over
 the same entity in two of its input ids; for a linker, one on each side) that its edges kept
 at the threshold hold. The resolver's headline recall is *after clustering* (its entities'
 pairs). A threshold keeping no labelled edge has no precision: its row says so (``None``).
+
+Against either, each model also gets its threshold in use (the resolver's setting), its F1
+there, and the threshold that maximises F1 on the labelled pairs with a bootstrap interval
+(:func:`~matchbox_dagster.evaluation.thresholds.model_threshold`).
 """
 
 from __future__ import annotations
@@ -16,15 +20,17 @@ from typing import Any
 
 import polars as pl
 
-from matchbox_dagster.common.dtos import ModelConfig, QueryConfig, StepPath
+from matchbox_dagster.common.dtos import ModelConfig, QueryConfig, ResolverConfig, StepPath
 from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.evaluation.metrics import (
     PairwiseScores,
+    judged_pairs,
     score_against_judgements,
     score_against_truth,
     threshold_curve,
     truth_labels,
 )
+from matchbox_dagster.evaluation.thresholds import ModelThreshold, model_threshold
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 CURVE_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(11)]
@@ -40,6 +46,8 @@ class ResolverEvaluation:
     curve: list[dict[str, Any]] = field(default_factory=list)
     """Rows of ``model``, ``threshold``, ``edges``, ``precision``, ``recall``, ``f1`` (the
     three None when no labelled edge is kept) and ``true_pairs`` (the recall's denominator)."""
+    thresholds: list[ModelThreshold] = field(default_factory=list)
+    """Per model: the threshold in use, its F1, and the suggested threshold with its interval."""
 
     def passes(self, min_precision: float | None, min_recall: float | None) -> bool:
         """Whether precision and recall reach the minimums (None: no minimum)."""
@@ -63,22 +71,50 @@ def evaluate_resolver(
     over ``sources`` (in that order: its keys are hashed by position; needed for the curves).
     With ``truth``, scores against its ``entity`` column (and a curve per model of ``models``);
     otherwise against the judgements of users who may read the collection
-    (:class:`MatchboxNoJudgements` when there are none).
+    (:class:`MatchboxNoJudgements` when there are none). Either way each model of ``models``
+    gets its suggested threshold (:attr:`ResolverEvaluation.thresholds`).
     """
+    in_use = thresholds_in_use(store, path)
     if truth:
         scores = score_against_truth(entities, cluster="id", truth="entity")
         curve: list[dict[str, Any]] = []
+        suggested = []
         for model in models:
             step = StepPath(collection=path.collection, run=path.run, name=model)
-            curve += model_curve(store, step, entities, sources or [])
-        return ResolverEvaluation(scores=scores, against="ground truth", curve=curve)
+            edges, labels, positives = model_truth(store, step, entities, sources or [])
+            curve += _curve_rows(model, edges, labels, positives, CURVE_THRESHOLDS)
+            suggested.append(
+                model_threshold(
+                    model, edges, labels, in_use.get(model, 0.0), total_positives=positives
+                )
+            )
+        return ResolverEvaluation(
+            scores=scores, against="ground truth", curve=curve, thresholds=suggested
+        )
     # Only judgements by users who may read the collection count (issue 15 item 7).
     judgements, expansion = store.get_collection_judgements(path.collection)
     clusters = entities.select(pl.col("id").alias("root"), pl.col("leaf_id").alias("leaf")).unique()
     scores = score_against_judgements(
         clusters, judgements, expansion, universe=clusters.get_column("leaf")
     )
-    return ResolverEvaluation(scores=scores, against="judgements")
+    suggested = []
+    if models:
+        labels = judged_pairs(judgements, expansion)
+        for model in models:
+            step = StepPath(collection=path.collection, run=path.run, name=model)
+            edges = store.get_model_data(step)
+            suggested.append(model_threshold(model, edges, labels, in_use.get(model, 0.0)))
+    return ResolverEvaluation(scores=scores, against="judgements", thresholds=suggested)
+
+
+def thresholds_in_use(store: MatchboxDBAdapter, path: StepPath) -> dict[str, float]:
+    """The resolver's threshold per input model (0 for a model its settings do not name)."""
+    config = store.get_step(path).config
+    if not isinstance(config, ResolverConfig):
+        raise MatchboxInvalidData(f"Step {path} is not a resolver.")
+    raw = config.resolver_settings.get("thresholds") or {}
+    named = raw if isinstance(raw, dict) else {}
+    return {m: float(named.get(m, 0.0)) for m in config.inputs}  # type: ignore[arg-type]
 
 
 def model_curve(
@@ -93,6 +129,30 @@ def model_curve(
     Each input's records get their id in the model's id space (the input's resolver, else the
     leaf) and their true entity; recall divides by every true pair the model could propose.
     """
+    edges, labels, positives = model_truth(store, model, entities, sources)
+    return _curve_rows(model.name, edges, labels, positives, thresholds)
+
+
+def _curve_rows(
+    model: str,
+    edges: Any,
+    labels: pl.DataFrame,
+    positives: float,
+    thresholds: Sequence[float],
+) -> list[dict[str, Any]]:
+    rows = threshold_curve(edges, labels, thresholds=thresholds, total_positives=positives)
+    out = []
+    for row in rows.iter_rows(named=True):
+        if not row["edges"]:
+            row |= {"precision": None, "recall": None, "f1": None}
+        out.append({"model": model, **row, "true_pairs": positives})
+    return out
+
+
+def model_truth(
+    store: MatchboxDBAdapter, model: StepPath, entities: pl.DataFrame, sources: Sequence[str]
+) -> tuple[Any, pl.DataFrame, float]:
+    """A model's edges, their truth labels, and every true pair it could propose."""
     config = store.get_step(model).config
     if not isinstance(config, ModelConfig):
         raise MatchboxInvalidData(f"Step {model} is not a model; it has no edges to curve.")
@@ -105,14 +165,7 @@ def model_curve(
     both = left if right is None else pl.concat([left, right]).unique(["id", "key"])
     edges = store.get_model_data(model)
     labels = truth_labels(edges, both.select("id", "entity"))
-    positives = true_pairs(left, right)
-    rows = threshold_curve(edges, labels, thresholds=thresholds, total_positives=positives)
-    out = []
-    for row in rows.iter_rows(named=True):
-        if not row["edges"]:
-            row |= {"precision": None, "recall": None, "f1": None}
-        out.append({"model": model.name, **row, "true_pairs": positives})
-    return out
+    return edges, labels, true_pairs(left, right)
 
 
 def _input_truth(

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from matchbox_dagster.common.errors import MatchboxNoJudgements
-from matchbox_dagster.evaluation.metrics import FrameLike, _frame, _ordered
+from matchbox_dagster.evaluation.metrics import FrameLike, _frame, _ordered, threshold_curve
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class ThresholdSuggestion:
     low: float
     high: float
     labelled: int
+    positives: float = 0.0
+    """Recall's denominator: the positive weight of the labels (or ``total_positives``)."""
 
 
 def _labelled_scores(edges: FrameLike, labels: FrameLike) -> pl.DataFrame:
@@ -68,11 +70,14 @@ def suggest_threshold(
     resamples: int = 400,
     level: float = 0.95,
     seed: int = 0,
+    total_positives: float | None = None,
 ) -> ThresholdSuggestion:
     """The threshold maximising F1 on ``labels`` and its ``level`` bootstrap interval.
 
     ``edges``: ``left_id``, ``right_id``, ``score``; ``labels``: ``left_id``, ``right_id``,
-    ``match`` (bool or 0–1). A positive pair the model never scored counts against recall.
+    ``match`` (bool or 0–1). A positive pair the model never scored counts against recall;
+    ``total_positives`` (e.g. every true pair of a ground truth, when ``labels`` only label the
+    model's edges) raises recall's denominator to it when above the labels' positive weight.
     """
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
@@ -83,14 +88,16 @@ def suggest_threshold(
     match = scored.get_column("match").to_numpy()
     score = scored.get_column("score").to_numpy()
     unscored = joined.filter(pl.col("score").is_null()).get_column("match").to_numpy()
+    # Positives no label holds (``total_positives`` above the labels'): resampled as a count.
+    missing = max((total_positives or 0.0) - float(match.sum() + unscored.sum()), 0.0)
     # The last row of each run of equal scores: keeping edges ≥ that score keeps the run.
     ends = np.flatnonzero(np.append(score[1:] != score[:-1], True))
 
     ones = np.ones((1, len(match)))
-    best, f1 = _best(match, ones, ends, np.array([match.sum() + unscored.sum()]))
+    positives = float(match.sum() + unscored.sum()) + missing
+    best, f1 = _best(match, ones, ends, np.array([positives]))
     at = ends[best[0]]
     tp, kept = float(match[: at + 1].sum()), at + 1
-    positives = float(match.sum() + unscored.sum())
 
     rng = np.random.default_rng(seed)
     chosen: list[np.ndarray] = []
@@ -98,7 +105,7 @@ def suggest_threshold(
         rows = min(100, resamples - start)
         weights = rng.poisson(1.0, (rows, len(match))).astype(np.float64)
         extra = rng.poisson(1.0, (rows, len(unscored))) @ unscored if len(unscored) else 0.0
-        total = weights @ match + extra
+        total = weights @ match + extra + (rng.poisson(missing, rows) if missing else 0.0)
         index, _ = _best(match, weights, ends, np.asarray(total, dtype=np.float64))
         chosen.append(score[ends[index]])
     thresholds = np.concatenate(chosen)
@@ -111,6 +118,7 @@ def suggest_threshold(
         low=float(np.quantile(thresholds, tail)),
         high=float(np.quantile(thresholds, 1 - tail)),
         labelled=joined.height,
+        positives=positives,
     )
 
 
@@ -130,4 +138,64 @@ def suggest_thresholds(
     return suggestions
 
 
-__all__ = ["ThresholdSuggestion", "suggest_threshold", "suggest_thresholds"]
+@dataclass(frozen=True)
+class ModelThreshold:
+    """A model's threshold in use and its F1 there, beside the suggested threshold.
+
+    ``suggestion`` is None when no labelled pair is among the model's edges.
+    """
+
+    model: str
+    in_use: float
+    f1_in_use: float
+    suggestion: ThresholdSuggestion | None
+
+    def row(self) -> dict[str, object]:
+        """Flat figures (for JSON metadata): the suggestion's fields None without one."""
+        found = self.suggestion
+        return {
+            "model": self.model,
+            "in_use": self.in_use,
+            "f1_in_use": self.f1_in_use,
+            "suggested": None if found is None else found.threshold,
+            "f1": None if found is None else found.f1,
+            "precision": None if found is None else found.precision,
+            "recall": None if found is None else found.recall,
+            "low": None if found is None else found.low,
+            "high": None if found is None else found.high,
+            "labelled": None if found is None else found.labelled,
+        }
+
+
+def model_threshold(
+    model: str,
+    edges: FrameLike,
+    labels: FrameLike,
+    in_use: float,
+    *,
+    total_positives: float | None = None,
+    **kwargs: float | int,
+) -> ModelThreshold:
+    """``model``'s F1 at the threshold ``in_use`` and :func:`suggest_threshold` on ``labels``."""
+    try:
+        found: ThresholdSuggestion | None = suggest_threshold(
+            edges,
+            labels,
+            total_positives=total_positives,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    except MatchboxNoJudgements:
+        found = None
+    positives = total_positives if found is None else found.positives
+    current = threshold_curve(edges, labels, thresholds=[in_use], total_positives=positives)
+    f1 = float(current.get_column("f1")[0])  # 0 when no labelled edge is kept
+    return ModelThreshold(model=model, in_use=in_use, f1_in_use=f1, suggestion=found)
+
+
+__all__ = [
+    "ModelThreshold",
+    "ThresholdSuggestion",
+    "model_threshold",
+    "suggest_threshold",
+    "suggest_thresholds",
+]

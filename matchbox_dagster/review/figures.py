@@ -1,8 +1,9 @@
-"""The evaluation view: precision, recall and F1 against judgements, and curves as SVG."""
+"""The evaluation view: precision, recall and F1 against judgements, curves as SVG, and per
+model the threshold in use beside the one maximising F1 on the judged pairs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
@@ -12,6 +13,7 @@ from matchbox_dagster.common.errors import MatchboxNoJudgements
 from matchbox_dagster.evaluation.intervals import wilson
 from matchbox_dagster.evaluation.metrics import PairwiseScores, judged_pairs, threshold_curve
 from matchbox_dagster.evaluation.resolver import CURVE_THRESHOLDS, evaluate_resolver
+from matchbox_dagster.evaluation.thresholds import ModelThreshold, model_threshold
 from matchbox_dagster.review.state import Target
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
@@ -20,10 +22,12 @@ COLOURS = ("#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f")
 
 @dataclass(frozen=True)
 class Figures:
-    """A resolver's scores against judgements (None: nothing judged yet) and model curves."""
+    """A resolver's scores against judgements (None: nothing judged yet), model curves, and
+    per model the threshold in use beside the suggested one."""
 
     scores: PairwiseScores | None
     curves: dict[str, list[dict[str, Any]]]
+    thresholds: list[ModelThreshold] = field(default_factory=list)
 
 
 def figures(store: MatchboxDBAdapter, target: Target) -> Figures:
@@ -36,8 +40,10 @@ def figures(store: MatchboxDBAdapter, target: Target) -> Figures:
     judgements, expansion = store.get_collection_judgements(target.path.collection)
     labels = judged_pairs(judgements, expansion)
     curves = {}
-    for model in target.lineage.thresholds:
+    suggested = []
+    for model, in_use in target.lineage.thresholds.items():
         edges = store.get_model_data(target.path.model_copy(update={"name": model}))
+        suggested.append(model_threshold(model, edges, labels, in_use))
         curve = threshold_curve(edges, labels, thresholds=CURVE_THRESHOLDS)
         if not curve.get_column("edges").sum():
             continue  # no judged pair among its edges: nothing to draw
@@ -45,7 +51,7 @@ def figures(store: MatchboxDBAdapter, target: Target) -> Figures:
             r | ({"precision": None} if not r["tp"] + r["fp"] else {})
             for r in curve.sort("threshold").iter_rows(named=True)
         ]
-    return Figures(found.scores, curves)
+    return Figures(found.scores, curves, suggested)
 
 
 def _line(points: list[tuple[float, float]], colour: str, dash: str = "") -> str:
@@ -89,6 +95,32 @@ def curve_svg(curves: dict[str, list[dict[str, Any]]]) -> str:
     return "".join(parts) + "</svg>"
 
 
+def thresholds_html(rows: list[ModelThreshold]) -> str:
+    """Per model: threshold in use and its F1, suggested threshold, its F1 and interval."""
+    cells = []
+    for row in rows:
+        found = row.suggestion
+        best = (
+            '<td colspan="3">no judged pair among its edges</td>'
+            if found is None
+            else f'<td class="suggested">{found.threshold:.3f}</td><td>{found.f1:.3f}</td>'
+            f"<td>{found.low:.3f} – {found.high:.3f}</td>"
+        )
+        cells.append(
+            f'<tr data-model="{escape(row.model)}"><th>{escape(row.model)}</th>'
+            f'<td class="in-use">{row.in_use:.3f}</td><td>{row.f1_in_use:.3f}</td>{best}</tr>'
+        )
+    return (
+        "<h2>Thresholds from judgements, per model</h2>"
+        "<p>The threshold maximising F1 on the judged pairs among each model's edges (before "
+        "clustering), with a 95% bootstrap interval, beside the threshold in use.</p>"
+        '<table class="recs" id="thresholds"><tr><th>model</th><th>in use</th>'
+        "<th>F1 in use</th><th>suggested</th><th>F1 there</th><th>95% interval</th></tr>"
+        + "".join(cells)
+        + "</table>"
+    )
+
+
 def evaluation_html(found: Figures, resolver: str, collection: str) -> str:
     """The evaluation view's body."""
     back = f'<p><a href="/review/{escape(collection)}">back to review</a></p>'
@@ -118,7 +150,8 @@ def evaluation_html(found: Figures, resolver: str, collection: str) -> str:
             "<p>Each model's edges at or above a threshold, against the judged pairs.</p>"
             + curve_svg(found.curves)
         )
-    return back + table + curves
+    suggested = thresholds_html(found.thresholds) if found.thresholds else ""
+    return back + table + curves + suggested
 
 
-__all__ = ["Figures", "curve_svg", "evaluation_html", "figures"]
+__all__ = ["Figures", "curve_svg", "evaluation_html", "figures", "thresholds_html"]

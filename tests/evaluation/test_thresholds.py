@@ -57,3 +57,20 @@ def test_unscored_positives_count_against_recall_and_models_are_separate():
         suggest_threshold(other, labels)
     with pytest.raises(ValueError, match="level"):
         suggest_threshold(edges, labels, level=1.0)
+
+
+def test_total_positives_raise_the_recall_denominator():
+    # Labels hold only the model's edges: 3 true (0.9, 0.7, 0.5) and 1 false (0.6).
+    edges = pl.DataFrame(
+        {"left_id": [1, 2, 3, 4], "right_id": [11, 12, 13, 14], "score": [0.9, 0.7, 0.6, 0.5]}
+    )
+    labels = edges.select("left_id", "right_id", match=pl.Series([1.0, 1.0, 0.0, 1.0]))
+    # Positives 3: F1 at 0.7 = 4/5, at 0.5 = 6/7: the lowest threshold wins.
+    assert suggest_threshold(edges, labels, resamples=50).threshold == pytest.approx(0.5)
+    # 100 true pairs of which the model proposed 3: recall is tiny either way, and F1 is
+    # 2·tp / (kept + 100): 4/102 at 0.7 < 6/104 at 0.5; precision no longer decides.
+    many = suggest_threshold(edges, labels, resamples=50, total_positives=100)
+    assert many.positives == 100 and many.recall == pytest.approx(3 / 100)
+    assert many.f1 == pytest.approx(6 / 104)
+    # Fewer total positives than the labels hold are ignored.
+    assert suggest_threshold(edges, labels, resamples=50, total_positives=1).positives == 3
