@@ -252,6 +252,11 @@ class SplinkModel(Model):
     )
     threshold: float = Field(default=0.0, ge=0, le=1, description="Minimum match probability.")
     engine: Literal["duckdb", "spark"] = Field(default="duckdb", description="Splink backend.")
+    retrain: bool = Field(
+        default=False,
+        description="Train anew in every run even when a trained model of this config is "
+        "stored (the Dagster layer reuses stored trained parameters otherwise).",
+    )
 
     @field_validator("splink_settings")
     @classmethod
@@ -308,11 +313,11 @@ class SplinkModel(Model):
 
     def dedupe(self, data: pl.DataFrame) -> ModelResults:
         """Pairs of distinct ids within ``data`` with match probability ≥ ``threshold``."""
-        return self._predict([data], dedupe=True)
+        return self._predict([data], dedupe=True)[0]
 
     def link(self, left: pl.DataFrame, right: pl.DataFrame) -> ModelResults:
         """Pairs (left id, right id) with match probability ≥ ``threshold``."""
-        return self._predict([left, right], dedupe=False)
+        return self._predict([left, right], dedupe=False)[0]
 
     def trained(self, data: pl.DataFrame, right: pl.DataFrame | None = None) -> SplinkModel:
         """A copy of the model trained on the data: trained parameters, no training steps.
@@ -324,10 +329,44 @@ class SplinkModel(Model):
         rows, columns = self._rows(frames, "Splink")
         link_type = "dedupe_only" if right is None else "link_only"
         with database_api(self.engine) as api:
-            linker = self._linker(api, rows, columns, link_type)
-            trained = linker.misc.save_model_to_json()
-        settings = {k: v for k, v in trained.items() if k not in (*_OWNED_KEYS, "linker_uid")}
-        return self.model_copy(update={"splink_settings": settings, "training": []})
+            settings = _parameters(self._linker(api, rows, columns, link_type))
+        return self.with_parameters(settings)
+
+    # --- trained parameters (kept by the Dagster layer, see docs/methods.md) -------------------
+
+    def training_settings(self) -> dict[str, Any]:
+        """What shapes the trained parameters: settings, training steps and engine.
+
+        ``threshold`` and ``retrain`` are left out: they change neither the training nor
+        the parameters, so a model differing only in them may predict with the same ones.
+        """
+        return self.model_dump(mode="json", include={"splink_settings", "training", "engine"})
+
+    def with_parameters(self, parameters: dict[str, Any]) -> SplinkModel:
+        """A copy predicting with trained ``parameters`` (as :meth:`fit_predict` gives them).
+
+        No training steps: predictions use the parameters as they are. ``threshold`` and
+        ``engine`` stay this model's. The parameters are validated like ``splink_settings``.
+        """
+        return SplinkModel(
+            splink_settings=parameters,
+            training=[],
+            threshold=self.threshold,
+            engine=self.engine,
+            retrain=self.retrain,
+        )
+
+    def fit_predict(
+        self, data: pl.DataFrame, right: pl.DataFrame | None = None
+    ) -> tuple[ModelResults, dict[str, Any] | None]:
+        """Train on the input(s) and score them, in one linker; also return the trained parameters.
+
+        The results are those of :meth:`dedupe` (``right`` None) or :meth:`link`; the
+        parameters (a JSON-able Splink settings dict with m and u probabilities, None when an
+        input is empty) make :meth:`with_parameters` predict the same scores without training.
+        """
+        frames = [data] if right is None else [data, right]
+        return self._predict(frames, dedupe=right is None, export=True)
 
     def _rows(self, frames: list[pl.DataFrame], what: str) -> tuple[list[pl.DataFrame], list[str]]:
         """The (id, columns) rows of each input, numbered across inputs for Splink."""
@@ -378,16 +417,20 @@ class SplinkModel(Model):
             return frame.to_pandas()
         return frame.to_arrow()
 
-    def _predict(self, frames: list[pl.DataFrame], *, dedupe: bool) -> ModelResults:
+    def _predict(
+        self, frames: list[pl.DataFrame], *, dedupe: bool, export: bool = False
+    ) -> tuple[ModelResults, dict[str, Any] | None]:
+        """Scored pairs, and with ``export`` the linker's (trained) parameters."""
         rows, columns = self._rows(frames, "Splink")
         if any(r.height == 0 for r in rows):
-            return empty_results()
+            return empty_results(), None
         link_type = "dedupe_only" if dedupe else "link_only"
         # Row numbers follow the inputs: those of the left input come first.
         left_count = rows[0].height
         ids = pl.concat([r.select(UNIQUE_ID, ID) for r in rows])
         with database_api(self.engine) as api:
             linker = self._linker(api, rows, columns, link_type)
+            parameters = _parameters(linker) if export else None
             # The engine holds its own copy of the rows now; keep only the ids while it predicts
             # (~65 MB less at the peak for 1M synthetic people).
             rows.clear()
@@ -420,4 +463,10 @@ class SplinkModel(Model):
                 "match_probability",
             )
         scored = oriented.rename({"match_probability": "score"}).drop_nulls()
-        return finish_pairs(scored, dedupe=dedupe)
+        return finish_pairs(scored, dedupe=dedupe), parameters
+
+
+def _parameters(linker: Linker) -> dict[str, Any]:
+    """A linker's settings with its current m and u probabilities, less what the model sets."""
+    saved = linker.misc.save_model_to_json(out_path=None)
+    return {k: v for k, v in saved.items() if k not in (*_OWNED_KEYS, "linker_uid")}
