@@ -97,6 +97,7 @@ class WriteOutcome(StrEnum):
     STORED = "stored"
     UNCHANGED = "unchanged"
     REPLACED = "replaced"
+    SHARED = "shared"  # the step points at another step's identical stored data
 
 
 class PermissionType(StrEnum):

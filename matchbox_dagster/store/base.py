@@ -37,6 +37,7 @@ from matchbox_dagster.common.dtos import (
     User,
     WriteOutcome,
 )
+from matchbox_dagster.common.reuse import ReusedStep, TrainedModel
 from matchbox_dagster.common.runs import Promotion, RunSummary
 from matchbox_dagster.common.settings import MatchboxSettings
 
@@ -221,14 +222,20 @@ class MatchboxDBAdapter(ABC):
 
     @abstractmethod
     def write_step(
-        self, path: StepPath, step: Step, payload: SourceHashes | ModelResults | ResolverClusters
+        self,
+        path: StepPath,
+        step: Step,
+        payload: SourceHashes | ModelResults | ResolverClusters | ReusedStep,
     ) -> WriteOutcome:
         """Extension: write a step and its data in ONE transaction, and say what was done.
 
         The payload must be the step type's (:class:`SourceHashes`, :class:`ModelResults`,
-        :class:`ResolverClusters`) with the step's fingerprint; it is checked before anything
-        is written. Writes of one path are serialised by a lock, waited for at most
-        ``settings.step_lock_timeout_seconds`` (then :class:`MatchboxLockError`). Then:
+        :class:`ResolverClusters`) with the step's fingerprint, or a :class:`ReusedStep`
+        naming a COMPLETE step of the same collection whose type, config, fingerprint and
+        inputs' fingerprints are this step's (else :class:`MatchboxReuseMismatch`); it is
+        checked before anything is written. Writes of one path are serialised by a lock, waited
+        for at most ``settings.step_lock_timeout_seconds`` (then :class:`MatchboxLockError`).
+        Then:
 
         - the step holds complete data with the same fingerprint and config → ``UNCHANGED``
           (nothing is written);
@@ -239,9 +246,35 @@ class MatchboxDBAdapter(ABC):
           descendants are deleted (as :meth:`delete_step`) and it is written anew →
           ``REPLACED``.
 
+        Data is content addressed: when a COMPLETE step of the collection has the same type,
+        fingerprint and config, and its inputs (lineage, by name) the same fingerprints, the
+        step points at that step's stored data instead of storing a copy → ``SHARED`` (so
+        does a :class:`ReusedStep`). Stored data is reference counted: deleting a step, run or
+        collection removes data only when no remaining step uses it.
+
         The upload stage moves READY → PROCESSING → COMPLETE inside the transaction. A failure
         at any point leaves the store as it was; a repeat after a lost commit returns
         ``UNCHANGED``. Two identical concurrent writes: one ``STORED``, one ``UNCHANGED``.
+        """
+
+    @abstractmethod
+    def step_data_origin(self, path: StepPath) -> StepPath | None:
+        """Extension: the step that stored the data this step shares (None: its own data).
+
+        That is the step that first stored it; if that step was deleted since, the earliest
+        remaining step holding the data before this one (None when there is none).
+        """
+
+    @abstractmethod
+    def find_reusable_step(
+        self, path: StepPath, config: dict[str, Any], inputs: list[str]
+    ) -> StepPath | None:
+        """Extension: a default-run step whose results ``path`` may reuse, or None.
+
+        The collection's default run's step named ``path.name``, COMPLETE, whose config equals
+        ``config`` (a step config as JSON), and each of whose ``inputs`` (step names) has in the
+        default run the fingerprint of the same-named step of ``path.run``, which must be
+        COMPLETE. None when there is no default run or any condition fails.
         """
 
     @abstractmethod
@@ -255,6 +288,29 @@ class MatchboxDBAdapter(ABC):
     @abstractmethod
     def get_step_stage(self, path: StepPath) -> UploadStage:
         """A step's upload stage."""
+
+    # --- trained models ---------------------------------------------------------------------
+
+    @abstractmethod
+    def put_trained_model(self, model: TrainedModel) -> int:
+        """Extension: store a trained model's parameters as a new version; return the version.
+
+        Versions count from 1 per (collection, model, config key). WRITE on the collection.
+        """
+
+    @abstractmethod
+    def get_trained_model(
+        self, collection: CollectionName, model: str, config_key: str
+    ) -> TrainedModel | None:
+        """Extension: the latest version not retired of a trained model (None: none)."""
+
+    @abstractmethod
+    def retire_trained_models(self, collection: CollectionName, model: str) -> int:
+        """Extension: retire every version of a collection's model; return how many were live.
+
+        Retired versions stay (a run's evaluation may name one) but are never returned by
+        :meth:`get_trained_model`, so the next run trains anew.
+        """
 
     # --- data -------------------------------------------------------------------------------
 

@@ -605,12 +605,10 @@ def test_shared_table_reads_racing_delete_run_are_typed(
         deleter.execute(
             psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(store.db.schema))
         )
-        steps = deleter.execute(
-            "SELECT step_id, step_type FROM steps WHERE run_id = %s", (run,)
-        ).fetchall()
-        from matchbox_dagster.store.postgres.core import drop_partitions
+        steps = deleter.execute("SELECT step_id FROM steps WHERE run_id = %s", (run,)).fetchall()
+        from matchbox_dagster.store.postgres.data_refs import delete_step_rows
 
-        drop_partitions(deleter, store.db.schema, [(int(s), t) for s, t in steps])
+        delete_step_rows(psycopg.RawCursor(deleter), store.db.schema, [int(s[0]) for s in steps])
         deleter.execute("DELETE FROM runs WHERE run_id = %s", (run,))
         thread = threading.Thread(target=match)
         thread.start()

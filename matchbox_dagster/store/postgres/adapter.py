@@ -42,11 +42,10 @@ from matchbox_dagster.common.dtos import (
 from matchbox_dagster.common.errors import (
     MatchboxCollectionAlreadyExists,
     MatchboxGroupAlreadyExistsError,
-    MatchboxNotFoundError,
     MatchboxPermissionDenied,
     MatchboxStepAlreadyExists,
-    MatchboxStepExistingData,
 )
+from matchbox_dagster.common.reuse import StepPayload
 from matchbox_dagster.common.runs import Promotion, RunSummary
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.base import MatchboxDBAdapter, Resource
@@ -58,13 +57,16 @@ from matchbox_dagster.store.postgres.counts import attach_countables
 from matchbox_dagster.store.postgres.db import Database
 from matchbox_dagster.store.postgres.defaults import ensure_defaults
 from matchbox_dagster.store.postgres.evaluation import Evaluation
+from matchbox_dagster.store.postgres.facade_reuse import ReuseOperations
 from matchbox_dagster.store.postgres.housekeeping import Housekeeping
 from matchbox_dagster.store.postgres.operations import (
     ADMIN,
+    GONE_IF_DONE,
     IDEMPOTENT,
     LOCAL,
     NOT_REPEATABLE,
     READ,
+    STORED_IF_DONE,
     WRITE,
     Retry,
     decided_in_body,
@@ -78,13 +80,6 @@ from matchbox_dagster.store.postgres.snapshots_json import JsonSnapshots
 from matchbox_dagster.store.postgres.snapshots_parquet import ParquetSnapshots
 from matchbox_dagster.store.postgres.steps import Steps
 from matchbox_dagster.store.postgres.writes import Writes
-
-GONE_IF_DONE = Retry.when_done(MatchboxNotFoundError)
-"""A delete: after a lost commit, finding nothing means the lost attempt had deleted it."""
-
-STORED_IF_DONE = Retry.when_done(MatchboxStepExistingData)
-"""An insert: after a lost commit, finding the step's data (whose fingerprint the attempt had
-checked) means the lost attempt had stored it."""
 
 
 class MatchboxPostgres(MatchboxDBAdapter):
@@ -272,9 +267,7 @@ class MatchboxPostgres(MatchboxDBAdapter):
     # --- writing data ---------------------------------------------------------------------
 
     @operation(WRITE.on_path("path"), retry=IDEMPOTENT)
-    def write_step(
-        self, path: StepPath, step: Step, payload: SourceHashes | ModelResults | ResolverClusters
-    ) -> WriteOutcome:
+    def write_step(self, path: StepPath, step: Step, payload: StepPayload) -> WriteOutcome:
         """Write a step and its data in one transaction (see the contract)."""
         return self._writes.write_step(path, step, payload)
 
@@ -296,6 +289,13 @@ class MatchboxPostgres(MatchboxDBAdapter):
     ) -> None:
         """Store a resolver's clusters."""
         self._writes.insert_resolver_data(path, data)
+
+    # --- shared step data, trained models: declared in facade_reuse (module size) --------
+    step_data_origin = ReuseOperations.step_data_origin
+    find_reusable_step = ReuseOperations.find_reusable_step
+    put_trained_model = ReuseOperations.put_trained_model
+    get_trained_model = ReuseOperations.get_trained_model
+    retire_trained_models = ReuseOperations.retire_trained_models
 
     # --- reading --------------------------------------------------------------------------
 

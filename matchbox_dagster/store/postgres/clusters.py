@@ -46,17 +46,18 @@ def inherit(
 ) -> tuple[pl.DataFrame, pa.Table]:
     """A resolver's whole partition: its own rows and those it inherits, content-addressed.
 
-    ``own`` holds the resolver's (``leaf_id``, ``root_id``); ``ancestors`` the (step id,
-    level) of the resolvers it descends from. A leaf the resolver leaves alone keeps the
-    cluster of the nearest ancestor claiming it; but where the resolver took some of that
-    cluster's leaves, the rest no longer make up the cluster its id addresses, so they get
+    ``own`` holds the resolver's (``leaf_id``, ``root_id``); ``ancestors`` the (data id,
+    level) of the resolvers it descends from, nearest first (ties: in step order). A leaf
+    the resolver leaves alone keeps the cluster of the nearest ancestor claiming it; but
+    where the resolver took some of that cluster's leaves, the rest no longer make up the
+    cluster its id addresses, so they get
     the id of their own content (a single leaf: the leaf). Every id of the partition is thus
     the content address of exactly the leaves it groups. Returns the rows (``leaf_id``,
     ``root_id``, ``own``) in leaf order and the re-addressed clusters of several leaves (as
     :func:`content_address` returns them, for the collision checks).
     """
     frames = []
-    for step_id, level in ancestors:
+    for order, (step_id, level) in enumerate(ancestors):
         part = pl.from_arrow(
             read_partition(
                 cur,
@@ -72,7 +73,7 @@ def inherit(
             part.with_columns(
                 pl.len().over("root_id").alias("size"),
                 pl.lit(level, pl.Int64).alias("level"),
-                pl.lit(step_id, pl.Int64).alias("step"),
+                pl.lit(order, pl.Int64).alias("step"),
             )
         )
     rows = own.select("leaf_id", "root_id", pl.lit(True).alias("own"))

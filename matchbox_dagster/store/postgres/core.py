@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from matchbox_dagster.common.dtos import (
@@ -55,6 +54,8 @@ class StepRow:
     description: str | None
     is_mutable: bool
     is_default: bool
+    data_id: int
+    """Id of the step whose partition holds this step's data (``step_id``: its own)."""
 
     def path(self) -> StepPath:
         """The step's path."""
@@ -64,7 +65,7 @@ class StepRow:
 STEP_SELECT = """
 SELECT s.step_id, s.run_id, r.collection_id, c.name AS collection, s.name, s.step_type,
        s.upload_stage, s.fingerprint, s.config::text AS config, s.description,
-       r.is_mutable, r.is_default
+       r.is_mutable, r.is_default, s.data_id
 FROM steps s JOIN runs r USING (run_id) JOIN collections c USING (collection_id)
 WHERE c.name = $1 AND s.run_id = $2 AND s.name = $3
 """
@@ -108,6 +109,7 @@ def step_from_row(row: dict[str, Any]) -> StepRow:
         description=row["description"],
         is_mutable=bool(row["is_mutable"]),
         is_default=bool(row["is_default"]),
+        data_id=int(row["data_id"]),
     )
 
 
@@ -191,13 +193,6 @@ def step_row(
     if expected is not None and step.step_type != expected:
         raise MatchboxStepTypeError(path, step.step_type, expected)
     return step
-
-
-def drop_partitions(conn: psycopg.Connection, schema: str, steps: list[tuple[int, str]]) -> None:
-    """Drop the data partitions of ``steps`` (``(step_id, step_type)`` pairs)."""
-    for sid, step_type in steps:
-        name = partition_name(StepType(step_type), sid)
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, name)))
 
 
 SYSTEM = BackendResourceType.SYSTEM.value

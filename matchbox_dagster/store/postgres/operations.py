@@ -29,7 +29,9 @@ from typing import Any, TypeVar
 from matchbox_dagster.common.dtos import BackendResourceType, PermissionType
 from matchbox_dagster.common.errors import (
     MatchboxCollectionNotFoundError,
+    MatchboxNotFoundError,
     MatchboxStepCollectionNotFound,
+    MatchboxStepExistingData,
     MatchboxStepNotFoundError,
 )
 
@@ -170,6 +172,13 @@ NOT_REPEATABLE = Retry(repeatable=False)
 LOCAL = Retry(database=False)
 """Touches no database: not retried."""
 
+GONE_IF_DONE = Retry.when_done(MatchboxNotFoundError)
+"""A delete: after a lost commit, finding nothing means the lost attempt had deleted it."""
+
+STORED_IF_DONE = Retry.when_done(MatchboxStepExistingData)
+"""An insert: after a lost commit, finding the step's data (whose fingerprint the attempt had
+checked) means the lost attempt had stored it."""
+
 
 @dataclass(frozen=True)
 class Operation:
@@ -235,10 +244,12 @@ def declaration(method: Any) -> Operation | None:
 
 __all__ = [
     "ADMIN",
+    "GONE_IF_DONE",
     "IDEMPOTENT",
     "LOCAL",
     "NOT_REPEATABLE",
     "READ",
+    "STORED_IF_DONE",
     "WRITE",
     "Need",
     "Operation",

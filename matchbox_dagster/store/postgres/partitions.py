@@ -74,12 +74,13 @@ def read_partition(
     *,
     complete: bool | None = None,
 ) -> pa.Table:
-    """Rows of ``select`` over a step's own partition (``{part}`` in the SQL text).
+    """Rows of ``select`` over the partition holding a step's data (``{part}`` in the SQL).
 
     The partition is named from the step's integer id, so the statement needs no
     parameters: ADBC then streams the result with ``COPY … TO STDOUT (FORMAT binary)``,
     ~1.4× faster than its row-wise path for parameterised statements, and no row is
-    filtered on ``step_id``. ``step`` is a step row or a (step type, step id) pair.
+    filtered on ``step_id``. ``step`` is a step row (its ``data_id`` names the partition,
+    which it may share with other steps) or a (step type, data id) pair.
 
     A step without data (``complete`` false: by default, a step row whose stage is not
     COMPLETE) gives an empty table of schema ``empty``. A step with data whose partition is
@@ -87,7 +88,7 @@ def read_partition(
     deleted or replaced since the caller looked it up — raises
     :class:`MatchboxStepDeletedWhileReading`, never an empty table.
     """
-    step_type, step_id = step if isinstance(step, tuple) else (step.step_type, step.step_id)
+    step_type, step_id = step if isinstance(step, tuple) else (step.step_type, step.data_id)
     if complete is None:
         complete = not isinstance(step, tuple) and step.stage == UploadStage.COMPLETE
     part = partition_name(step_type, step_id)
@@ -124,9 +125,9 @@ def lock_partitions(
     would read as empty. Locked (in step order), no partition can be dropped until the
     caller's transaction ends; one dropped already raises
     :class:`MatchboxStepDeletedWhileReading`. ``steps`` are step rows or (step type, step id,
-    what to call it in the error) triples.
+    what to call it in the error) triples; a row's ``data_id`` names its partition.
     """
-    triples = [s if isinstance(s, tuple) else (s.step_type, s.step_id, s.path()) for s in steps]
+    triples = [s if isinstance(s, tuple) else (s.step_type, s.data_id, s.path()) for s in steps]
     for step_type, step_id, shown in sorted(
         {t[1]: t for t in triples}.values(), key=lambda t: t[1]
     ):
@@ -140,9 +141,9 @@ def lock_partitions(
 
 
 def input_step_ids(cur: adbc.Cursor, run_id: int, names: list[str]) -> dict[str, int]:
-    """Ids of the named steps of a run."""
+    """Data ids (which name their partitions) of the named steps of a run."""
     cur.execute(
-        "SELECT name, step_id FROM steps "
+        "SELECT name, data_id AS step_id FROM steps "
         "WHERE run_id = $1 AND name = ANY(string_to_array($2, chr(31)))",
         parameters=(run_id, "\x1f".join(names)),
     )
@@ -150,7 +151,7 @@ def input_step_ids(cur: adbc.Cursor, run_id: int, names: list[str]) -> dict[str,
 
 
 def source_leaves(cur: adbc.Cursor, schema: str, step_ids: list[int]) -> pl.Series:
-    """The leaf id of every key of the given source steps (repeats included)."""
+    """The leaf id of every key of the given source steps' data ids (repeats included)."""
     reads = [
         read_partition(
             cur,

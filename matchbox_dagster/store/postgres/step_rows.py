@@ -30,7 +30,7 @@ from matchbox_dagster.common.errors import (
     MatchboxStepNotFoundError,
     MatchboxStepTypeError,
 )
-from matchbox_dagster.store.postgres.db import compose, sqlstate
+from matchbox_dagster.store.postgres.db import sqlstate
 
 Cursor = adbc.Cursor | psycopg.RawCursor[Any]
 """A cursor taking ``$n`` placeholders: ADBC, or psycopg's ``RawCursor``."""
@@ -160,8 +160,11 @@ def insert_step(cur: Cursor, step: Step, path: StepPath) -> int:
     try:
         rows = fetch(
             cur,
-            "INSERT INTO steps (run_id, name, step_type, description, fingerprint, config) "
-            "VALUES ($1, $2, $3, $4, $5, $6::jsonb) RETURNING step_id",
+            # A new step holds its own data until it shares another's: data_id = step_id.
+            "INSERT INTO steps (step_id, data_id, run_id, name, step_type, description, "
+            "fingerprint, config) SELECT n, n, $1, $2, $3, $4, $5, $6::jsonb FROM "
+            "(SELECT nextval(pg_get_serial_sequence('steps', 'step_id')) AS n) x "
+            "RETURNING step_id",
             path.run,
             path.name,
             step.step_type.value,
@@ -224,21 +227,6 @@ def step_tree(cur: Cursor, step_id: int) -> list[tuple[int, StepType, str]]:
         step_id,
     )
     return [(int(r[0]), StepType(r[1]), str(r[2])) for r in rows]
-
-
-def drop_partitions(cur: Cursor, schema: str, steps: list[tuple[int, StepType]]) -> None:
-    """Drop the data partitions of ``steps`` (``(step_id, step_type)`` pairs)."""
-    for step_id, step_type in steps:
-        name = partition_name(StepType(step_type), step_id)
-        execute(cur, compose("DROP TABLE IF EXISTS {s}.{t}", s=schema, t=name))
-
-
-def delete_steps(cur: Cursor, schema: str, steps: list[tuple[int, StepType, str]]) -> None:
-    """Delete steps (from :func:`step_tree`) with their data partitions."""
-    drop_partitions(cur, schema, [(s[0], s[1]) for s in steps])
-    execute(
-        cur, "DELETE FROM steps WHERE step_id = ANY($1::bigint[])", array([s[0] for s in steps])
-    )
 
 
 def set_stage(cur: Cursor, step_id: int, stage: UploadStage) -> None:

@@ -35,7 +35,7 @@ from matchbox_dagster.common.errors import (
     MatchboxStepUpdateError,
     shown,
 )
-from matchbox_dagster.store.postgres import auth, core, step_rows
+from matchbox_dagster.store.postgres import auth, core, data_refs, step_rows
 from matchbox_dagster.store.postgres.core import SYSTEM, StepRow, logger
 
 
@@ -124,13 +124,15 @@ class Steps:
                 raise MatchboxDeletionNotConfirmed(
                     f"collection {name!r}", [f"run {r}" for r in runs]
                 )
-            steps = conn.execute(
-                "SELECT step_id, step_type FROM steps JOIN runs USING (run_id) "
-                "WHERE collection_id = %s",
+            held = conn.execute(
+                "DELETE FROM steps s USING runs r WHERE s.run_id = r.run_id "
+                "AND r.collection_id = %s RETURNING s.data_id, s.step_type",
                 (collection_id,),
             ).fetchall()
-            core.drop_partitions(conn, self.db.schema, [(int(s), t) for s, t in steps])
             conn.execute("DELETE FROM collections WHERE collection_id = %s", (collection_id,))
+            data_refs.release(
+                psycopg.RawCursor(conn), self.db.schema, [(int(d), t) for d, t in held]
+            )
         logger.info("Deleted collection %s (%d runs)", name, len(runs))
 
     # --- runs -------------------------------------------------------------------------------
@@ -301,7 +303,9 @@ class Steps:
                 raise MatchboxDeletionNotConfirmed(
                     f"run {run_id} of collection {collection!r}", [s[2] for s in steps]
                 )
-            core.drop_partitions(conn, self.db.schema, [(int(s[0]), s[1]) for s in steps])
+            data_refs.delete_step_rows(
+                psycopg.RawCursor(conn), self.db.schema, [int(s[0]) for s in steps]
+            )
             conn.execute("DELETE FROM runs WHERE run_id = %s", (run_id,))
         logger.info("Deleted run %s of %s", run_id, collection)
 
@@ -366,7 +370,7 @@ class Steps:
                 raise MatchboxDeletionNotConfirmed(
                     f"step {path}", [name for sid, _, name in doomed if sid != step.step_id]
                 )
-            step_rows.delete_steps(cur, self.db.schema, doomed)
+            data_refs.delete_step_rows(cur, self.db.schema, [sid for sid, _, _ in doomed])
         logger.info("Deleted step %s and %d descendant(s)", path, len(doomed) - 1)
 
     # --- upload stages ----------------------------------------------------------------------

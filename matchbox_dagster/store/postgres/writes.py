@@ -47,7 +47,8 @@ from matchbox_dagster.common.errors import (
     MatchboxStepExistingData,
     MatchboxStepInvalidData,
 )
-from matchbox_dagster.store.postgres import core, step_rows
+from matchbox_dagster.common.reuse import ReusedStep
+from matchbox_dagster.store.postgres import core, data_refs, reuse, step_rows
 from matchbox_dagster.store.postgres.clusters import (
     check_cluster_ids,
     check_expanded,
@@ -142,28 +143,33 @@ class Writes:
     # --- one call writes a step -------------------------------------------------------------
 
     def write_step(
-        self, path: StepPath, step: Step, payload: SourceHashes | ModelResults | ResolverClusters
+        self,
+        path: StepPath,
+        step: Step,
+        payload: SourceHashes | ModelResults | ResolverClusters | ReusedStep,
     ) -> WriteOutcome:
         """Write a step and its data in one transaction: see :meth:`MatchboxDBAdapter.write_step`.
 
         Order inside the transaction: a per-path advisory lock (waiting at most
         ``settings.step_lock_timeout_seconds``), the run (shared row lock: it cannot become
         immutable meanwhile) and the step; then nothing (UNCHANGED), a new step (STORED), or the
-        step and its descendants deleted and written anew (REPLACED); then READY → PROCESSING,
-        the load, the partition attached, COMPLETE and one commit.
+        step and its descendants deleted and written anew (REPLACED); then either the step
+        points at identical stored data (SHARED: :mod:`.reuse`), or READY → PROCESSING, the
+        load, the partition attached, COMPLETE; and one commit.
         """
         validate_name(path.collection)
         validate_name(path.name)
         step_rows.storable(step)
         expected = PAYLOADS[step.step_type]
-        if not isinstance(payload, expected):
+        if not isinstance(payload, expected | ReusedStep):
             raise MatchboxStepInvalidData(
                 f"Step {path} is a {step.step_type} step, so its payload must be "
-                f"{expected.__name__}, not {type(payload).__name__}. Nothing was written."
+                f"{expected.__name__} or ReusedStep, not {type(payload).__name__}. Nothing was "
+                "written."
             )
-        if payload.fingerprint != step.fingerprint:
+        if not isinstance(payload, ReusedStep) and payload.fingerprint != step.fingerprint:
             raise MatchboxFingerprintMismatch(path, step.fingerprint, payload.fingerprint)
-        load = self._loader(payload)
+        load = None if isinstance(payload, ReusedStep) else self._loader(payload)
         started = time.perf_counter()
         with self.db.adbc() as conn, conn.cursor() as cur:
             mutable, current = self._lock_path(cur, path)
@@ -183,13 +189,20 @@ class Writes:
             if current is None or not same:
                 if current is not None:
                     doomed = step_rows.step_tree(cur, current.step_id)
-                    step_rows.delete_steps(cur, self.db.schema, doomed)
+                    data_refs.delete_step_rows(cur, self.db.schema, [d[0] for d in doomed])
                 step_rows.insert_step(cur, step, path)
             written = adbc_step(cur, path, step.step_type, lock=False)
-            step_rows.set_stage(cur, written.step_id, UploadStage.PROCESSING)
-            rows = self._load_step(cur, written, load)
+            shared = reuse.data_to_share(cur, self.db.schema, written, payload)
+            if shared is not None:
+                reuse.share(cur, written, shared)
+                rows = 0
+            else:
+                assert load is not None  # a ReusedStep shares or raises
+                step_rows.set_stage(cur, written.step_id, UploadStage.PROCESSING)
+                rows = self._load_step(cur, written, load)
             conn.commit()
         outcome = WriteOutcome.STORED if current is None or same else WriteOutcome.REPLACED
+        outcome = WriteOutcome.SHARED if shared is not None else outcome
         logger.info(
             "Wrote %s step %s (%s, %s rows) in %.2fs",
             step.step_type,
@@ -441,16 +454,18 @@ class Writes:
         the indexes built after it.
         """
         sid = int(step.step_id)
+        # Partitions are named by data ids; ancestors keep their (level, step id) order.
         cur.execute(
-            "SELECT l.parent_id, s.step_type, l.level FROM step_lineage l "
-            "JOIN steps s ON s.step_id = l.parent_id WHERE l.child_id = $1",
+            "SELECT s.data_id, s.step_type, l.level FROM step_lineage l "
+            "JOIN steps s ON s.step_id = l.parent_id WHERE l.child_id = $1 "
+            "ORDER BY l.level, s.step_id",
             parameters=(sid,),
         )
         lineage = dict_rows(cur)
-        sources = sorted(int(r["parent_id"]) for r in lineage if r["step_type"] == "source")
-        ancestors = sorted(
-            (int(r["parent_id"]), int(r["level"])) for r in lineage if r["step_type"] == "resolver"
-        )
+        sources = sorted(int(r["data_id"]) for r in lineage if r["step_type"] == "source")
+        ancestors = [
+            (int(r["data_id"]), int(r["level"])) for r in lineage if r["step_type"] == "resolver"
+        ]
         leaves = source_leaves(cur, self.db.schema, sources).unique()
         assigned = pl.from_arrow(clusters.table)
         assert isinstance(assigned, pl.DataFrame)
