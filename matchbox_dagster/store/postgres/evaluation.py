@@ -84,7 +84,7 @@ ORDER BY j.judgement_id, g.endorsed_cluster_id
 _UNREADABLE = """
 SELECT i FROM unnest(%(ids)s::bigint[]) AS i WHERE NOT EXISTS (
     SELECT 1 FROM source_rows s WHERE s.leaf_id = i AND (NOT %(restricted)s OR s.step_id IN (
-        SELECT st.step_id FROM steps st JOIN runs r ON r.run_id = st.run_id
+        SELECT st.data_id FROM steps st JOIN runs r ON r.run_id = st.run_id
         JOIN collections c ON c.collection_id = r.collection_id
         WHERE st.step_type = 'source' AND %(user)s IN ({readers}))))
 ORDER BY i
@@ -120,9 +120,11 @@ SELECT p.root_id AS root, r.leaf_id AS leaf, s.key, st.name AS source
 FROM picked p
 JOIN resolver_leaves r ON r.step_id = %(step)s AND r.root_id = p.root_id
 JOIN source_rows s ON s.leaf_id = r.leaf_id AND s.step_id = ANY(%(sources)s::bigint[])
-JOIN steps st ON st.step_id = s.step_id
+JOIN unnest(%(sources)s::bigint[], %(names)s::text[]) AS st(data_id, name)
+  ON st.data_id = s.step_id
 ORDER BY 1, 2, 4, 3
 """
+"""``step`` and ``sources`` are data ids (partitions' step ids); ``names`` the sources' names."""
 
 
 class Evaluation:
@@ -251,7 +253,7 @@ class Evaluation:
             if step.stage != UploadStage.COMPLETE:
                 raise MatchboxStepNotQueriable(path, step.stage)
             lineage = conn.execute(
-                "SELECT s.step_id, s.name FROM step_lineage l JOIN steps s "
+                "SELECT s.data_id, s.name FROM step_lineage l JOIN steps s "
                 "ON s.step_id = l.parent_id WHERE l.child_id = %s AND s.step_type = 'source' "
                 "ORDER BY 1",
                 (step.step_id,),
@@ -265,10 +267,11 @@ class Evaluation:
             rows = conn.execute(
                 _SAMPLE,
                 {
-                    "step": step.step_id,
+                    "step": step.data_id,
                     "user": user_id,
                     "n": n,
                     "sources": sources,
+                    "names": [str(r[1]) for r in lineage],
                     "after": RESAMPLE_AFTER,
                 },
             ).fetchall()

@@ -336,13 +336,16 @@ def check_steps(
     steps: dict[int, str],
     bulk_step_ids: dict[str, set[int]],
 ) -> None:
-    """Each partition belongs to a step of its type; each bulk row to a partition."""
+    """Each partition holds the data of steps of its type; each bulk row is in a partition.
+
+    ``steps`` maps data ids (the ids partitions are named by) to step types.
+    """
     for spec in specs:
         step_type = steps.get(spec.step_id)
         if step_type != BULK_TYPES[spec.table].value:
             raise MatchboxSnapshotError(
-                f"The snapshot holds partition {spec.table}/{spec.step_id}, but step "
-                f"{spec.step_id} is {'missing' if step_type is None else 'a ' + step_type}."
+                f"The snapshot holds partition {spec.table}/{spec.step_id}, but no step's data "
+                f"is {spec.step_id}" + ("" if step_type is None else f" (a {step_type})") + "."
             )
     for table, ids in bulk_step_ids.items():
         known = {s.step_id for s in specs if s.table == table}

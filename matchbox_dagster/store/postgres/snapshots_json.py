@@ -180,7 +180,8 @@ class JsonSnapshots:
                         f"{str(bad)[:40]!r}, which is not a valid {column.type}."
                     )
         steps_table = next(t for t in tables if t.name == "steps")
-        sid, stype = steps_table.names.index("step_id"), steps_table.names.index("step_type")
+        # Partitions are named by data ids (a step's own id, or the one it shares).
+        sid, stype = steps_table.names.index("data_id"), steps_table.names.index("step_type")
         steps = {r[sid]: r[stype] for r in raw["steps"]["rows"]}
         bulk = {
             t.name: {r[t.names.index("step_id")] for r in raw[t.name]["rows"]}

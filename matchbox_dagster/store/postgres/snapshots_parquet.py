@@ -255,10 +255,11 @@ class ParquetSnapshots:
     def _check_parquet_steps(
         self, tables: list[Table], specs: list[PartitionSpec], paths: dict[str, Path]
     ) -> None:
-        steps = pq.read_table(paths["steps"], columns=["step_id", "step_type"])
+        # Partitions are named by data ids (a step's own id, or the one it shares).
+        steps = pq.read_table(paths["steps"], columns=["data_id", "step_type"])
         step_types = dict(
             zip(
-                steps.column("step_id").to_pylist(),
+                steps.column("data_id").to_pylist(),
                 steps.column("step_type").to_pylist(),
                 strict=True,
             )
