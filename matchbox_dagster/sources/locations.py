@@ -126,7 +126,7 @@ def _scan(location: LocationConfig, sql: str, files: list[str] | None = None) ->
         # inferred prefix that does not parse would fail the scan half-way.
         return _transform(pl.scan_csv(source, infer_schema=False), sql)
     if location.type == LocationType.ARROW:
-        return _transform(_call(location.name).lazy(), sql)
+        return _transform(read_callable(location.name).lazy(), sql)
     raise MatchboxInvalidData(f"Unsupported location type {location.type!r}.")
 
 
@@ -136,8 +136,15 @@ def _collect(frame: pl.LazyFrame, batch_size: int) -> Iterator[pl.DataFrame]:
             yield batch
 
 
-def _call(target: str) -> pl.DataFrame:
-    """Import ``module:function`` and turn what it returns into a polars frame."""
+def read_callable(target: str) -> pl.DataFrame:
+    """The table an ``arrow`` location's callable returns, as a polars frame.
+
+    ``target`` is ``module:function``: the module is imported and the function called with no
+    arguments; it returns a polars (lazy) frame, a pandas frame (a named index is kept as a
+    column) or an Arrow table or batch. :class:`MatchboxInvalidData` says what is wrong when
+    the name does not import, is not callable, or returns anything else. The extract and the
+    preflight both read arrow locations through it.
+    """
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise MatchboxInvalidData(

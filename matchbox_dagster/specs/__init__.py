@@ -2,14 +2,14 @@
 
 :mod:`.models` holds the pydantic spec models (Python and YAML); :mod:`.graph` validates a
 collection's graph as a whole and plans it: every step's store config and methodology, built
-once. :meth:`SourceSpec.config` is the one conversion from a source spec to the store's
-:class:`~matchbox_dagster.common.dtos.SourceConfig`.
+once; :mod:`.shape` checks the graph's shape, reporting every problem at once with its place
+(and ``defs.yaml`` line). :meth:`SourceSpec.config` is the one conversion from a source spec to
+the store's :class:`~matchbox_dagster.common.dtos.SourceConfig`.
 """
 
 from matchbox_dagster.specs.graph import CollectionPlan as CollectionPlan
 from matchbox_dagster.specs.graph import ModelPlan as ModelPlan
 from matchbox_dagster.specs.graph import ResolverPlan as ResolverPlan
-from matchbox_dagster.specs.graph import SpecError as SpecError
 from matchbox_dagster.specs.graph import final_resolver as final_resolver
 from matchbox_dagster.specs.graph import plan_collection as plan_collection
 from matchbox_dagster.specs.graph import plan_model as plan_model
@@ -24,6 +24,9 @@ from matchbox_dagster.specs.models import ModelSpec as ModelSpec
 from matchbox_dagster.specs.models import ResolverChecksSpec as ResolverChecksSpec
 from matchbox_dagster.specs.models import ResolverSpec as ResolverSpec
 from matchbox_dagster.specs.models import SourceSpec as SourceSpec
+from matchbox_dagster.specs.shape import SpecError as SpecError
+from matchbox_dagster.specs.shape import SpecProblem as SpecProblem
+from matchbox_dagster.specs.shape import graph_problems as graph_problems
 
 __all__ = [
     "CollectionPlan",
@@ -36,7 +39,9 @@ __all__ = [
     "ResolverSpec",
     "SourceSpec",
     "SpecError",
+    "SpecProblem",
     "final_resolver",
+    "graph_problems",
     "plan_collection",
     "plan_model",
     "plan_resolver",

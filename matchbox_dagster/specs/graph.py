@@ -4,14 +4,16 @@
 exist, thresholds only on models, no cycles, resolver inputs reading sources upstream of them,
 ground truth only for upstream sources, no model silently left out of a resolver) and builds
 every step's store config and methodology — once: the Dagster layer builds assets from the plan
-and never rebuilds a methodology. A problem raises :class:`SpecError` naming what to fix; the
+and never rebuilds a methodology. Problems raise one :class:`SpecError` listing every one of them
+(:mod:`.shape` checks the graph's shape), with the ``defs.yaml`` file and line when given; the
 Dagster layer turns it into ``DagsterInvalidDefinitionError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -21,7 +23,7 @@ from matchbox_dagster.common.dtos import (
     ResolverConfig,
     SourceConfig,
 )
-from matchbox_dagster.common.errors import MatchboxError, MatchboxInvalidData
+from matchbox_dagster.common.errors import MatchboxError
 from matchbox_dagster.methods.clustering import SplitConflicts, build_resolver
 from matchbox_dagster.methods.models import Model, build_model
 from matchbox_dagster.methods.resolvers import ConnectedComponents
@@ -33,14 +35,14 @@ from matchbox_dagster.specs.models import (
     ResolverSpec,
     SourceSpec,
 )
-
-
-class SpecError(MatchboxInvalidData):
-    """A spec that cannot be built; ``argument`` names the part to fix (spec, model, …)."""
-
-    def __init__(self, argument: str, message: str) -> None:
-        super().__init__(message)
-        self.argument = argument
+from matchbox_dagster.specs.shape import (
+    SpecError,
+    SpecProblem,
+    Where,
+    graph_problems,
+)
+from matchbox_dagster.specs.shape import omitted_models as omitted_models
+from matchbox_dagster.specs.shape import upstream_sources as upstream_sources
 
 
 def _reason(exc: Exception) -> str:
@@ -177,149 +179,47 @@ class CollectionPlan:
         return final_resolver(self.spec)
 
 
-def upstream_sources(spec: CollectionSpec) -> dict[str, list[str]]:
-    """For each model and resolver, the sources upstream of it (in declaration order)."""
-    source_names = [s.name for s in spec.sources]
-    under: dict[str, list[str]] = {}
-    models = {m.name: m for m in spec.models}
-    resolvers = {r.name: r for r in spec.resolvers}
+def validate_spec(spec: CollectionSpec, *, yaml_path: Path | None = None) -> dict[str, list[str]]:
+    """Check the graph's shape; return :func:`upstream_sources`.
 
-    def of(step: str, trail: tuple[str, ...]) -> list[str]:
-        if step in trail:
-            raise SpecError("spec", f"cycle through {' → '.join([*trail, step])}")
-        if step in source_names:
-            return [step]
-        if step in under:
-            return under[step]
-        if step in models:
-            m = models[step]
-            found = []
-            for i in [m.left, *([m.right] if m.right else [])]:
-                reachable = of(i.step, (*trail, step))
-                if i.sources is not None:
-                    if i.step in source_names:
-                        raise SpecError(
-                            "spec",
-                            f"model {step!r} reads source {i.step!r}; 'sources' only applies to "
-                            "a resolver input",
-                        )
-                    stray = sorted(set(i.sources) - set(reachable))
-                    if stray or not i.sources:
-                        raise SpecError(
-                            "spec",
-                            f"model {step!r} reads sources {stray or '[]'} through resolver "
-                            f"{i.step!r}, which resolves only {reachable}",
-                        )
-                found += i.sources or reachable
-        elif step in resolvers:
-            found = [s for model in resolvers[step].thresholds for s in of(model, (*trail, step))]
-        else:
-            raise SpecError(
-                "spec", f"step {step!r} (read by {trail[-1] if trail else '?'}) is not defined"
-            )
-        under[step] = [s for s in source_names if s in set(found)]
-        return under[step]
-
-    for name in [*models, *resolvers]:
-        of(name, ())
+    :class:`SpecError` lists every problem at once, each with its file and line when the spec
+    came from ``yaml_path`` (a component's ``defs.yaml``).
+    """
+    problems, under = graph_problems(spec)
+    if problems:
+        raise SpecError.of(problems, yaml_path)
     return under
 
 
-def validate_spec(spec: CollectionSpec) -> dict[str, list[str]]:
-    """Check the graph's shape; return :func:`upstream_sources` (:class:`SpecError` if bad)."""
-    names = (
-        [s.name for s in spec.sources]
-        + [m.name for m in spec.models]
-        + [r.name for r in spec.resolvers]
-    )
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise SpecError("spec", f"step names must be unique; repeated: {repeated}")
-    models = {m.name for m in spec.models}
-    resolvers = {r.name for r in spec.resolvers}
-    sources = {s.name for s in spec.sources}
-    for m in spec.models:
-        for side in [m.left, *([m.right] if m.right else [])]:
-            if side.step not in sources | resolvers:
-                raise SpecError(
-                    "spec",
-                    f"model {m.name!r} reads {side.step!r}, which is neither a source nor a "
-                    f"resolver of the collection (sources {sorted(sources)}, resolvers "
-                    f"{sorted(resolvers)})",
-                )
-    for r in spec.resolvers:
-        unknown = set(r.thresholds) - models
-        if unknown:
-            raise SpecError(
-                "spec",
-                f"resolver {r.name!r} has thresholds for {sorted(unknown)}, which are not models "
-                f"({sorted(models)})",
-            )
-        stray = sorted(set(r.exclude) - models)
-        if stray:
-            raise SpecError("spec", f"resolver {r.name!r} excludes {stray}, which are not models")
-    if spec.final_resolver is not None and spec.final_resolver not in resolvers:
-        raise SpecError("spec", f"final_resolver {spec.final_resolver!r} is not a resolver")
-    under = upstream_sources(spec)
-    for r in spec.resolvers:
-        omitted = omitted_models(spec, r, under)
-        if omitted:
-            listed = ", ".join(f"{m}: {r.thresholds[m]}" for m in r.thresholds)
-            missing = ", ".join(f"{m}: 1.0" for m in omitted)
-            raise SpecError(
-                "spec",
-                f"resolver {r.name!r} resolves sources {under[r.name]} but its thresholds "
-                f"omit model(s) {omitted}, which score those sources: their edges would be "
-                f"dropped. Give each a threshold (thresholds: {{{listed}, {missing}}}; 0 keeps "
-                f"every edge) or leave them out on purpose with exclude: {omitted}.",
-            )
-    return under
+def plan_collection(spec: CollectionSpec, *, yaml_path: Path | None = None) -> CollectionPlan:
+    """Validate the whole graph, then build every step's config and methodology once.
 
-
-def _models_upstream(spec: CollectionSpec, resolver: ResolverSpec) -> set[str]:
-    """The models a resolver reads, directly or through the resolvers its models read."""
-    models = {m.name: m for m in spec.models}
-    resolvers = {r.name: r for r in spec.resolvers}
-    seen: set[str] = set()
-    stack = list(resolver.thresholds)
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        if name in models:
-            seen.add(name)
-            m = models[name]
-            stack += [i.step for i in [m.left, *([m.right] if m.right else [])]]
-        elif name in resolvers:
-            seen.add(name)
-            stack += list(resolvers[name].thresholds)
-    return seen & set(models)
-
-
-def omitted_models(
-    spec: CollectionSpec, resolver: ResolverSpec, under: Mapping[str, Sequence[str]]
-) -> list[str]:
-    """Models scoring only this resolver's sources that it neither reads nor excludes."""
-    upstream = _models_upstream(spec, resolver)
-    mine = set(under[resolver.name])
-    return [
-        m.name
-        for m in spec.models
-        if m.name not in upstream and m.name not in resolver.exclude and set(under[m.name]) <= mine
-    ]
-
-
-def plan_collection(spec: CollectionSpec) -> CollectionPlan:
-    """Validate the whole graph, then build every step's config and methodology once."""
-    under = validate_spec(spec)
+    Every problem is reported at once (:class:`SpecError` listing ``problems``): the graph's
+    shape first, then each step that cannot be planned (its place named in the spec).
+    """
+    under = validate_spec(spec, yaml_path=yaml_path)
     resolver_names = {r.name for r in spec.resolvers}
     read_through = {k: v for k, v in under.items() if k in resolver_names}
-    return CollectionPlan(
-        spec=spec,
-        sources={s.name: plan_source(s) for s in spec.sources},
-        models=[plan_model(m, read_through) for m in spec.models],
-        resolvers=[plan_resolver(r, under[r.name]) for r in spec.resolvers],
-    )
+    problems: list[SpecProblem] = []
+    sources: dict[str, SourceConfig] = {}
+    models: list[ModelPlan] = []
+    resolvers: list[ResolverPlan] = []
+
+    def attempt(where: Where, build: Callable[[], None]) -> None:
+        try:
+            build()
+        except SpecError as exc:
+            problems.append(SpecProblem(where, str(exc)))
+
+    for i, s in enumerate(spec.sources):
+        attempt(("sources", i), lambda s=s: sources.__setitem__(s.name, plan_source(s)))
+    for i, m in enumerate(spec.models):
+        attempt(("models", i), lambda m=m: models.append(plan_model(m, read_through)))
+    for i, r in enumerate(spec.resolvers):
+        attempt(("resolvers", i), lambda r=r: resolvers.append(plan_resolver(r, under[r.name])))
+    if problems:
+        raise SpecError.of(problems, yaml_path)
+    return CollectionPlan(spec=spec, sources=sources, models=models, resolvers=resolvers)
 
 
 def final_resolver(spec: CollectionSpec) -> str | None:

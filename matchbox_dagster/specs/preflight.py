@@ -41,26 +41,10 @@ from matchbox_dagster.sources.roots import (
     refuse_file_functions,
 )
 from matchbox_dagster.specs import CollectionPlan, CollectionSpec, InputSpec, plan_collection
-from matchbox_dagster.specs.yaml_lines import locate
+from matchbox_dagster.specs.shape import SpecError, SpecProblem, Where
 
-Where = tuple[str | int, ...]
-"""A place in the spec, as keys and indices under ``attributes`` (e.g. sources, 0, key_field)."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing to fix: where in the spec, what is wrong, and the YAML file and line if known."""
-
-    where: Where
-    message: str
-    file: Path | None = None
-    line: int | None = None
-
-    def __str__(self) -> str:
-        place = ".".join(f"[{p}]" if isinstance(p, int) else p for p in self.where)
-        place = place.replace(".[", "[")
-        prefix = f"{self.file}:{self.line}: " if self.file and self.line else ""
-        return f"{prefix}{place or 'collection'}: {self.message}"
+Problem = SpecProblem
+"""One thing to fix (where in the spec, what, and the YAML file and line when known)."""
 
 
 class PreflightError(MatchboxInvalidData):
@@ -84,8 +68,7 @@ class _Found:
     problems: list[Problem] = field(default_factory=list)
 
     def add(self, where: Where, message: str) -> None:
-        line = locate(self.yaml, where) if self.yaml else None
-        self.problems.append(Problem(where, message, self.yaml if line else None, line))
+        self.problems.append(SpecProblem(where, message).located(self.yaml))
 
 
 def _short(exc: BaseException) -> str:
@@ -184,9 +167,9 @@ def source_schema(config: SourceConfig, *, s3_client: Any | None = None) -> pl.S
             refuse_file_functions(location.name, sql)
         return _file_schema(location.type, files, sql)
     if location.type == LocationType.ARROW:
-        from matchbox_dagster.sources.locations import _call
+        from matchbox_dagster.sources.locations import read_callable
 
-        return _transformed(_call(location.name).lazy(), sql)
+        return _transformed(read_callable(location.name).lazy(), sql)
     if location.type == LocationType.RDBMS:
         if allowed:
             database_file_allowed(location.name, allowed)
@@ -329,7 +312,9 @@ def preflight_problems(
     """Every problem :func:`preflight` finds (empty when the collection can run)."""
     found = _Found(yaml_path)
     try:
-        plan = plan_collection(spec)
+        plan = plan_collection(spec, yaml_path=yaml_path)
+    except SpecError as exc:  # every problem of the graph, already placed in the file
+        return exc.problems or [SpecProblem((), str(exc)).located(yaml_path)]
     except MatchboxError as exc:
         found.add((), str(exc))
         return found.problems
