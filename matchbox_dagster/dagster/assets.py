@@ -24,6 +24,8 @@ import pyarrow as pa
 from matchbox_dagster.common.arrow import ModelResults
 from matchbox_dagster.common.dtos import SourceConfig, StepPath, StepType
 from matchbox_dagster.common.redaction import redact
+from matchbox_dagster.common.reuse import ReusedStep
+from matchbox_dagster.dagster import trained
 from matchbox_dagster.dagster.checks import (
     SCORES_IN_RANGE,
     SOURCE_QUALITY,
@@ -33,7 +35,13 @@ from matchbox_dagster.dagster.checks import (
     scores_in_range,
     source_quality,
 )
-from matchbox_dagster.dagster.io_manager import META_FIELDS, META_QUERY, step_metadata
+from matchbox_dagster.dagster.io_manager import (
+    META_FIELDS,
+    META_LAZY,
+    META_QUERY,
+    LazyInput,
+    step_metadata,
+)
 from matchbox_dagster.dagster.partitions import (
     dagster_name,
     dagster_run_id,
@@ -41,6 +49,13 @@ from matchbox_dagster.dagster.partitions import (
     step_path,
 )
 from matchbox_dagster.dagster.resources import MatchboxResource
+from matchbox_dagster.dagster.reuse import (
+    META_COMPUTED,
+    META_INPUTS_LOADED,
+    code_version,
+    reusable_step,
+    versioned_output,
+)
 from matchbox_dagster.sources.locations import index_source
 from matchbox_dagster.specs import (
     CollectionSpec,
@@ -177,6 +192,7 @@ def _source_asset(
             collection, source.name, StepType.SOURCE, config, source.description
         ),
         check_specs=check_specs(common["key"], [SOURCE_QUALITY], common["partitions_def"]),
+        code_version=code_version(config),
     )
     def _source(context: dg.AssetExecutionContext, matchbox: MatchboxResource) -> Iterator[Any]:
         if preflight is not None:  # before anything is read or written
@@ -192,7 +208,7 @@ def _source_asset(
             seconds,
         )
         extracted = (hashes.num_keys, hashes.num_rows)
-        yield dg.Output(hashes, metadata={"extract_seconds": round(seconds, 3)})
+        yield versioned_output(hashes, hashes.fingerprint, {"extract_seconds": round(seconds, 3)})
         del hashes  # stored by now: free it before the check
         path = _path(context, matchbox, collection, source.name)
         yield source_quality(matchbox.get_store(), path, *extracted)
@@ -234,6 +250,7 @@ def _model_asset(
             key=translator.get_asset_key(collection, query.resolves_from),
             metadata={
                 META_QUERY: query.model_dump_json(),
+                META_LAZY: "true",  # read in the body, only when the model computes
                 # Methodologies that read only known fields spare their inputs the rest.
                 **(
                     {META_FIELDS: json.dumps(methodology.input_fields)}
@@ -261,19 +278,34 @@ def _model_asset(
             collection, model.name, StepType.MODEL, plan.config, model.description
         ),
         check_specs=check_specs(common["key"], [SCORES_IN_RANGE], common["partitions_def"]),
+        code_version=code_version(plan.config),
     )
     def _model(
-        context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: Any
+        context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: LazyInput
     ) -> Iterator[Any]:
         if preflight is not None:
             preflight(context.run.run_id)
+        store = matchbox.get_store()
+        path = _path(context, matchbox, collection, model.name)
+        reused = reusable_step(context, store, path, plan.config, sorted(read))
+        if reused is not None:  # nothing read, nothing computed
+            yield _reused_output(store, reused)
+            yield scores_in_range(store, path, store.step_statistics(reused)["rows"])
+            return
         started = time.perf_counter()
-        if "right" in inputs:
-            results = methodology.link(inputs["left"], inputs["right"])
+        frames = {side: handle.load() for side, handle in inputs.items()}
+        loaded = time.perf_counter()
+        use = None
+        if trained.needs_store(methodology):
+            results, use = trained.score(
+                store, path, plan.config, methodology, frames["left"], frames.get("right")
+            )
+        elif "right" in frames:
+            results = methodology.link(frames["left"], frames["right"])
         else:
-            results = methodology.dedupe(inputs["left"])
-        seconds = time.perf_counter() - started
-        rows = {side: frame.height for side, frame in inputs.items()}
+            results = methodology.dedupe(frames["left"])
+        seconds = time.perf_counter() - loaded
+        rows = {side: frame.height for side, frame in frames.items()}
         context.log.info(
             "%s scored %s pairs from %s records in %.2fs",
             model.model_class,
@@ -282,16 +314,20 @@ def _model_asset(
             seconds,
         )
         produced = results.num_rows
-        yield dg.Output(
+        yield versioned_output(
             results,
-            metadata={
+            results.fingerprint,
+            {
                 "model_seconds": round(seconds, 3),
+                "load_seconds": round(loaded - started, 3),
+                META_COMPUTED: True,
+                META_INPUTS_LOADED: sum(h.loaded for h in inputs.values()),
                 **{f"{k}_records": v for k, v in rows.items()},
+                **(use.metadata() if use else {}),
             },
         )
-        del results, inputs  # stored by now: free them before the check
-        path = _path(context, matchbox, collection, model.name)
-        yield scores_in_range(matchbox.get_store(), path, produced)
+        del results, frames  # stored by now: free them before the check
+        yield scores_in_range(store, path, produced, trained=use)
 
     return _model
 
@@ -326,7 +362,9 @@ def _resolver_asset(
     translator = translator or MatchboxTranslator()
     resolver, components, models = plan.spec, plan.resolver, plan.models
     ins = {
-        f"model_{i}": dg.AssetIn(key=translator.get_asset_key(collection, m))
+        f"model_{i}": dg.AssetIn(
+            key=translator.get_asset_key(collection, m), metadata={META_LAZY: "true"}
+        )
         for i, m in enumerate(models)
     }
     common = _common(
@@ -342,30 +380,48 @@ def _resolver_asset(
         check_specs=check_specs(
             common["key"], resolver_check_names(plan.checks), common["partitions_def"]
         ),
+        code_version=code_version(plan.config),
     )
     def _resolver(
-        context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: ModelResults
+        context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: LazyInput
     ) -> Iterator[Any]:
         if preflight is not None:
             preflight(context.run.run_id)
-        started = time.perf_counter()
-        edges = {models[int(k.removeprefix("model_"))]: v for k, v in inputs.items()}
-        clusters = components.resolve(edges)
-        seconds = time.perf_counter() - started
-        context.log.info(
-            "Resolved %s edges into %s clusters in %.2fs",
-            f"{sum(e.num_rows for e in edges.values()):,}",
-            f"{clusters.num_clusters:,}",
-            seconds,
-        )
-        yield dg.Output(clusters, metadata={"resolve_seconds": round(seconds, 3)})
-        # Stored by now; the checks read the store, so free the payloads first (at 10M keys
-        # they are gigabytes the checks would otherwise sit on).
-        del clusters, edges, inputs
-        pa.default_memory_pool().release_unused()
+        store = matchbox.get_store()
         path = _path(context, matchbox, collection, resolver.name)
+        reused = reusable_step(context, store, path, plan.config, [*models, *plan.sources])
+        if reused is not None:  # nothing read, nothing computed
+            yield _reused_output(store, reused)
+        else:
+            started = time.perf_counter()
+            edges: dict[str, ModelResults] = {
+                models[int(k.removeprefix("model_"))]: v.load() for k, v in inputs.items()
+            }
+            loaded = time.perf_counter()
+            clusters = components.resolve(edges)
+            seconds = time.perf_counter() - loaded
+            context.log.info(
+                "Resolved %s edges into %s clusters in %.2fs",
+                f"{sum(e.num_rows for e in edges.values()):,}",
+                f"{clusters.num_clusters:,}",
+                seconds,
+            )
+            yield versioned_output(
+                clusters,
+                clusters.fingerprint,
+                {
+                    "resolve_seconds": round(seconds, 3),
+                    "load_seconds": round(loaded - started, 3),
+                    META_COMPUTED: True,
+                    META_INPUTS_LOADED: sum(h.loaded for h in inputs.values()),
+                },
+            )
+            # Stored by now; the checks read the store, so free the payloads first (at 10M
+            # keys they are gigabytes the checks would otherwise sit on).
+            del clusters, edges
+            pa.default_memory_pool().release_unused()
         yield from resolver_checks(
-            matchbox.get_store(),
+            store,
             path,
             sources=plan.sources,
             models=models,
@@ -374,6 +430,15 @@ def _resolver_asset(
         )
 
     return _resolver
+
+
+def _reused_output(store: Any, reused: StepPath) -> dg.Output:
+    """The output of a step that reuses ``reused``: the IO manager writes it as shared."""
+    return versioned_output(
+        ReusedStep(from_path=reused),
+        store.get_step(reused).fingerprint,
+        {META_COMPUTED: False, META_INPUTS_LOADED: 0},
+    )
 
 
 def build_collection_assets(

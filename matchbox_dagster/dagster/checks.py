@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import polars as pl
@@ -34,6 +35,9 @@ from matchbox_dagster.evaluation.sampling import judgement_count
 from matchbox_dagster.evaluation.thresholds import ModelThreshold
 from matchbox_dagster.specs import ResolverChecksSpec
 from matchbox_dagster.store.base import MatchboxDBAdapter
+
+if TYPE_CHECKING:
+    from matchbox_dagster.dagster.trained import TrainedUse
 
 SOURCE_QUALITY = "source_quality"
 SCORES_IN_RANGE = "scores_in_range"
@@ -113,17 +117,25 @@ def source_quality(
 
 
 def scores_in_range(
-    store: MatchboxDBAdapter, path: StepPath, produced_pairs: int
+    store: MatchboxDBAdapter,
+    path: StepPath,
+    produced_pairs: int,
+    trained: TrainedUse | None = None,
 ) -> dg.AssetCheckResult:
-    """The stored edges are the ``produced_pairs`` pairs the model made, scores in [0, 1]."""
+    """The stored edges are the ``produced_pairs`` pairs the model made, scores in [0, 1].
+
+    With ``trained`` (a model that trains), the metadata says which trained version scored
+    the pairs and whether it was reused or trained in this run.
+    """
     found = score_range(store.step_statistics(path), produced_pairs)
     return _result(
         SCORES_IN_RANGE,
         found.passed,
-        found.summary,
+        found.summary + (f" {trained.summary()}" if trained is not None else ""),
         stored_pairs=found.stored_pairs,
         min_score=found.min_score,
         max_score=found.max_score,
+        **(trained.metadata() if trained is not None else {}),
     )
 
 

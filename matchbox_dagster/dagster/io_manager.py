@@ -19,13 +19,22 @@ descendants where allowed, inserts and completes the upload. Its outcome is the 
 On an immutable run different data fails with :class:`MatchboxRunNotWriteable`, whose message
 says to start a new run. All SQL lives in the store.
 
+* ``shared`` — the step points at another step's identical stored data: the asset reused the
+  default run's step (a :class:`ReusedStep` payload, nothing computed), or the store found an
+  identical complete step (content addressing). ``matchbox/reused_from`` names that step's run
+  (``run 12 (run-0003)``: its id and label).
+
 Reading: a model input (``AssetIn`` metadata ``matchbox/query``) comes back as a polars frame of
 ``id`` + fields (:func:`matchbox_dagster.sources.inputs.query_frame`); a model step as
-:class:`ModelResults`; other steps as the store's Arrow table.
+:class:`ModelResults`; other steps as the store's Arrow table. An input whose ``AssetIn``
+metadata holds ``matchbox/lazy`` (every matchbox model and resolver input) comes back as a
+:class:`LazyInput` instead: nothing is read until the asset calls :meth:`LazyInput.load`, so
+an asset that reuses the default run's step reads none of its inputs.
 """
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -40,8 +49,10 @@ from matchbox_dagster.common.dtos import (
     SourceConfig,
     Step,
     StepType,
+    WriteOutcome,
 )
 from matchbox_dagster.common.errors import MatchboxInvalidData, MatchboxRunNotWriteable
+from matchbox_dagster.common.reuse import ReusedStep
 from matchbox_dagster.dagster.partitions import dagster_run_id, step_path
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.evaluation.sampling import entity_tables
@@ -53,6 +64,8 @@ META_STEP_TYPE = "matchbox/step_type"
 META_CONFIG = "matchbox/config"
 META_QUERY = "matchbox/query"
 META_FIELDS = "matchbox/fields"
+META_LAZY = "matchbox/lazy"
+META_REUSED_FROM = "matchbox/reused_from"
 
 _PAYLOADS: dict[StepType, type] = {
     StepType.SOURCE: SourceHashes,
@@ -100,6 +113,38 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+class LazyInput:
+    """An asset input not read yet: :meth:`load` reads it (each call reads it anew).
+
+    The handle holds only what to read, so an asset that does not need its inputs (it reuses
+    the default run's step) reads nothing; one that does holds each input only from its
+    ``load()`` on, as it held the loaded value before. ``loaded`` says whether it was read.
+    """
+
+    def __init__(self, what: str, read: Callable[[], Any]) -> None:
+        self.what = what
+        self._read = read
+        self.loaded = False
+        self.seconds = 0.0
+
+    def load(self) -> Any:
+        """The input's value, read from the store (and the source locations) now."""
+        started = time.perf_counter()
+        value = self._read()
+        self.loaded = True
+        self.seconds += time.perf_counter() - started
+        return value
+
+    def __repr__(self) -> str:
+        return f"LazyInput({self.what}, loaded={self.loaded})"
+
+
+def reused_from_text(store: Any, collection: str, run_id: int) -> str:
+    """``run 12 (run-0003)``: a run's id and, when it has one, its label."""
+    label = store.run_labels(collection).get(run_id)
+    return f"run {run_id}" + (f" ({label})" if label else "")
+
+
 class MatchboxIOManager(dg.ConfigurableIOManager):
     """Stores each matchbox asset as a step of its partition's run in the matchbox store."""
 
@@ -113,7 +158,7 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
             dict(context.definition_metadata or {}), f"Asset {context.asset_key.to_user_string()}"
         )
         expected = _PAYLOADS[step_type]
-        if not isinstance(obj, expected):
+        if not isinstance(obj, expected | ReusedStep):
             raise MatchboxInvalidData(
                 f"Asset {context.asset_key.to_user_string()} is a {step_type} step and must return "
                 f"{expected.__name__}; it returned {type(obj).__name__}."
@@ -133,8 +178,10 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
             dagster_run=dagster_run_id(context),
         )
         description = _plain((context.definition_metadata or {}).get("matchbox/description"))
+        reused = obj if isinstance(obj, ReusedStep) else None
+        fingerprint = store.get_step(reused.from_path).fingerprint if reused else obj.fingerprint
         step = Step(
-            step_type=step_type, fingerprint=obj.fingerprint, config=config, description=description
+            step_type=step_type, fingerprint=fingerprint, config=config, description=description
         )
         started = time.perf_counter()
         try:
@@ -150,18 +197,24 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
         metadata = {
             "matchbox/step_path": str(path),
             "matchbox/run": dg.MetadataValue.text(str(path.run)),  # an id: shown, not plotted
-            "matchbox/fingerprint": obj.fingerprint.hex(),
+            "matchbox/fingerprint": fingerprint.hex(),
             "matchbox/action": action,
             "matchbox/store_seconds": round(time.perf_counter() - started, 3),
-            **_statistics(obj, context),
+            **(_stored_statistics(store, path) if reused else _statistics(obj, context)),
         }
+        if action == WriteOutcome.SHARED:
+            origin = reused.from_path if reused else store.step_data_origin(path)
+            if origin is not None:
+                metadata[META_REUSED_FROM] = reused_from_text(store, collection, origin.run)
+                metadata["matchbox/reused_from_step"] = str(origin)
         if step_type == StepType.RESOLVER:
             try:  # what merged, in the Dagster UI (issue 16); metadata must never fail a run
                 metadata["entities"] = dg.MetadataValue.md(entity_tables(store, path))
             except Exception as exc:
                 context.log.warning("Could not tabulate entities for the UI: %s", exc)
         context.add_output_metadata(metadata)
-        context.log.info("%s %s step %s (%s)", action.capitalize(), step_type, path, obj.num_rows)
+        rows = metadata.get("dagster/row_count", "?")
+        context.log.info("%s %s step %s (%s rows)", action.capitalize(), step_type, path, rows)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -183,23 +236,43 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
             create=False,
             dagster_run=dagster_run_id(context),
         )
-        query = (context.definition_metadata or {}).get(META_QUERY)
+        metadata = context.definition_metadata or {}
+        read = self._reader(store, path, step_type, metadata)
+        if metadata.get(META_LAZY) is not None:
+            return LazyInput(str(path), read)
+        return read()
+
+    def _reader(
+        self, store: Any, path: Any, step_type: StepType, metadata: dict[str, Any]
+    ) -> Callable[[], Any]:
+        """What reading the input means (called now, or later through a :class:`LazyInput`)."""
+        query = metadata.get(META_QUERY)
         if query is not None:
             config = QueryConfig.model_validate_json(_plain(query))
-            fields = (context.definition_metadata or {}).get(META_FIELDS)
-            return query_frame(
+            fields = metadata.get(META_FIELDS)
+            return lambda: query_frame(
                 store,
-                collection,
+                path.collection,
                 path.run,
                 config,
                 batch_size=self.matchbox.batch_rows,
                 fields=None if fields is None else json.loads(_plain(fields)),
             )
         if step_type == StepType.MODEL:
-            return ModelResults(store.get_model_data(path))
+            return lambda: ModelResults(store.get_model_data(path))
         if step_type == StepType.SOURCE:
-            return store.get_source_data(path)
-        return store.get_resolver_data(path)
+            return lambda: store.get_source_data(path)
+        return lambda: store.get_resolver_data(path)
+
+
+def _stored_statistics(store: Any, path: Any) -> dict[str, Any]:
+    """Counts of a step whose data the store already holds (a reused step: nothing computed)."""
+    try:
+        stats = store.step_statistics(path)
+    except Exception:  # metadata must never fail a run
+        return {}
+    shown = {k: stats[k] for k in ("clusters", "min_score", "max_score") if k in stats}
+    return {"dagster/row_count": int(stats["rows"]), **shown}
 
 
 def _statistics(obj: Any, context: dg.OutputContext) -> dict[str, Any]:
