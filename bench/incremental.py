@@ -23,8 +23,9 @@ subprocess. What is measured, after each run, outside its timing:
   of the store schema, catalogue and bulk tables alike;
 * **what each step did**: its materialisation's ``matchbox/action`` (``stored``/``replaced``:
   new data; ``shared``/``unchanged``: none), and whether its methodology ran (the asset's
-  ``model_seconds``/``resolve_seconds`` metadata) — compared with the descendants of ``a`` in
-  the Dagster asset graph.
+  ``matchbox/computed``, ``model_seconds`` or ``resolve_seconds`` metadata) — compared with
+  the descendants of ``a`` in the Dagster asset graph. Sources always re-extract and re-hash;
+  one is ``reused`` when it stored nothing new.
 
 The goals print PASS or FAIL; the script exits 0 either way (it reports, it is not a test).
 
@@ -313,7 +314,9 @@ def step_did(outcome: dict[str, Any] | None) -> str:
     action = outcome.get("matchbox/action")
     if action in NEW_DATA:
         return "new"
-    ran = any(outcome.get(k) is not None for k in METHOD_SECONDS)
+    ran = bool(outcome.get("matchbox/computed")) or any(
+        outcome.get(k) is not None for k in METHOD_SECONDS
+    )
     return "recomputed" if ran or action not in NO_NEW_DATA else "reused"
 
 
@@ -341,13 +344,18 @@ def report(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
         notes += [f"FAILED {step}: {error[:300]}" for step, error in r["failures"].items()]
         if r["changed_records"]:
             notes.append(f"{r['changed_records']:,} records of {CHANGED_SOURCE} changed")
-        extra = {
-            s: {k: v for k, v in o.items() if any(w in k for w in ("reuse", "train", "origin"))}
+        reused = [
+            f"{s} ← {o['matchbox/reused_from']}"
+            for s, o in sorted(r["outcomes"].items())
+            if o.get("matchbox/reused_from")
+        ]
+        if reused:
+            notes.append("reused from: " + ", ".join(reused))
+        trained = {
+            s: {k: v for k, v in o.items() if k.startswith("train")}
             for s, o in r["outcomes"].items()
         }
-        extra = {s: v for s, v in extra.items() if v}
-        if extra:
-            notes.append(f"reuse metadata: {extra}")
+        notes += [f"{s}: {t}" for s, t in sorted(trained.items()) if t]
         print("      " + "; ".join(notes))
 
     full, again, changed = runs[0], runs[1], runs[-1]
