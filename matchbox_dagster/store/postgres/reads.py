@@ -42,12 +42,14 @@ from matchbox_dagster.common.errors import (
 )
 from matchbox_dagster.store.postgres import core
 from matchbox_dagster.store.postgres.core import StepRow, partition_name
+from matchbox_dagster.store.postgres.db import compose
 from matchbox_dagster.store.postgres.partitions import (
     ROOTS,
     adbc_step,
     lock_partitions,
     read_partition,
 )
+from matchbox_dagster.store.postgres.source_index import key_leaf, leaf_keys
 
 _KEYS = pa.schema([("leaf_id", pa.int64()), ("key", pa.large_string())])
 
@@ -67,6 +69,10 @@ _QUERIES = {
     ),
 }
 """Constant statements; only the (quoted) partition name is spliced in."""
+
+_ROOT_OF_LEAF = "SELECT root_id FROM {schema}.{part} WHERE leaf_id = %(leaf)s"
+_LEAVES_OF_ROOT = "SELECT leaf_id FROM {schema}.{part} WHERE root_id = %(root)s"
+"""``match``'s probes of a resolver partition (unique index on leaf_id, index on root_id)."""
 
 
 def _same_run(source: StepRow, resolver: StepRow) -> None:
@@ -254,43 +260,38 @@ class Reads:
                 if step.step_id not in resolved:
                     raise _outside_lineage(step, res)
             lock_partitions(conn, self.db.schema, [src, res, *tgts])
-            row = conn.execute(
-                """
-                SELECT coalesce(r.root_id, s.leaf_id), r.root_id IS NOT NULL
-                FROM source_rows s LEFT JOIN resolver_leaves r
-                  ON r.step_id = %(res)s AND r.leaf_id = s.leaf_id
-                WHERE s.step_id = %(src)s AND s.key = %(key)s
-                """,
-                {"res": res.step_id, "src": src.step_id, "key": key},
-            ).fetchone()
-            if row is None:
+            # Index probes only (source_index): the key's leaf by its key hash, the leaf's
+            # cluster and that cluster's leaves in the resolver's partition, their keys in
+            # each source by the BRIN index on leaf_id. A partition loaded moments ago has no
+            # statistics yet, and without them the planner prices a BRIN scan as a read of
+            # the whole table: sequential scans are off for these few statements.
+            conn.execute("SET LOCAL enable_seqscan = off")
+            schema = self.db.schema
+            leaf = key_leaf(conn, schema, src.data_id, key)
+            if leaf is None:
                 return [Match(cluster=None, source=source, target=t) for t in targets]
-            cluster, resolved = int(row[0]), bool(row[1])
-            if resolved:
+            rpart = partition_name(StepType.RESOLVER, res.data_id)
+            row = conn.execute(
+                compose(_ROOT_OF_LEAF, schema=schema, part=rpart), {"leaf": leaf}
+            ).fetchone()
+            cluster = leaf if row is None else int(row[0])
+            if row is None:
+                leaves = [leaf]
+            else:
                 leaves = [
                     int(r[0])
                     for r in conn.execute(
-                        "SELECT leaf_id FROM resolver_leaves WHERE step_id = %s AND root_id = %s",
-                        (res.step_id, cluster),
+                        compose(_LEAVES_OF_ROOT, schema=schema, part=rpart), {"root": cluster}
                     )
                 ]
-            else:
-                leaves = [cluster]
-            wanted = list({src.step_id, *(t.step_id for t in tgts)})
-            found: dict[int, set[str]] = {sid: set() for sid in wanted}
-            for step_id, found_key in conn.execute(
-                "SELECT step_id, key FROM source_rows WHERE step_id = ANY(%s) "
-                "AND leaf_id = ANY(%s)",
-                (wanted, leaves),
-            ):
-                found[int(step_id)].add(found_key)
+            found = leaf_keys(conn, schema, [src.data_id, *(t.data_id for t in tgts)], leaves)
         return [
             Match(
                 cluster=cluster,
                 source=source,
-                source_id=found[src.step_id],
+                source_id=found[src.data_id],
                 target=target,
-                target_id=found[tgt.step_id],
+                target_id=found[tgt.data_id],
             )
             for target, tgt in zip(targets, tgts, strict=True)
         ]

@@ -75,6 +75,7 @@ from matchbox_dagster.store.postgres.partitions import (
     read_partition,
     source_leaves,
 )
+from matchbox_dagster.store.postgres.source_index import index_source_partition
 
 PAYLOADS: dict[StepType, type] = {
     StepType.SOURCE: SourceHashes,
@@ -329,6 +330,7 @@ class Writes:
                 "leaf_id bigint NOT NULL, hash bytea NOT NULL, key text NOT NULL",
             )
             self._ingest(cur, table, rows)
+            index_source_partition(cur, table)
             return rows.num_rows
 
         return load
