@@ -275,6 +275,11 @@ def scenario(rows: int, model: str, runs: int) -> dict[str, Any]:
                             "checks_passed": all(checks.values()),
                             "promoted": promoted,
                             "steps": {n: w["end"] - w["start"] for n, w in windows.items()},
+                            "checks": {
+                                n: w["end"] - w["stored"]
+                                for n, w in windows.items()
+                                if "stored" in w
+                            },
                             "outcomes": step_outcomes(instance, result.run_id),
                             "new_rows": {t: rows_after[t] - rows_before[t] for t in BULK},
                             "bulk_rows": rows_after,
@@ -342,6 +347,12 @@ def report(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
         )
         notes = [f"checks passed: {r['checks_passed']}", f"promoted: {r['promoted']}"]
         notes += [f"FAILED {step}: {error[:300]}" for step, error in r["failures"].items()]
+        slow = {s: c for s, c in r.get("checks", {}).items() if c >= 0.5}
+        if slow:
+            notes.append(
+                "checks (after the output was stored): "
+                + ", ".join(f"{s} {c:.1f}s" for s, c in sorted(slow.items()))
+            )
         if r["changed_records"]:
             notes.append(f"{r['changed_records']:,} records of {CHANGED_SOURCE} changed")
         reused = [
