@@ -85,7 +85,17 @@ def write_run(
 
 def reads(store: MatchboxPostgres, paths: dict[str, StepPath]) -> tuple[object, ...]:
     """Everything a run's graph reads back, to compare."""
+    people, resolve = paths["people"], paths["resolve"]
+    matches = [
+        (m.cluster, m.source_id, m.target_id)
+        for key in ("1", "3", "absent")
+        for m in store.match(key, people, [people], resolve)
+    ]
     return (
+        matches,
+        store.sample_for_eval(10, resolve, "_public")
+        .sort_by([("root", "ascending"), ("leaf", "ascending"), ("key", "ascending")])
+        .to_pylist(),
         store.get_source_data(paths["people"]).sort_by("key").to_pylist(),
         store.get_model_data(paths["dedupe"]).to_pylist(),
         store.get_resolver_data(paths["resolve"]).sort_by("child_id").to_pylist(),

@@ -58,7 +58,3 @@ def release(cur: Cursor, schema: str, held: list[tuple[int, StepType]]) -> list[
         dropped.append(int(data_id))
     return dropped
 
-
-def users(cur: Cursor, data_id: int) -> int:
-    """How many steps name the partition ``data_id``."""
-    return int(fetch(cur, "SELECT count(*) AS n FROM steps WHERE data_id = $1", int(data_id))[0][0])

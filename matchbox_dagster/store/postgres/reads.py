@@ -322,7 +322,7 @@ class Reads:
             stats: dict[str, Any] = {"stage": step.stage, "step_type": step.step_type}
             if step.stage != UploadStage.COMPLETE:
                 return {**stats, "rows": 0}
-            table = sql.Identifier(self.db.schema, partition_name(step.step_type, step.step_id))
+            table = sql.Identifier(self.db.schema, partition_name(step.step_type, step.data_id))
             try:
                 cursor = conn.execute(_QUERIES[step.step_type].format(table))
             except psycopg.errors.UndefinedTable:  # dropped since the step was looked up
