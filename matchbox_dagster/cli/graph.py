@@ -15,10 +15,11 @@ from matchbox_dagster.cli.project import preflight_defs
 from matchbox_dagster.common.dtos import StepPath, StepType
 from matchbox_dagster.dagster.lifecycle import error_cause
 from matchbox_dagster.dagster.partitions import add_run_partition, next_run_label
+from matchbox_dagster.dagster.resources import PREFLIGHT_TAG
 
 
 def _materialise(
-    graph: Graph, inst: dg.DagsterInstance, label: str, verbose: bool
+    graph: Graph, inst: dg.DagsterInstance, label: str, verbose: bool, preflighted: bool
 ) -> tuple[str, Any, Any, float]:
     label, run = add_run_partition(inst, graph.store, graph.collection, label)
     print(f"run {run.run_id} of {graph.collection!r} as partition {label!r}")
@@ -26,8 +27,10 @@ def _materialise(
     # Dagster's console log prints each failure's traceback: only with --verbose.
     level = "WARNING" if verbose else "CRITICAL"
     quiet = {"loggers": {"console": {"config": {"log_level": level}}}}
+    # The preflight just passed: the run's steps need not run it again (its tag says so).
+    tags = {PREFLIGHT_TAG: "passed"} if preflighted else None
     result = graph.job.execute_in_process(
-        instance=inst, partition_key=label, raise_on_error=False, run_config=quiet
+        instance=inst, partition_key=label, raise_on_error=False, run_config=quiet, tags=tags
     )
     return label, run, result, time.perf_counter() - started
 
@@ -78,10 +81,10 @@ def _promote_with_sensor(graph: Graph, inst: dg.DagsterInstance) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Add a run, materialise, let the sensor promote, print a summary."""
     graph = Graph.load(args)
-    preflight_defs(graph.defs, graph.collection)  # before the run is created
+    preflighted = preflight_defs(graph.defs, graph.collection)  # before the run is created
     inst = instance()
     label = args.label or next_run_label(graph.store, graph.collection)
-    _, run, result, elapsed = _materialise(graph, inst, label, args.verbose)
+    _, run, result, elapsed = _materialise(graph, inst, label, args.verbose, preflighted)
     failed = _report(result)
     _promote_with_sensor(graph, inst)
     collection = graph.store.get_collection(graph.collection)
@@ -98,10 +101,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Materialise a run with its checks; exit 1 when a blocking check or a step fails."""
     graph = Graph.load(args)
-    preflight_defs(graph.defs, graph.collection)  # before the run is created
+    preflighted = preflight_defs(graph.defs, graph.collection)  # before the run is created
     inst = instance()
     label = args.label or next_run_label(graph.store, graph.collection, "ci")
-    label, run, result, elapsed = _materialise(graph, inst, label, args.verbose)
+    label, run, result, elapsed = _materialise(graph, inst, label, args.verbose, preflighted)
     failed = _report(result)
     if failed or not result.success:
         print(f"FAILED ({elapsed:.1f}s): {'; '.join(failed) or 'run failed'}", file=sys.stderr)

@@ -8,18 +8,38 @@ connects, migrates the schema and, without a URI, starts the embedded PostgreSQL
 Pass a URI holding a password as ``dg.EnvVar("MATCHBOX_POSTGRES_URI")`` (or leave it unset): a
 literal value is resource configuration, which the Dagster UI displays.
 
+S3 (S3 sources, snapshots to ``s3://``) goes through ``dagster_aws.s3.S3Resource`` when one is
+set as :attr:`MatchboxResource.s3`: this layer builds the boto3 client from it and hands the
+client factory down to the sources and the store, which never import Dagster. Without one, they
+build boto3 from the environment (``MATCHBOX_DATASTORE__*`` or the standard AWS variables).
+
 >>> import dagster as dg
->>> MatchboxResource(postgres_uri=dg.EnvVar("MATCHBOX_POSTGRES_URI"))  # doctest: +SKIP
+>>> from dagster_aws.s3 import S3Resource
+>>> MatchboxResource(
+...     postgres_uri=dg.EnvVar("MATCHBOX_POSTGRES_URI"),
+...     s3=S3Resource(aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+...                   aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY")),
+... )  # doctest: +SKIP
+
+:meth:`MatchboxResource.run_preflight` runs a collection's preflight once per Dagster run, the
+pass recorded in the run's tags (:data:`PREFLIGHT_TAG`) so the multiprocess executor's other
+step processes skip it.
 """
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
 from matchbox_dagster.common.settings import MatchboxSettings
+from matchbox_dagster.specs.preflight import RunPreflight
 from matchbox_dagster.store.postgres import MatchboxPostgres
+
+PREFLIGHT_TAG = "matchbox/preflight"
+"""Run tag set to ``passed`` once a run's preflight passed (by a step, or by the CLI)."""
 
 _STORES: dict[tuple[Any, ...], MatchboxPostgres] = {}
 _LOCK = threading.Lock()
@@ -46,6 +66,11 @@ class MatchboxResource(dg.ConfigurableResource):
     user_name: str | None = Field(
         default=None, description="Act as this store user (when authorisation is enforced)."
     )
+    s3: S3Resource | None = Field(
+        default=None,
+        description="S3 client for S3 sources and snapshots (credentials from the environment "
+        "or EnvVar). Unset: boto3 from MATCHBOX_DATASTORE__* or the standard AWS variables.",
+    )
 
     _settings: MatchboxSettings | None = PrivateAttr(default=None)
 
@@ -71,14 +96,58 @@ class MatchboxResource(dg.ConfigurableResource):
         uri = settings.postgres_uri.get_secret_value() if settings.postgres_uri else None
         # Every setting is part of the key: a store built for other settings (authorisation,
         # retries, review URL, location roots, …) must not answer for these.
-        key = (uri, str(settings.embedded_data_dir.resolve()), settings.model_dump_json())
+        # So is the S3 client's configuration (kept in memory only, never shown).
+        s3 = self.s3.model_dump_json() if self.s3 is not None else None
+        key = (uri, str(settings.embedded_data_dir.resolve()), settings.model_dump_json(), s3)
         with _LOCK:
             store = _STORES.get(key)
             if store is None:
-                store = _STORES[key] = MatchboxPostgres(settings)
+                if self.s3 is None:
+                    store = MatchboxPostgres(settings)
+                else:
+                    store = MatchboxPostgres(settings, s3_client_factory=self.s3.get_client)
+                _STORES[key] = store
         return store.as_user(self.user_name) if self.user_name else store
+
+    @property
+    def s3_client_factory(self) -> Callable[[], Any] | None:
+        """Makes the configured ``S3Resource``'s boto3 client (None: boto3 from the env)."""
+        return self.s3.get_client if self.s3 is not None else None
+
+    def run_preflight(
+        self, preflight: RunPreflight | None, context: dg.AssetExecutionContext
+    ) -> None:
+        """Run ``preflight`` before a step writes, once per Dagster run, with this S3 client.
+
+        The pass is recorded in the run's tags (:class:`RunTags`), so the step processes of the
+        multiprocess executor that start later skip it and those starting together wait for
+        the first one's verdict.
+        """
+        if preflight is None:
+            return
+        preflight(
+            context.run.run_id,
+            marker=RunTags(context.instance),
+            s3_client_factory=self.s3_client_factory,
+        )
 
     @property
     def batch_rows(self) -> int:
         """Rows per batch in effect."""
         return self.settings().batch_size
+
+
+class RunTags:
+    """A run's preflight pass kept in its Dagster tags (:data:`PREFLIGHT_TAG`), seen by all."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance = instance
+
+    def passed(self, run_id: str) -> bool:
+        """Whether the run carries ``matchbox/preflight: passed`` (read afresh)."""
+        run = self.instance.get_run_by_id(run_id)
+        return run is not None and run.tags.get(PREFLIGHT_TAG) == "passed"
+
+    def mark_passed(self, run_id: str) -> None:
+        """Tag the run (the Dagster UI shows the tag on the run)."""
+        self.instance.add_run_tags(run_id, {PREFLIGHT_TAG: "passed"})

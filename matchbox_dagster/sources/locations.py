@@ -23,9 +23,11 @@ Locations (``LocationConfig.type`` / ``name``):
     as text, with no type inference (keys keep leading zeros; cast in the query where a type is
     needed).
 ``s3``
-    ``name`` is ``s3://bucket/key.parquet`` or ``….csv``; the object is downloaded with boto3
-    (endpoint and credentials from :class:`~matchbox_dagster.common.settings.DatastoreSettings`
-    or the standard AWS variables) to a temporary file and read as above.
+    ``name`` is ``s3://bucket/key.parquet`` or ``….csv``; the object is downloaded to a
+    temporary file and read as above. The client is the one given (under Dagster, built by the
+    ``S3Resource`` configured on ``MatchboxResource``, :func:`s3_client_for`), else boto3 with
+    endpoint and credentials from :class:`~matchbox_dagster.common.settings.DatastoreSettings`
+    or the standard AWS variables.
 ``arrow``
     ``name`` is ``module:function``, a Python callable returning a polars, pandas or Arrow
     table (for data generated in Python, e.g. the FEBRL examples); ``extract_transform`` as for
@@ -62,6 +64,7 @@ def extract(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     s3_client: Any | None = None,
+    s3_client_factory: S3ClientFactory | None = None,
     roots: Sequence[str | Path] | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Read a source in batches of at most ``batch_size`` rows: key field + index fields.
@@ -69,6 +72,8 @@ def extract(
     The key is cast to ``String``; index fields keep their type. A missing column raises
     :class:`MatchboxInvalidData` naming it. File locations must resolve under ``roots``
     (default: ``MATCHBOX_LOCATION_ROOTS``; none set: anywhere), see :func:`allowed_files`.
+    An S3 location is read with ``s3_client``, else ``s3_client_factory()``, else boto3 from
+    the environment (:func:`s3_client_for`); the factory is called only for S3 locations.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -82,7 +87,8 @@ def extract(
             location.name, config.extract_transform, batch_size, local_only=bool(allowed)
         )
     elif location.type == LocationType.S3:
-        batches = _read_s3(location.name, config.extract_transform, batch_size, s3_client)
+        client = s3_client_for(s3_client, s3_client_factory)
+        batches = _read_s3(location.name, config.extract_transform, batch_size, client)
     else:
         files = None
         if allowed:
@@ -100,11 +106,18 @@ def extract(
 
 
 def index_source(
-    config: SourceConfig, *, batch_size: int = DEFAULT_BATCH_SIZE, s3_client: Any | None = None
+    config: SourceConfig,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    s3_client: Any | None = None,
+    s3_client_factory: S3ClientFactory | None = None,
 ) -> SourceHashes:
     """Extract a source and hash its rows: the data its source step stores."""
+    batches = extract(
+        config, batch_size=batch_size, s3_client=s3_client, s3_client_factory=s3_client_factory
+    )
     return index_rows(
-        extract(config, batch_size=batch_size, s3_client=s3_client),
+        batches,
         key_field=config.key_field.name,
         index_fields=[f.name for f in config.index_fields],
     )
@@ -249,10 +262,8 @@ def s3_object(uri: str) -> tuple[str, str, str]:
     return bucket, key, suffix
 
 
-def _read_s3(uri: str, sql: str, batch_size: int, client: Any | None) -> Iterator[pl.DataFrame]:
+def _read_s3(uri: str, sql: str, batch_size: int, client: Any) -> Iterator[pl.DataFrame]:
     bucket, key, suffix = s3_object(uri)
-    if client is None:
-        client = default_s3_client()
     with tempfile.TemporaryDirectory(prefix="matchbox-s3-") as tmp:
         local = Path(tmp) / f"object{suffix}"
         client.download_file(bucket, key, str(local))
@@ -265,6 +276,21 @@ def default_s3_client() -> Any:
     from matchbox_dagster.common.settings import MatchboxSettings
 
     return MatchboxSettings().datastore.get_client()
+
+
+S3ClientFactory = Callable[[], Any]
+"""Makes a boto3 S3 client: under Dagster, ``S3Resource.get_client`` (dagster/resources.py)."""
+
+
+def s3_client_for(client: Any | None = None, factory: S3ClientFactory | None = None) -> Any:
+    """The S3 client to read with: ``client``, else ``factory()``, else :func:`default_s3_client`.
+
+    This layer never imports Dagster: the Dagster layer hands its ``S3Resource``'s client
+    factory down; outside Dagster, boto3 is configured from the environment.
+    """
+    if client is not None:
+        return client
+    return factory() if factory is not None else default_s3_client()
 
 
 def _safe(uri: str) -> str:

@@ -21,12 +21,14 @@ Every problem found is collected; :class:`PreflightError` lists them all, each w
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -122,12 +124,10 @@ def _database_columns(uri: str, sql: str, local_only: bool) -> list[str]:
         engine.dispose()
 
 
-def _s3_schema(uri: str, sql: str, client: Any | None) -> pl.Schema:
-    from matchbox_dagster.sources.locations import default_s3_client, s3_object
+def _s3_schema(uri: str, sql: str, client: Any) -> pl.Schema:
+    from matchbox_dagster.sources.locations import s3_object
 
     bucket, key, suffix = s3_object(uri)
-    if client is None:
-        client = default_s3_client()
     size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
 
     def read(start: int, end: int) -> bytes:
@@ -152,9 +152,16 @@ def _s3_schema(uri: str, sql: str, client: Any | None) -> pl.Schema:
     return _transformed(empty, sql)
 
 
-def source_schema(config: SourceConfig, *, s3_client: Any | None = None) -> pl.Schema:
+def source_schema(
+    config: SourceConfig,
+    *,
+    s3_client: Any | None = None,
+    s3_client_factory: Callable[[], Any] | None = None,
+) -> pl.Schema:
     """The columns a source's extract gives (names and types), read without its rows.
 
+    An S3 object is read with ``s3_client``, else ``s3_client_factory()`` (the Dagster layer's
+    ``S3Resource``), else boto3 from the environment (:func:`~.sources.locations.s3_client_for`).
     ``MATCHBOX_LOCATION_ROOTS`` binds it as it binds the extract (:mod:`~.sources.roots`).
     """
     location = config.location_config
@@ -176,7 +183,9 @@ def source_schema(config: SourceConfig, *, s3_client: Any | None = None) -> pl.S
         names = _database_columns(location.name, sql, local_only=bool(allowed))
         return pl.Schema(dict.fromkeys(names, pl.String))
     if location.type == LocationType.S3:
-        return _s3_schema(location.name, sql, s3_client)
+        from matchbox_dagster.sources.locations import s3_client_for
+
+        return _s3_schema(location.name, sql, s3_client_for(s3_client, s3_client_factory))
     raise MatchboxInvalidData(f"unsupported location type {location.type!r}")
 
 
@@ -194,7 +203,7 @@ def _compile(expression: str, columns: Sequence[str]) -> str | None:
 
 
 def _check_sources(
-    plan: CollectionPlan, found: _Found, s3_client: Any | None
+    plan: CollectionPlan, found: _Found, s3: dict[str, Any]
 ) -> dict[str, list[str]]:
     """Each readable source's columns; problems for unreadable ones and missing fields."""
     columns: dict[str, list[str]] = {}
@@ -202,7 +211,7 @@ def _check_sources(
         config = plan.sources[spec.name]
         shown = redact(config.location_config.name)
         try:
-            names = list(source_schema(config, s3_client=s3_client).names())
+            names = list(source_schema(config, **s3).names())
         except FileNotFoundError as exc:
             found.add(("sources", i, "location"), f"{shown}: no such file ({_short(exc)})")
             continue
@@ -307,7 +316,11 @@ def _check_thresholds(plan: CollectionPlan, found: _Found) -> None:
 
 
 def preflight_problems(
-    spec: CollectionSpec, *, yaml_path: Path | None = None, s3_client: Any | None = None
+    spec: CollectionSpec,
+    *,
+    yaml_path: Path | None = None,
+    s3_client: Any | None = None,
+    s3_client_factory: Callable[[], Any] | None = None,
 ) -> list[Problem]:
     """Every problem :func:`preflight` finds (empty when the collection can run)."""
     found = _Found(yaml_path)
@@ -318,7 +331,8 @@ def preflight_problems(
     except MatchboxError as exc:
         found.add((), str(exc))
         return found.problems
-    columns = _check_sources(plan, found, s3_client)
+    s3 = {"s3_client": s3_client, "s3_client_factory": s3_client_factory}
+    columns = _check_sources(plan, found, s3)
     _check_models(plan, found, columns)
     _check_truth(plan, found, columns)
     _check_thresholds(plan, found)
@@ -326,32 +340,100 @@ def preflight_problems(
 
 
 def preflight(
-    spec: CollectionSpec, *, yaml_path: Path | None = None, s3_client: Any | None = None
+    spec: CollectionSpec,
+    *,
+    yaml_path: Path | None = None,
+    s3_client: Any | None = None,
+    s3_client_factory: Callable[[], Any] | None = None,
 ) -> None:
     """Raise :class:`PreflightError` listing every problem; return when the run can start."""
-    problems = preflight_problems(spec, yaml_path=yaml_path, s3_client=s3_client)
+    problems = preflight_problems(
+        spec, yaml_path=yaml_path, s3_client=s3_client, s3_client_factory=s3_client_factory
+    )
     if problems:
         raise PreflightError(spec.collection, problems)
 
 
+class RunMarker(Protocol):
+    """Where a Dagster run records that its preflight passed, seen by every step process.
+
+    The Dagster layer implements it with the run's tags (``matchbox/preflight``).
+    """
+
+    def passed(self, run_id: str) -> bool:
+        """Whether the run's preflight already passed (in any process)."""
+        ...
+
+    def mark_passed(self, run_id: str) -> None:
+        """Record that the run's preflight passed."""
+        ...
+
+
+@contextmanager
+def _run_lock(run_id: str) -> Iterator[None]:
+    """Steps of one run on one machine take turns here, so the first checks and others wait.
+
+    A lock file per run in the temporary folder (``flock``; where there is none, no lock: each
+    process may then check once, which is slower but as safe).
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    digest = hashlib.sha256(run_id.encode()).hexdigest()[:24]
+    path = Path(tempfile.gettempdir()) / f"matchbox-preflight-{digest}.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class RunPreflight:
-    """A collection's preflight run once per Dagster run (the first step of the run pays it)."""
+    """A collection's preflight, run once per Dagster run whatever the executor.
+
+    In one process a run that passed is remembered. Across processes (the multiprocess
+    executor starts one per step) ``marker`` records the pass in the run itself, and a lock
+    per run makes the steps that start together wait for the first one's verdict instead of
+    each reading every source again. A failed preflight is not recorded: each step that
+    starts reports it (and writes nothing).
+    """
 
     def __init__(self, spec: CollectionSpec, yaml_path: Path | None = None) -> None:
         self.spec = spec
         self.yaml_path = yaml_path
         self._passed: set[str] = set()
+        self.checks = 0
+        """How many times this object ran the preflight (the rest were skipped)."""
 
-    def __call__(self, run_id: str) -> None:
-        """Check before the step writes; a run that passed once is not checked again."""
+    def __call__(
+        self,
+        run_id: str,
+        *,
+        marker: RunMarker | None = None,
+        s3_client_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        """Check before the step writes (:class:`PreflightError`); skip a run that passed."""
         if run_id in self._passed:
             return
-        preflight(self.spec, yaml_path=self.yaml_path)
+        if marker is None:
+            self._check(s3_client_factory)
+        else:
+            with _run_lock(run_id):
+                if not marker.passed(run_id):
+                    self._check(s3_client_factory)
+                    marker.mark_passed(run_id)
         self._passed.add(run_id)
+
+    def _check(self, s3_client_factory: Callable[[], Any] | None) -> None:
+        self.checks += 1
+        preflight(self.spec, yaml_path=self.yaml_path, s3_client_factory=s3_client_factory)
 
 
 PreflightHook = Callable[[str], None]
-"""What an asset body calls first with its Dagster run id."""
+"""What an asset body calls first with its Dagster run id (a :class:`RunPreflight`)."""
 
 SPEC_META = "matchbox/spec/"
 """Definitions metadata key prefix (+ collection) of a collection's spec as JSON."""

@@ -1,20 +1,43 @@
-"""Snapshot locations: a local directory or ``s3://bucket/prefix``, and their failures."""
+"""Snapshot locations: a local directory or ``s3://bucket/prefix``, their client and failures.
+
+The S3 client of a snapshot (:func:`snapshot_client`) is made by the store's client factory when
+it was given one — under Dagster, ``MatchboxResource(s3=S3Resource(...))`` hands down
+``S3Resource.get_client`` (the store never imports Dagster) — else by boto3 from the datastore
+settings (``MATCHBOX_DATASTORE__*``) or the standard AWS variables.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from matchbox_dagster.common.errors import (
     MatchboxDatastoreError,
     MatchboxError,
     MatchboxInvalidData,
 )
+from matchbox_dagster.common.settings import MatchboxSettings
+
+S3ClientFactory = Callable[[], Any]
+"""Makes a boto3 S3 client (e.g. ``dagster_aws.s3.S3Resource.get_client``)."""
+
+
+class HasS3(Protocol):
+    """What :func:`snapshot_client` reads: the store's settings and its client factory."""
+
+    settings: MatchboxSettings
+    s3_client_factory: S3ClientFactory | None
+
+
+def snapshot_client(ctx: HasS3) -> Any:
+    """The S3 client for a snapshot: the factory's when the store has one, else the datastore's."""
+    factory = getattr(ctx, "s3_client_factory", None)
+    return factory() if factory is not None else ctx.settings.datastore.get_client()
 
 
 @dataclass(frozen=True)
