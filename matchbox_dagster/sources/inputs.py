@@ -27,7 +27,7 @@ from matchbox_dagster.common.fingerprint import leaf_ids
 from matchbox_dagster.common.settings import DEFAULT_BATCH_SIZE
 from matchbox_dagster.methods.hashing import row_hashes
 from matchbox_dagster.methods.organisations import cleaning_expr
-from matchbox_dagster.sources.locations import extract
+from matchbox_dagster.sources.locations import S3ClientFactory, extract
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 
@@ -125,6 +125,11 @@ def _shared_hashes(ordered: np.ndarray) -> bool:
     return bool((np.diff(ordered) == 0).any())
 
 
+def _s3_factory(store: MatchboxDBAdapter) -> S3ClientFactory | None:
+    """The store's S3 client factory (under Dagster, the ``S3Resource``'s), if it has one."""
+    return getattr(store, "s3_client_factory", None)
+
+
 def source_records(
     store: MatchboxDBAdapter,
     source: StepPath,
@@ -140,7 +145,8 @@ def source_records(
     (default: every index field) and, unless ``with_key`` is False, the key, so memory holds
     what the caller asked for and one batch more. Every record is verified against the row its
     source step stored: if the source changed since it was indexed (a value, a key added or
-    gone) :class:`MatchboxSourceChanged` is raised naming the source and run.
+    gone) :class:`MatchboxSourceChanged` is raised naming the source and run. An S3 source is
+    re-read with the store's S3 client factory (:func:`_s3_factory`).
     """
     step = store.get_step(source)
     config = step.config
@@ -153,10 +159,10 @@ def source_records(
     ids = store.query(source, resolver, return_leaf_id=True)
     index = _KeyIndex(ids)
     if not index.exact:  # two keys share a 64-bit hash: join on the text (never seen)
-        return _joined_on_text(config, ids, verify, keep, batch_size, with_key)
+        return _joined_on_text(config, ids, verify, keep, batch_size, with_key, _s3_factory(store))
     del ids  # the keys' text is not held while reading
     parts = []
-    for batch in extract(config, batch_size=batch_size):
+    for batch in extract(config, batch_size=batch_size, s3_client_factory=_s3_factory(store)):
         batch = batch.select(pl.col(key).alias("key"), *hashed)
         part = index.attach(batch, verify).select("id", "key", *keep)
         parts.append(part if with_key else part.drop("key"))
@@ -174,12 +180,13 @@ def _joined_on_text(
     keep: Sequence[str],
     batch_size: int,
     with_key: bool,
+    s3_client_factory: S3ClientFactory | None,
 ) -> pl.DataFrame:
     """:func:`source_records` joining on the key text, for stored keys sharing a 64-bit hash."""
     key = config.key_field.name
     stored = pl.DataFrame(pl.from_arrow(ids)).select("id", "key", "leaf_id")
     parts = []
-    for batch in extract(config, batch_size=batch_size):
+    for batch in extract(config, batch_size=batch_size, s3_client_factory=s3_client_factory):
         batch = batch.select(pl.col(key).alias("key"), *verify.fields)
         part = batch.join(stored, on="key", how="left")
         if part.get_column("id").null_count():
