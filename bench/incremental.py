@@ -389,7 +389,10 @@ def report(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
         (
             f"{label}: no-change re-run ≤ 10% of the full run's time",
             time_ratio <= 0.10 and succeeded(full, again),
-            f"{again['seconds']:.2f} s / {full['seconds']:.2f} s = {time_ratio:.1%}"
+            f"{again['seconds']:.2f} s / {full['seconds']:.2f} s = {time_ratio:.1%} (every "
+            "unchanged re-run: "
+            + ", ".join(f"{r['seconds']:.1f} s" for r in runs if r["change"] == "unchanged")
+            + ")"
             + failed(full, again),
         )
     )
