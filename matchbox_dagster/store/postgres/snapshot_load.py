@@ -1,7 +1,8 @@
 """Writing a checked snapshot into an empty store, in the caller's transaction.
 
 Shared by both snapshot forms: it recreates each step's partition, loads every table in
-foreign-key order (through a per-table ``insert``), builds the partitions' indexes, moves
+foreign-key order (through a per-table ``insert``), builds the partitions' indexes (a source
+partition's as an insert builds them, the others' from the snapshot's list), moves
 identity sequences past the restored ids and puts back the default groups and grants.
 """
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 
+from matchbox_dagster.common.dtos import StepType
 from matchbox_dagster.common.errors import MatchboxSnapshotError
 from matchbox_dagster.store.postgres.core import partition_name
 from matchbox_dagster.store.postgres.db import compose, quote_ident
@@ -25,6 +27,7 @@ from matchbox_dagster.store.postgres.snapshot_layout import (
     fetch,
     qualified,
 )
+from matchbox_dagster.store.postgres.source_index import index_source_partition
 
 _NON_DEFAULT_AUTH = """
 WITH d AS (SELECT $1::jsonb AS d)
@@ -74,6 +77,11 @@ def load(
             )
         for spec in partitions:
             part = partition_name(BULK_TYPES[spec.table], spec.step_id)
+            if BULK_TYPES[spec.table] == StepType.SOURCE:
+                # A source partition's indexes (an expression B-tree, a BRIN) are the store's
+                # own, not plain column lists: built as an insert builds them.
+                index_source_partition(cur, part)  # type: ignore[arg-type]
+                continue
             for index in spec.indexes:
                 cur.execute(
                     compose("CREATE {{unique}}INDEX ON {p} ({{cols}})", p=part).format(
