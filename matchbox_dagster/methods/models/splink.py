@@ -53,10 +53,8 @@ so seeded training gives the same model whatever order the rows arrive in.
 
 from __future__ import annotations
 
-import tempfile
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from copy import deepcopy
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -72,6 +70,11 @@ from matchbox_dagster.methods.models.base import (
     empty_results,
     finish_pairs,
     require_columns,
+)
+from matchbox_dagster.methods.models.splink_engines import (
+    SPARK_HINT,  # noqa: F401 (re-exported: the missing-pyspark hint)
+    database_api,
+    engine_table,
 )
 
 if TYPE_CHECKING:
@@ -91,7 +94,6 @@ TRAINING_STEPS = (
     "estimate_parameters_using_expectation_maximisation",
     "estimate_m_from_label_column",
 )
-SPARK_HINT = "pip install 'matchbox-dagster[spark]'"
 
 
 # --- settings specs → Splink objects ---------------------------------------------------------
@@ -156,61 +158,6 @@ def _training_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
             rules = [rules]
         converted["deterministic_matching_rules"] = [blocking_rule(r) for r in rules]
     return converted
-
-
-# --- engines ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def database_api(engine: str) -> Iterator[DatabaseAPI]:
-    """A fresh Splink database API for ``engine``, cleaned up on exit."""
-    if engine == "duckdb":
-        import duckdb
-        from splink.backends.duckdb import DuckDBAPI
-
-        connection = duckdb.connect()
-        try:
-            yield DuckDBAPI(connection)
-        finally:
-            connection.close()
-        return
-    if engine == "spark":
-        api = spark_api()
-        try:
-            yield api
-        finally:
-            api.delete_tables_created_by_splink_from_db()
-            for name in getattr(api, "_registered_table_names", ()):
-                api.spark.catalog.dropTempView(name)  # our inputs, registered as views
-        return
-    raise MatchboxInvalidData(f"Unknown Splink engine {engine!r}; use 'duckdb' or 'spark'.")
-
-
-def spark_api() -> DatabaseAPI:
-    """Splink's Spark API on the active Spark session (pyspark is imported only here).
-
-    Without an active session a local one is created with Splink's similarity-function jar; an
-    active session must have that jar registered itself (``spark.jars``) for comparisons that
-    use jaro_winkler and friends.
-    """
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError as exc:
-        raise ImportError(
-            f"The Splink 'spark' engine needs pyspark, which is not installed: {SPARK_HINT}"
-        ) from exc
-    from splink.backends.spark import SparkAPI, similarity_jar_location
-
-    session = SparkSession.getActiveSession()
-    if session is None:
-        # A local session with Splink's similarity functions (jaro_winkler, …) on the classpath.
-        builder = SparkSession.builder.appName("matchbox-splink")
-        session = builder.config("spark.jars", similarity_jar_location()).getOrCreate()
-    context = session.sparkContext
-    if context.getCheckpointDir() is None:
-        # Splink checkpoints intermediate tables to break lineage; it needs a directory.
-        context.setCheckpointDir(tempfile.mkdtemp(prefix="matchbox-splink-"))
-    return SparkAPI(spark_session=session)
 
 
 # --- the methodology --------------------------------------------------------------------------
@@ -413,9 +360,7 @@ class SplinkModel(Model):
         return linker
 
     def _engine_table(self, frame: pl.DataFrame) -> Any:
-        if self.engine == "spark":
-            return frame.to_pandas()
-        return frame.to_arrow()
+        return engine_table(frame, self.engine)
 
     def _predict(
         self, frames: list[pl.DataFrame], *, dedupe: bool, export: bool = False
