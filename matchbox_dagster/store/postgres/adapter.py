@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
+from collections.abc import Callable
 from typing import Any, Self
 
 import pyarrow as pa
@@ -25,7 +25,6 @@ from matchbox_dagster.common.dtos import (
     Judgement,
     LoginResponse,
     Match,
-    MatchboxSnapshot,
     ModelStepPath,
     PermissionGrant,
     PermissionType,
@@ -50,13 +49,14 @@ from matchbox_dagster.common.runs import Promotion, RunSummary
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.base import MatchboxDBAdapter, Resource
 from matchbox_dagster.store.postgres import migrate
-from matchbox_dagster.store.postgres.audit import Audit, UploadAudit
+from matchbox_dagster.store.postgres.audit import Audit
 from matchbox_dagster.store.postgres.auth import Auth
 from matchbox_dagster.store.postgres.core import SYSTEM, Context
 from matchbox_dagster.store.postgres.counts import attach_countables
 from matchbox_dagster.store.postgres.db import Database
 from matchbox_dagster.store.postgres.defaults import ensure_defaults
 from matchbox_dagster.store.postgres.evaluation import Evaluation
+from matchbox_dagster.store.postgres.facade_admin import AdminOperations
 from matchbox_dagster.store.postgres.facade_reuse import ReuseOperations
 from matchbox_dagster.store.postgres.housekeeping import Housekeeping
 from matchbox_dagster.store.postgres.operations import (
@@ -75,7 +75,6 @@ from matchbox_dagster.store.postgres.operations import (
 )
 from matchbox_dagster.store.postgres.promotions import Promotions
 from matchbox_dagster.store.postgres.reads import Reads
-from matchbox_dagster.store.postgres.snapshot_layout import SnapshotManifest
 from matchbox_dagster.store.postgres.snapshots_json import JsonSnapshots
 from matchbox_dagster.store.postgres.snapshots_parquet import ParquetSnapshots
 from matchbox_dagster.store.postgres.steps import Steps
@@ -87,6 +86,9 @@ class MatchboxPostgres(MatchboxDBAdapter):
 
     Built from :class:`MatchboxSettings` (the environment by default). Creating it connects,
     starts the embedded server when no URI is set, and brings the schema up to date.
+    ``s3_client_factory`` makes the S3 client of snapshots (under Dagster,
+    ``S3Resource.get_client``, handed down by ``MatchboxResource``); default boto3 from the
+    settings.
 
     >>> store = MatchboxPostgres()  # doctest: +SKIP
     >>> store.create_collection("companies")  # doctest: +SKIP
@@ -94,11 +96,16 @@ class MatchboxPostgres(MatchboxDBAdapter):
 
     _acting_user: str | None = None
 
-    def __init__(self, settings: MatchboxSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: MatchboxSettings | None = None,
+        *,
+        s3_client_factory: Callable[[], Any] | None = None,
+    ) -> None:
         settings = settings or MatchboxSettings()
         logging.getLogger("matchbox_dagster").setLevel(settings.log_level)
         self.db = Database(settings)
-        self._ctx = Context(db=self.db, settings=settings)
+        self._ctx = Context(db=self.db, settings=settings, s3_client_factory=s3_client_factory)
         migrate.upgrade(self.db.engine, self.db.schema)
         ensure_defaults(self.db)
         self._steps = Steps(self._ctx)
@@ -120,6 +127,11 @@ class MatchboxPostgres(MatchboxDBAdapter):
     @settings.setter
     def settings(self, value: MatchboxSettings) -> None:
         self._ctx.settings = value
+
+    @property
+    def s3_client_factory(self) -> Callable[[], Any] | None:
+        """Makes the S3 client of snapshots and of S3 source re-reads (None: settings')."""
+        return self._ctx.s3_client_factory
 
     def __repr__(self) -> str:
         return f"MatchboxPostgres({self.db!r})"
@@ -449,51 +461,13 @@ class MatchboxPostgres(MatchboxDBAdapter):
         """Extension: delete the acting user's own latest judgement; its id (None: none left)."""
         return self._evaluation.delete_last_judgement(user_name, self._acting_as(user_name))
 
-    # --- snapshots ------------------------------------------------------------------------
-
-    @operation(ADMIN.on_system, retry=IDEMPOTENT)
-    def dump(self) -> MatchboxSnapshot:
-        """The whole store as a JSON-serialisable snapshot (one consistent read)."""
-        return self._json.dump()
-
-    @operation(ADMIN.on_system, retry=IDEMPOTENT)
-    def restore(self, snapshot: MatchboxSnapshot) -> None:
-        """Load a snapshot into a fresh or cleared store, in one transaction."""
-        self._json.restore(snapshot)
-
-    @operation(ADMIN.on_system, retry=IDEMPOTENT)
-    def dump_to(self, location: str | os.PathLike[str]) -> SnapshotManifest:
-        """Write the store as Parquet files plus ``manifest.json`` to a directory or S3."""
-        return self._parquet.dump_to(location)
-
-    @operation(ADMIN.on_system, retry=IDEMPOTENT)
-    def restore_from(self, location: str | os.PathLike[str]) -> None:
-        """Restore a snapshot written by :meth:`dump_to`, in one transaction."""
-        self._parquet.restore_from(location)
-
-    # --- housekeeping ---------------------------------------------------------------------
-
-    @operation(ADMIN.on_system, retry=IDEMPOTENT)
-    def clear(self, certain: bool) -> None:
-        """Delete every row and partition, keep the tables, re-create the defaults."""
-        self._housekeeping.clear(certain)
-
-    @operation(ADMIN.on_system, retry=IDEMPOTENT)
-    def drop(self, certain: bool) -> None:
-        """Drop the store's schema, create it anew with the migrations and the defaults."""
-        self._housekeeping.drop(certain)
-
-    @operation(ADMIN.on_system, retry=IDEMPOTENT)
-    def delete_orphans(self) -> int:
-        """Delete multi-leaf clusters nothing refers to; return how many."""
-        return self._housekeeping.delete_orphans()
-
-    @operation(READ.on_system, retry=IDEMPOTENT)
-    def audit_uploads(self, stale_run_days: int = 30) -> UploadAudit:
-        """Report stuck, failed and abandoned uploads, empty immutable steps, stale runs."""
-        return self._audit.audit_uploads(stale_run_days)
-
-    @operation(ADMIN.on_system, retry=IDEMPOTENT)
-    def reset_stuck_uploads(self) -> int:
-        """Move steps stuck in PROCESSING past ``uploads_expiry_minutes`` back to READY."""
-        return self._audit.reset_stuck_uploads()
+    # --- snapshots and housekeeping: declared in facade_admin (module size) ----------------
+    dump = AdminOperations.dump
+    restore = AdminOperations.restore
+    dump_to = AdminOperations.dump_to
+    restore_from = AdminOperations.restore_from
+    clear = AdminOperations.clear
+    drop = AdminOperations.drop
+    delete_orphans = AdminOperations.delete_orphans
+    audit_uploads = AdminOperations.audit_uploads
+    reset_stuck_uploads = AdminOperations.reset_stuck_uploads

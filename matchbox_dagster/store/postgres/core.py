@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +123,8 @@ class Context:
 
     db: Database
     settings: MatchboxSettings
+    s3_client_factory: Callable[[], Any] | None = None
+    """Makes the S3 client for snapshots (None: ``settings.datastore.get_client()``)."""
 
 
 # --- lookups (psycopg, inside a caller's transaction) -----------------------------------------

@@ -31,6 +31,7 @@ from matchbox_dagster.store.postgres.s3 import (
     is_missing,
     s3_exists,
     sha256_file,
+    snapshot_client,
 )
 from matchbox_dagster.store.postgres.snapshot_layout import (
     ARROW_NATIVE,
@@ -72,7 +73,7 @@ class ParquetSnapshots:
             return self._dump_to(target)
 
     def _dump_to(self, target: Location) -> SnapshotManifest:
-        client = self.ctx.settings.datastore.get_client() if target.bucket else None
+        client = snapshot_client(self.ctx) if target.bucket else None
         if target.local is not None:
             target.local.mkdir(parents=True, exist_ok=True)
             if (target.local / MANIFEST).exists():
@@ -156,7 +157,7 @@ class ParquetSnapshots:
             self._restore_from(source)
 
     def _restore_from(self, source: Location) -> None:
-        client = self.ctx.settings.datastore.get_client() if source.bucket else None
+        client = snapshot_client(self.ctx) if source.bucket else None
         with tempfile.TemporaryDirectory(prefix="mb-restore-") as scratch:
             manifest = self._read_manifest(source, client)
             check_header(
