@@ -106,7 +106,7 @@ def test_every_lookup_of_match_is_an_index_probe(store: MatchboxPostgres, world:
         assert "Seq Scan" in _plan(conn, lookup, {"key": "a5"})
         conn.rollback()
         # match's other statements, under match's settings: no sequential scan anywhere.
-        conn.execute("SET LOCAL enable_seqscan = off")
+        conn.execute(reads._PROBES_ONLY)
         plans = {
             "leaf keys": _plan(
                 conn,

@@ -73,6 +73,11 @@ _QUERIES = {
 _ROOT_OF_LEAF = "SELECT root_id FROM {schema}.{part} WHERE leaf_id = %(leaf)s"
 _LEAVES_OF_ROOT = "SELECT leaf_id FROM {schema}.{part} WHERE root_id = %(root)s"
 """``match``'s probes of a resolver partition (unique index on leaf_id, index on root_id)."""
+_PROBES_ONLY = (
+    "SET LOCAL enable_seqscan = off; SET LOCAL jit = off; "
+    "SET LOCAL max_parallel_workers_per_gather = 0"
+)
+"""``match``'s planner settings, for its transaction only."""
 
 
 def _same_run(source: StepRow, resolver: StepRow) -> None:
@@ -262,10 +267,11 @@ class Reads:
             lock_partitions(conn, self.db.schema, [src, res, *tgts])
             # Index probes only (source_index): the key's leaf by its key hash, the leaf's
             # cluster and that cluster's leaves in the resolver's partition, their keys in
-            # each source by the BRIN index on leaf_id. A partition loaded moments ago has no
-            # statistics yet, and without them the planner prices a BRIN scan as a read of
-            # the whole table: sequential scans are off for these few statements.
-            conn.execute("SET LOCAL enable_seqscan = off")
+            # each source by leaf_id. A partition loaded moments ago has no statistics yet;
+            # without them the planner prices a BRIN scan as a read of the whole table and
+            # expects 4% of it back, so it would scan, or gather workers and JIT-compile
+            # (~30 ms at 10M keys) for a handful of rows.
+            conn.execute(_PROBES_ONLY)
             schema = self.db.schema
             leaf = key_leaf(conn, schema, src.data_id, key)
             if leaf is None:
