@@ -17,35 +17,39 @@ by default the FEBRL4 demo graph):
 ``validate``    the preflight alone: each source's schema against the collection, nothing written
 ``init DIR``    a new project (pyproject ``[tool.dg]``, package, ``defs.yaml``, ``definitions.py``)
 ``review``      the review web app: judge entities in a browser (docs/review.md)
+``retrain``     retire a model's stored trained versions so the next run trains it anew
+                (docs/methods.md)
 
 Errors are one line (``error: <cause>. Hint: <what to do>``) with an exit code
 (``base.EXIT_CODES``: 0 ok, 1 a check or step failed, 2 refused or bad input, 3 store unreachable,
 4 a bug); ``--verbose`` adds the traceback. Dagster's instance is ``$DAGSTER_HOME`` when set, else
 ``.matchbox/dagster`` (persistent, so ``DAGSTER_HOME=.matchbox/dagster dg dev`` shows what the
 CLI ran).
+
+Each command imports what it needs when it runs (:func:`_lazy`): building the parser imports no
+Dagster, store or data library, and ``runs`` reads a collection's graph from the shape cache
+(:mod:`.shape_cache`) when its definitions did not change, without loading them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import traceback
-from collections.abc import Sequence
-
-import dagster as dg
-
-from matchbox_dagster.cli.base import Graph, explain
-from matchbox_dagster.cli.graph import cmd_check, cmd_demo, cmd_query
-from matchbox_dagster.cli.project import cmd_init, validate_loaded
-from matchbox_dagster.cli.review import add_review
-from matchbox_dagster.cli.runs import cmd_delete_run, cmd_promote, cmd_prune, cmd_runs
+from collections.abc import Callable, Sequence
 
 __all__ = ["build_parser", "main"]
 
 
-def _loaded(args: argparse.Namespace) -> tuple[dg.Definitions, str]:
-    graph = Graph.load(args)
-    return graph.defs, graph.collection
+def _lazy(target: str) -> Callable[[argparse.Namespace], int]:
+    """A command ``module:function`` of this package, imported only when it runs."""
+    module, _, name = target.partition(":")
+
+    def run(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(f"matchbox_dagster.cli.{module}"), name)(args))
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,26 +72,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = add("demo", "run the graph once, promote if checks pass, print a summary")
     demo.add_argument("--label", help="partition key of the new run (default run-NNNN)")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=_lazy("graph:cmd_demo"))
     check = add("check", "materialise a run and its checks; exit 1 if a blocking check fails")
     check.add_argument("--label", help="partition key of the run (default ci-NNNN)")
-    check.set_defaults(func=cmd_check)
-    add("runs", "list runs with their state and promotions").set_defaults(func=cmd_runs)
+    check.set_defaults(func=_lazy("graph:cmd_check"))
+    runs = add("runs", "list runs with their state and promotions")
+    runs.add_argument(
+        "--fresh", action="store_true", help="load the definitions even if the cache is fresh"
+    )
+    runs.set_defaults(func=_lazy("runs:cmd_runs"))
     promote = add("promote", "make a run immutable and default (rollback too)")
     which(promote, "promote")
     promote.add_argument("--force", action="store_true", help="override the gate (needs --reason)")
     promote.add_argument("--reason", help="why (recorded with the promotion)")
-    promote.set_defaults(func=cmd_promote)
+    promote.set_defaults(func=_lazy("runs:cmd_promote"))
     delete = add("delete-run", "delete a run; the default or an immutable one only with --force")
     which(delete, "delete")
     delete.add_argument("--force", action="store_true", help="delete even a protected run")
-    delete.set_defaults(func=cmd_delete_run)
+    delete.set_defaults(func=_lazy("runs:cmd_delete_run"))
     prune = add("prune", "delete failed runs older than a duration")
     prune.add_argument("--failed", action="store_true", help="delete failed runs (required)")
     prune.add_argument("--older-than", required=True, help="e.g. 12h, 7d, 2w; 0s for all")
     prune.add_argument("--force", action="store_true", help="also default/immutable failed runs")
     prune.add_argument("--dry-run", action="store_true", help="list, delete nothing")
-    prune.set_defaults(func=cmd_prune)
+    prune.set_defaults(func=_lazy("runs:cmd_prune"))
     query = add("query", "entities of a source's keys")
     query.add_argument("--source", required=True)
     query.add_argument("--resolver", help="default: the run's last resolver")
@@ -95,15 +103,30 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--label")
     query.add_argument("--limit", type=int)
     query.add_argument("--output", help="write Parquet here instead of printing")
-    query.set_defaults(func=cmd_query)
+    query.set_defaults(func=_lazy("graph:cmd_query"))
     add("validate", "preflight only: check sources' schemas against the collection").set_defaults(
-        func=lambda a: validate_loaded(*_loaded(a))
+        func=_lazy("project:cmd_validate")
     )
     init = add("init", "create a new project", graph=False)
     init.add_argument("directory", help="new or empty folder")
-    init.set_defaults(func=cmd_init)
+    init.set_defaults(func=_lazy("project:cmd_init"))
     add_review(sub)
+    add_retrain(sub)
     return parser
+
+
+def add_review(sub: argparse._SubParsersAction) -> None:
+    """``review`` (matchbox_dagster/cli/review.py: its options; the app imported when run)."""
+    from matchbox_dagster.cli.review import add_review as register
+
+    register(sub)
+
+
+def add_retrain(sub: argparse._SubParsersAction) -> None:
+    """``retrain`` (matchbox_dagster/cli/trained.py, H3's)."""
+    from matchbox_dagster.cli.trained import add_retrain as register
+
+    register(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        from matchbox_dagster.cli.errors import explain
+
         error = explain(exc)
         if verbose:
             traceback.print_exc(file=sys.stderr)

@@ -1,7 +1,8 @@
-"""What every command shares: loading definitions, the Dagster instance, the graph, errors.
+"""What every command shares: loading definitions, the Dagster instance, the graph.
 
 Every failure reaches the user as one line, ``error: <cause>. Hint: <what to do>``, and an exit
-code (:data:`EXIT_CODES`); the traceback only with ``--verbose``.
+code (:data:`~.errors.EXIT_CODES`); the traceback only with ``--verbose``. Dagster and the
+Dagster layer are imported by the functions that need them, not by this module.
 """
 
 from __future__ import annotations
@@ -12,90 +13,29 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagster as dg
-import pydantic
+from matchbox_dagster.cli.errors import EXIT_BUG as EXIT_BUG
+from matchbox_dagster.cli.errors import EXIT_CODES as EXIT_CODES
+from matchbox_dagster.cli.errors import EXIT_FAILED as EXIT_FAILED
+from matchbox_dagster.cli.errors import EXIT_OK as EXIT_OK
+from matchbox_dagster.cli.errors import EXIT_STORE as EXIT_STORE
+from matchbox_dagster.cli.errors import EXIT_USAGE as EXIT_USAGE
+from matchbox_dagster.cli.errors import CliError as CliError
+from matchbox_dagster.cli.errors import explain as explain
 
-from matchbox_dagster.common.errors import (
-    MatchboxConnectionError,
-    MatchboxDatabaseWriteError,
-    MatchboxDatastoreError,
-    MatchboxError,
-    MatchboxNotFoundError,
-    MatchboxPermissionDenied,
-    MatchboxRunNotWriteable,
-)
-from matchbox_dagster.dagster.lifecycle import GraphShape, graph_shape
-from matchbox_dagster.dagster.resources import MatchboxResource
-from matchbox_dagster.dagster.sensors import promotion_sensor_name
-from matchbox_dagster.store.base import MatchboxDBAdapter
+if TYPE_CHECKING:
+    import dagster as dg
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STORE, EXIT_BUG = 0, 1, 2, 3, 4
-EXIT_CODES = {
-    EXIT_OK: "success",
-    EXIT_FAILED: "a blocking check or a step failed (check, demo); nothing else went wrong",
-    EXIT_USAGE: "refused: bad arguments, unknown collection/run/label, a run the gate protects, "
-    "invalid data or spec (the message says which)",
-    EXIT_STORE: "the store could not be reached or could not write (PostgreSQL)",
-    EXIT_BUG: "an unexpected error (a bug): run again with --verbose and report the traceback",
-}
-
-
-class CliError(Exception):
-    """A failure the CLI explains: its cause, a hint, and the exit code."""
-
-    def __init__(self, cause: str, hint: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(cause)
-        self.cause = cause
-        self.hint = hint
-        self.code = code
-
-
-def explain(exc: BaseException) -> CliError:
-    """Turn any exception into a :class:`CliError` (cause, hint, exit code)."""
-    if isinstance(exc, CliError):
-        return exc
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, MatchboxNotFoundError):
-        return CliError(text, "list the runs with `matchbox-dagster runs`")
-    if isinstance(exc, MatchboxPermissionDenied):
-        return CliError(text, "ask an administrator of the store for that permission")
-    if isinstance(exc, MatchboxRunNotWriteable):
-        return CliError(text, "start a new run: pass a new --label (or none)")
-    if isinstance(exc, MatchboxConnectionError | MatchboxDatastoreError):
-        return CliError(text, _STORE_HINT, EXIT_STORE)
-    if isinstance(exc, MatchboxDatabaseWriteError):
-        return CliError(text, _STORE_HINT, EXIT_STORE)
-    if type(exc).__name__ == "PreflightError":  # keeps its list of problems, one per line
-        return CliError(
-            str(exc), "fix each problem (file and line above), then `matchbox-dagster validate`"
-        )
-    if isinstance(exc, MatchboxError | pydantic.ValidationError | ValueError):
-        return CliError(text, "correct the value named above")
-    if _is_database_error(exc):
-        return CliError(f"{type(exc).__name__}: {text}", _STORE_HINT, EXIT_STORE)
-    return CliError(
-        f"unexpected {type(exc).__name__}: {text}",
-        "run again with --verbose for the traceback, and report it",
-        EXIT_BUG,
-    )
-
-
-_STORE_HINT = (
-    "is PostgreSQL reachable? Check MATCHBOX_POSTGRES_URI (unset: the embedded server "
-    "under .matchbox/)"
-)
-
-
-def _is_database_error(exc: BaseException) -> bool:
-    module = type(exc).__module__
-    return module.startswith(("sqlalchemy", "psycopg")) and "OperationalError" in type(
-        exc
-    ).__name__
+    from matchbox_dagster.dagster.lifecycle import GraphShape
+    from matchbox_dagster.dagster.resources import MatchboxResource
+    from matchbox_dagster.store.base import MatchboxDBAdapter
 
 
 def load_defs(path: str | None) -> dg.Definitions:
     """The ``defs`` of a Python file (its project's folder on ``sys.path``), or the demo's."""
+    import dagster as dg
+
     if path is None:
         from matchbox_dagster.dagster.collection import build_collection_defs
         from matchbox_dagster.examples.febrl import febrl4_spec
@@ -127,6 +67,14 @@ def load_defs(path: str | None) -> dg.Definitions:
 
 def instance() -> dg.DagsterInstance:
     """Dagster's instance: ``$DAGSTER_HOME``, else ``.matchbox/dagster`` (created)."""
+    import dagster as dg
+
+    dagster_home()
+    return dg.DagsterInstance.get()
+
+
+def dagster_home() -> Path:
+    """``$DAGSTER_HOME``, set to ``.matchbox/dagster`` (created) when unset."""
     if not os.environ.get("DAGSTER_HOME"):
         home = Path(".matchbox/dagster").resolve()
         home.mkdir(parents=True, exist_ok=True)
@@ -134,7 +82,7 @@ def instance() -> dg.DagsterInstance:
         if not config.exists():
             config.write_text("telemetry:\n  enabled: false\n")
         os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    return Path(os.environ["DAGSTER_HOME"])
 
 
 @dataclass
@@ -149,7 +97,14 @@ class Graph:
 
     @classmethod
     def load(cls, args: argparse.Namespace) -> Graph:
-        """The collection named by ``--collection`` (or the only one) in ``--definitions``."""
+        """The collection named by ``--collection`` (or the only one) in ``--definitions``.
+
+        Records the collection's graph in the shape cache (what ``runs`` reads).
+        """
+        from matchbox_dagster.cli.shape_cache import remember
+        from matchbox_dagster.dagster.resources import MatchboxResource
+        from matchbox_dagster.dagster.sensors import promotion_sensor_name
+
         defs = load_defs(args.definitions)
         repo = defs.get_repository_def()
         collections: dict[str, dg.JobDefinition] = {}
@@ -178,9 +133,12 @@ class Graph:
                 f"no collection {collection!r} in the definitions; found {sorted(collections)}",
                 "pass one of those to --collection",
             )
-        resource = defs.resources.get("matchbox") or MatchboxResource()
+        configured = defs.resources.get("matchbox") or MatchboxResource()
+        resource = _initialised(configured)
         sensors = [s for s in repo.sensor_defs if s.name == promotion_sensor_name(collection)]
-        return cls(defs, collection, collections[collection], resource, sensors)
+        graph = cls(defs, collection, collections[collection], resource, sensors)
+        remember(args.definitions, args.collection, graph.shape(), configured, defs)
+        return graph
 
     @property
     def store(self) -> MatchboxDBAdapter:
@@ -189,7 +147,17 @@ class Graph:
 
     def shape(self) -> GraphShape:
         """The collection's steps and blocking checks."""
+        from matchbox_dagster.dagster.lifecycle import graph_shape
+
         return graph_shape(self.defs, self.collection)
+
+
+def _initialised(resource: MatchboxResource) -> MatchboxResource:
+    """The resource with its ``EnvVar`` fields (and a nested ``S3Resource``'s) read, as in a run."""
+    import dagster as dg
+
+    with dg.build_resources({"matchbox": resource}) as built:
+        return built.matchbox  # type: ignore[no-any-return]
 
 
 def run_id_of(store: MatchboxDBAdapter, collection: str, args: argparse.Namespace) -> int:

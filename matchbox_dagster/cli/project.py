@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import dagster as dg
+from typing import TYPE_CHECKING
 
 from matchbox_dagster.cli.template import init_project
-from matchbox_dagster.specs.preflight import preflight, spec_from_metadata
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 
 def preflight_defs(defs: dg.Definitions, collection: str) -> bool:
     """Run a collection's preflight (:class:`PreflightError` if it fails); False if no spec."""
+    from matchbox_dagster.specs.preflight import preflight, spec_from_metadata
+
     found = spec_from_metadata(dict(defs.metadata or {}), collection)
     if found is None:
         return False
@@ -38,6 +41,14 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"  matchbox-dagster check --definitions {definitions}"
     )
     return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """``validate``: load the definitions, then run the chosen collection's preflight."""
+    from matchbox_dagster.cli.base import Graph
+
+    graph = Graph.load(args)
+    return validate_loaded(graph.defs, graph.collection)
 
 
 def validate_loaded(defs: dg.Definitions, collection: str) -> int:

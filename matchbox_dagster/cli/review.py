@@ -6,12 +6,12 @@ import argparse
 import getpass
 import os
 
-from matchbox_dagster.cli.base import CliError
-from matchbox_dagster.common.dtos import User
-from matchbox_dagster.dagster.resources import MatchboxResource
-from matchbox_dagster.evaluation.sampling import Strategy
+from matchbox_dagster.cli.errors import CliError
 
 DEFAULT_PORT = 8765
+STRATEGIES = ("random", "uncertain", "changed")
+"""The sampling strategies (``evaluation.sampling.Strategy``; named here so the parser imports
+nothing heavy; a test keeps the two equal)."""
 
 
 def add_review(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_review(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--label", help="label of the run to review")
     p.add_argument("--resolver", help="resolver to review (default: the run's last)")
     p.add_argument("--user", help="store user judging (default: $MATCHBOX_USER, else your login)")
-    p.add_argument("--strategy", choices=[s.value for s in Strategy], default="random")
+    p.add_argument("--strategy", choices=STRATEGIES, default="random")
     p.add_argument("--target", type=int, default=50, help="judgements to aim for (progress)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
@@ -36,6 +36,9 @@ def cmd_review(args: argparse.Namespace) -> int:
     """Serve the app until interrupted."""
     import uvicorn
 
+    from matchbox_dagster.common.dtos import User
+    from matchbox_dagster.dagster.resources import MatchboxResource
+    from matchbox_dagster.evaluation.sampling import Strategy
     from matchbox_dagster.review.app import create_app
     from matchbox_dagster.review.state import ReviewConfig
 

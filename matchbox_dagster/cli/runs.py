@@ -2,9 +2,12 @@
 
 ``runs`` prints each run's state from the store (flags, label, steps, promotions) and Dagster
 (running, failed at a step, checks passed n/m) with a fixed number of queries
-(:func:`~matchbox_dagster.dagster.lifecycle.run_statuses`). ``promote`` refuses a run whose graph
-is incomplete or whose blocking checks did not all pass unless ``--force --reason``; deleting
-never touches the default or an immutable run without ``--force``.
+(:func:`~matchbox_dagster.dagster.lifecycle.run_statuses`); it reads the collection's graph from
+the shape cache (:mod:`.shape_cache`) when the definitions did not change since a command last
+loaded them, so it neither imports the Dagster layer's assets nor builds the definitions.
+``promote`` refuses a run whose graph is incomplete or whose blocking checks did not all pass
+unless ``--force --reason``; deleting never touches the default or an immutable run without
+``--force``.
 """
 
 from __future__ import annotations
@@ -12,24 +15,41 @@ from __future__ import annotations
 import argparse
 import re
 from datetime import UTC, datetime, timedelta
-
-import dagster as dg
+from typing import TYPE_CHECKING
 
 from matchbox_dagster.cli.base import CliError, Graph, instance, run_id_of
-from matchbox_dagster.common.runs import Promotion
-from matchbox_dagster.dagster.lifecycle import RunStatus, run_statuses
-from matchbox_dagster.dagster.partitions import partitions_name
-from matchbox_dagster.dagster.sensors import current_user, promote_run
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+    from matchbox_dagster.dagster.lifecycle import GraphShape, RunStatus
+    from matchbox_dagster.store.base import MatchboxDBAdapter
+
+
+def _runs_source(args: argparse.Namespace) -> tuple[MatchboxDBAdapter, GraphShape]:
+    """The store and graph shape: from the shape cache when fresh, else the definitions."""
+    from matchbox_dagster.cli.shape_cache import lookup
+
+    cached = None if args.fresh else lookup(args.definitions, args.collection)
+    if cached is None:
+        graph = Graph.load(args)  # and refreshes the cache
+        return graph.store, graph.shape()
+    from matchbox_dagster.common.settings import MatchboxSettings
+    from matchbox_dagster.store.postgres import MatchboxPostgres
+
+    store = MatchboxPostgres(MatchboxSettings(**cached.settings))
+    return (store.as_user(cached.user_name) if cached.user_name else store), cached.shape
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """List runs with their state, checks and promotions."""
-    graph = Graph.load(args)
-    store = graph.store
-    if graph.collection not in store.list_collections():
-        print(f"collection {graph.collection!r} has no runs yet")
+    from matchbox_dagster.dagster.lifecycle import run_statuses
+
+    store, shape = _runs_source(args)
+    if shape.collection not in store.list_collections():
+        print(f"collection {shape.collection!r} has no runs yet")
         return 0
-    statuses = run_statuses(instance(), store, graph.shape())
+    statuses = run_statuses(instance(), store, shape)
     width = max([len(s.label) for s in statuses] + [5])
     print(f"{'run':>5}  {'label':{width}}  {'flags':9} {'state':34} promoted by")
     for status in statuses:
@@ -41,6 +61,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _status(graph: Graph, inst: dg.DagsterInstance, run_id: int) -> RunStatus:
+    from matchbox_dagster.dagster.lifecycle import run_statuses
+
     (status,) = run_statuses(inst, graph.store, graph.shape(), [run_id]) or [None]
     if status is None:
         graph.store.get_run(graph.collection, run_id)  # raises the store's not-found error
@@ -50,6 +72,9 @@ def _status(graph: Graph, inst: dg.DagsterInstance, run_id: int) -> RunStatus:
 
 def cmd_promote(args: argparse.Namespace) -> int:
     """Promote (or roll back to) a run, if the gate allows it or ``--force --reason`` says so."""
+    from matchbox_dagster.common.runs import Promotion
+    from matchbox_dagster.dagster.sensors import current_user, promote_run
+
     graph = Graph.load(args)
     if args.run is None and args.label is None:
         raise CliError("promote needs a run", "pass --run N or --label L")
@@ -98,6 +123,8 @@ def _protected(status: RunStatus) -> str | None:
 
 
 def _delete(graph: Graph, inst: dg.DagsterInstance, status: RunStatus) -> None:
+    from matchbox_dagster.dagster.partitions import partitions_name
+
     graph.store.delete_run(graph.collection, status.summary.run_id, certain=True)
     if status.summary.label:
         inst.delete_dynamic_partition(partitions_name(graph.collection), status.summary.label)
@@ -148,6 +175,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if graph.collection not in graph.store.list_collections():
         print(f"collection {graph.collection!r} has no runs yet")
         return 0
+    from matchbox_dagster.dagster.lifecycle import run_statuses
+
     inst = instance()
     deleted = kept = 0
     for status in run_statuses(inst, graph.store, graph.shape()):
