@@ -13,8 +13,9 @@ takes the same inputs and returns the same Arrow shape (:class:`ResolverClusters
   ends of such an edge is rebuilt greedily: its edges are added from the highest score down
   (a union-find), skipping any edge that would join two groups with a conflict between them.
 
-Everything but the rebuild of conflicted components is vectorised (polars, numpy,
-``scipy.sparse.csgraph``); the rebuild visits only the edges of conflicted components.
+Vectorised (polars, numpy, ``scipy.sparse.csgraph``): the rebuild of conflicted components runs
+in rounds that each merge every pair of groups whose best edge is each other's, which gives the
+greedy's result; only a small remainder (long chains of rising scores) goes to a Python loop.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ from matchbox_dagster.methods.resolvers import (
 )
 
 L, R, S = "left_id", "right_id", "score"
-CHUNK = 1_000_000
-"""Edges of conflicted components turned into Python ints at a time (bounded memory)."""
 
 
 class SplitConflicts(BaseModel):
@@ -131,12 +130,7 @@ def mutual_best(edges: pl.DataFrame, strong: float) -> pl.DataFrame:
     if weak.height == 0:
         return edges
     best = (
-        pl.concat(
-            [
-                edges.group_by(L).agg(pl.col(S).max()).rename({L: "node"}),
-                edges.group_by(R).agg(pl.col(S).max()).rename({R: "node"}),
-            ]
-        )
+        pl.concat([edges.select(pl.col(end).alias("node"), S) for end in (L, R)])
         .group_by("node")
         .agg(pl.col(S).max().alias("best"))
     )
@@ -218,11 +212,70 @@ def _greedy(
 ) -> np.ndarray:
     """Union-find over edges from the highest score down, never joining conflicting groups.
 
-    Returns each node's root index (only meaningful for nodes of the edges given).
+    Returns each node's group label (only meaningful for nodes of the edges given). The result
+    is that of the sequential greedy (Kruskal's order: score descending, then edge order),
+    computed in vectorised rounds: each round drops edges inside a group or between groups
+    with a conflict between them (the greedy would skip them: conflicts only grow), keeps the
+    best edge between each pair of groups, and merges every pair of groups whose best edge is
+    each other's (such an edge is the next the greedy would take at both its ends). Once a
+    round merges few (:data:`MIN_MERGED`), the contracted rest goes to :func:`_sequential`.
     """
+    rank = np.empty(len(score), dtype=np.int64)
+    rank[np.argsort(-score, kind="stable")] = np.arange(len(score))
+    group = np.arange(n, dtype=np.int64)
+    ga, gb = a.astype(np.int64), b.astype(np.int64)
+    ca, cb = conflicts[0].astype(np.int64), conflicts[1].astype(np.int64)
+    while len(ga):
+        edges = _between_groups(ga, gb, rank, ca, cb)
+        ga, gb, rank = (edges.get_column(c).to_numpy() for c in ("a", "b", "rank"))
+        if not len(ga):
+            break
+        best = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(best, ga, rank)
+        np.minimum.at(best, gb, rank)
+        mutual = (best[ga] == rank) & (best[gb] == rank)
+        if mutual.sum() < MIN_MERGED * len(ga):
+            _sequential(ga, gb, rank, (ca, cb), group)
+            break
+        into = np.arange(n, dtype=np.int64)
+        into[gb[mutual]] = ga[mutual]  # a matching: each group joins at most one other
+        group = into[group]
+        ga, gb, ca, cb = into[ga], into[gb], into[ca], into[cb]
+    return group
+
+
+MIN_MERGED = 0.1
+"""A round merging fewer pairs than this share of the edges left hands them to the sequential
+union-find: rounds shrink the graph fast at first, then slowly (a growing group joins one other
+a round), and the remaining, contracted graph is small."""
+
+
+def _between_groups(
+    ga: np.ndarray, gb: np.ndarray, rank: np.ndarray, ca: np.ndarray, cb: np.ndarray
+) -> pl.DataFrame:
+    """The best edge (lowest rank) per pair of distinct, non-conflicting groups (``a < b``)."""
+    edges = pl.DataFrame({"a": np.minimum(ga, gb), "b": np.maximum(ga, gb), "rank": rank})
+    edges = edges.filter(pl.col("a") != pl.col("b")).group_by("a", "b").agg(pl.col("rank").min())
+    if len(ca):
+        clash = pl.DataFrame({"a": np.minimum(ca, cb), "b": np.maximum(ca, cb)}).unique()
+        edges = edges.join(clash, on=["a", "b"], how="anti")
+    return edges
+
+
+def _sequential(
+    a: np.ndarray,
+    b: np.ndarray,
+    rank: np.ndarray,
+    conflicts: tuple[np.ndarray, np.ndarray],
+    group: np.ndarray,
+) -> None:
+    """The greedy union-find itself over group ids, edges by ``rank``; relabels ``group``."""
+    ids = np.unique(np.concatenate([a, b, *conflicts]))
+    n = len(ids)
     parent = list(range(n))
     blocked: dict[int, set[int]] = {}
-    for x, y in zip(conflicts[0].tolist(), conflicts[1].tolist(), strict=True):
+    xs, ys = np.searchsorted(ids, conflicts[0]), np.searchsorted(ids, conflicts[1])
+    for x, y in zip(xs.tolist(), ys.tolist(), strict=True):
         blocked.setdefault(x, set()).add(y)
         blocked.setdefault(y, set()).add(x)
 
@@ -234,12 +287,14 @@ def _greedy(
             parent[x], x = root, parent[x]
         return root
 
-    order = np.argsort(-score, kind="stable")
-    for start in range(0, len(order), CHUNK):  # Python ints for a chunk of edges at a time
-        part = order[start : start + CHUNK]
-        for x, y in zip(a[part].tolist(), b[part].tolist(), strict=True):
-            _union(x, y, find, parent, blocked)
-    return np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)
+    order = np.argsort(rank, kind="stable")
+    ia, ib = np.searchsorted(ids, a[order]), np.searchsorted(ids, b[order])
+    for x, y in zip(ia.tolist(), ib.tolist(), strict=True):
+        _union(x, y, find, parent, blocked)
+    roots = ids[np.fromiter((find(i) for i in range(n)), dtype=np.int64, count=n)]
+    into = np.arange(len(group), dtype=np.int64)
+    into[ids] = roots
+    group[:] = into[group]
 
 
 def _union(

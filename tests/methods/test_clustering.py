@@ -154,3 +154,50 @@ def test_random_graphs_never_hold_a_conflict_and_split_only_conflicted_component
             if not any(a in group and b in group for a, b in conflicts):
                 assert group in split
         assert set().union(*split) == set().union(*components)
+
+
+def _kruskal(n: int, rows: list[tuple[int, int, float]], conflicts: list[tuple[int, int]]):
+    """The reference: edges by score (descending, then order), never joining conflicting sets."""
+    sets = {i: {i} for i in range(n)}
+    for a, b, _ in sorted(rows, key=lambda r: -r[2]):  # sorted is stable
+        if sets[a] is sets[b]:
+            continue
+        if any((x in sets[a] and y in sets[b]) or (y in sets[a] and x in sets[b])
+               for x, y in conflicts):
+            continue
+        joined = sets[a] | sets[b]
+        for node in joined:
+            sets[node] = joined
+    return {frozenset(s) for s in sets.values()}
+
+
+@pytest.mark.parametrize("to_python", [0.0, 0.1, 2.0])
+def test_rounds_give_the_sequential_greedy_result(monkeypatch, to_python):
+    """Vectorised rounds (and their hand-over to the Python loop) equal Kruskal's greedy,
+    also on chains of rising scores (one merge a round) and with tied scores."""
+    import numpy as np
+
+    from matchbox_dagster.methods import clustering
+
+    monkeypatch.setattr(clustering, "MIN_MERGED", to_python)  # 0: rounds only; 2: Python only
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        n = 30
+        if trial % 4 == 0:  # a chain with rising scores
+            rows = [(i, i + 1, 0.5 + 0.01 * i) for i in range(n - 1)]
+        else:
+            pairs = {tuple(sorted(p)) for p in rng.integers(0, n, (70, 2)).tolist() if p[0] != p[1]}
+            rows = [(a, b, float(rng.choice([0.6, 0.7, 0.8, 0.9]))) for a, b in sorted(pairs)]
+        conflicts = [tuple(sorted(p)) for p in rng.integers(0, n, (4, 2)).tolist() if p[0] != p[1]]
+        got = clustering._greedy(
+            np.array([r[0] for r in rows]),
+            np.array([r[1] for r in rows]),
+            np.array([r[2] for r in rows], dtype=np.float32),
+            (np.array([c[0] for c in conflicts], dtype=np.int64),
+             np.array([c[1] for c in conflicts], dtype=np.int64)),
+            n,
+        )
+        found = {}
+        for node, label in enumerate(got.tolist()):
+            found.setdefault(label, set()).add(node)
+        assert {frozenset(s) for s in found.values()} == _kruskal(n, rows, conflicts), trial
