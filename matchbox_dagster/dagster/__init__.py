@@ -7,6 +7,19 @@ of its partition's run and writes it with one store call; :class:`MatchboxResour
 store. Nothing below this package imports Dagster.
 """
 
-from matchbox_dagster.dagster.collection import build_collection_defs as build_collection_defs
-from matchbox_dagster.dagster.io_manager import MatchboxIOManager as MatchboxIOManager
-from matchbox_dagster.dagster.resources import MatchboxResource as MatchboxResource
+import importlib
+from typing import Any
+
+_LAZY = {
+    "build_collection_defs": "matchbox_dagster.dagster.collection",
+    "MatchboxIOManager": "matchbox_dagster.dagster.io_manager",
+    "MatchboxResource": "matchbox_dagster.dagster.resources",
+}
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (``lifecycle`` alone stays light)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

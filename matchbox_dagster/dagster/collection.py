@@ -20,13 +20,14 @@ from matchbox_dagster.dagster.assets import (
     IO_MANAGER_KEY,
     MatchboxTranslator,
     build_collection_assets,
+    spec_errors,
 )
 from matchbox_dagster.dagster.checks import resolver_check_names
 from matchbox_dagster.dagster.io_manager import MatchboxIOManager
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.dagster.schedules import build_graph_job, build_run_schedule
 from matchbox_dagster.dagster.sensors import build_promotion_sensor
-from matchbox_dagster.specs import CollectionSpec, final_resolver
+from matchbox_dagster.specs import CollectionSpec, final_resolver, validate_spec
 from matchbox_dagster.specs.preflight import RunPreflight, spec_metadata
 
 
@@ -41,6 +42,8 @@ def build_collection_defs(
 
     ``defs_yaml`` is the file the spec came from (preflight problems then name its lines).
     """
+    with spec_errors():  # every graph problem at once, with defs.yaml file:line
+        validate_spec(spec, yaml_path=defs_yaml)
     preflight = RunPreflight(spec, defs_yaml)
     assets = build_collection_assets(spec, translator=translator, preflight=preflight)
     keys = [key for asset in assets for key in asset.keys]

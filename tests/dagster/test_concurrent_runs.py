@@ -72,7 +72,11 @@ def test_two_partitions_at_once_both_complete_and_are_correct(
         labels = [add_run_partition(instance, mb_store, collection, f"p{i}")[0] for i in (1, 2)]
     # Each partition with the multiprocess executor, at the same time.
     actions = _run_at_once(labels)
-    assert actions == [dict.fromkeys(STEPS, "stored")] * 2
+    # Identical data: each step stored by one partition at least; the other may share it
+    # (content addressed) when the first was complete by the time it wrote.
+    for step in STEPS:
+        pair = [a[step] for a in actions]
+        assert set(pair) <= {"stored", "shared"} and "stored" in pair, actions
 
     runs = [mb_store.run_for_label(collection, label, create=False) for label in labels]
     assert runs[0].run_id != runs[1].run_id
