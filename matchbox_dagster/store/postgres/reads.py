@@ -268,9 +268,8 @@ class Reads:
             # Index probes only (source_index): the key's leaf by its key hash, the leaf's
             # cluster and that cluster's leaves in the resolver's partition, their keys in
             # each source by leaf_id. A partition loaded moments ago has no statistics yet;
-            # without them the planner prices a BRIN scan as a read of the whole table and
-            # expects 4% of it back, so it would scan, or gather workers and JIT-compile
-            # (~30 ms at 10M keys) for a handful of rows.
+            # without them the planner expects 4% of it back for a few leaves, so it might
+            # scan, or gather workers and JIT-compile (~30 ms at 10M keys) for a few rows.
             conn.execute(_PROBES_ONLY)
             schema = self.db.schema
             leaf = key_leaf(conn, schema, src.data_id, key)

@@ -7,14 +7,15 @@ bulk load inside the insert's transaction, make every lookup of ``match`` an ind
 * a B-tree on ``hashtextextended(key, 0)``, a fixed-width 64-bit hash of the key, probed with
   the key's hash and then the key rechecked (a hash collision costs a recheck, never a wrong
   answer); built with up to two parallel workers;
-* a BRIN index on ``leaf_id``: rows are stored in leaf order, so a min/max summary of every
-  :data:`LEAF_PAGES` pages finds a leaf's keys by reading a few pages.
+* a B-tree on ``leaf_id``: rows are stored in leaf order, so it is built from presorted input
+  (a third of the key-hash B-tree's cost).
 
 Server CPU seconds at 1M keys, serial builds (raw COPY of the same rows: 0.3): key-hash B-tree
 0.7 (a 0.1 ms probe); B-tree on ``key`` 2.0–2.2 under the C.UTF-8 collation, 1.3 with
 ``COLLATE "C"``; hash index on ``key`` 1.7–1.9; BRIN bloom on ``key`` 0.2 but ~10 ms a probe at
-1M (it reads every range's filter); BRIN on ``leaf_id`` 0.1 (against 0.25 for a B-tree).
-Measured on 2026-12-06, see bench/README.md.
+1M (it reads every range's filter); B-tree on ``leaf_id`` 0.25, BRIN on it 0.1, but at 10M keys
+a BRIN probe for a cluster's leaves took 8–11 ms (it reads every range summary once per leaf and
+rechecks whole page ranges), the B-tree 0.2 ms. Measured on 2026-12-06, see bench/README.md.
 
 Migration 0007 builds the same indexes on partitions stored before it. Only partition names
 made from integer ids are spliced into the SQL; keys and ids travel as bound parameters.
@@ -31,9 +32,6 @@ from matchbox_dagster.common.dtos import StepType
 from matchbox_dagster.store.postgres.core import partition_name
 from matchbox_dagster.store.postgres.db import compose
 
-LEAF_PAGES = 64
-"""Heap pages summarised by one BRIN entry of ``leaf_id``."""
-
 SORT_MEMORY = "256MB"
 """``maintenance_work_mem`` of the index builds: PostgreSQL gives a parallel B-tree build at
 least 32 MB a process, so the default 64 MB allows one worker, this two."""
@@ -41,8 +39,7 @@ least 32 MB a process, so the default 64 MB allows one worker, this two."""
 SOURCE_INDEXES = (
     "SET LOCAL maintenance_work_mem = '" + SORT_MEMORY + "'",
     "CREATE INDEX {index_key} ON {table} (hashtextextended(key, 0))",
-    "CREATE INDEX {index_leaf} ON {table} USING brin (leaf_id) "
-    "WITH (pages_per_range = " + str(LEAF_PAGES) + ")",
+    "CREATE INDEX {index_leaf} ON {table} (leaf_id)",
 )
 """The indexes of a source partition (``{table}``), built after its bulk load."""
 
@@ -53,12 +50,12 @@ KEY_LOOKUP = (
 """The leaf of one key in a source partition: a probe of the key-hash index, then the key."""
 
 LEAF_KEYS = "SELECT key FROM {schema}.{part} WHERE leaf_id = ANY(%(leaves)s)"
-"""The keys of some leaves in a source partition (through its BRIN index on ``leaf_id``)."""
+"""The keys of some leaves in a source partition (through its index on ``leaf_id``)."""
 
 
 def index_names(table: str) -> dict[str, str]:
     """The names of a source partition's indexes (from its table name)."""
-    return {"index_key": f"{table}_key_hash", "index_leaf": f"{table}_leaf_brin"}
+    return {"index_key": f"{table}_key_hash", "index_leaf": f"{table}_leaf"}
 
 
 def index_source_partition(cur: adbc.Cursor, table: str) -> None:

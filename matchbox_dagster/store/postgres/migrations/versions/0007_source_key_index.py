@@ -6,8 +6,8 @@ Create Date: 2026-12-06
 
 ``match`` looks keys up one at a time; a source partition had no index, so every call scanned
 it (~0.1 s a million keys). From this revision every source partition has a B-tree on
-``hashtextextended(key, 0)`` (probed with the key's hash, then the key rechecked) and a BRIN
-index on ``leaf_id`` (rows are stored in leaf order), both built after the bulk load; see
+``hashtextextended(key, 0)`` (probed with the key's hash, then the key rechecked) and one on
+``leaf_id``, both built after the bulk load; see
 ``matchbox_dagster/store/postgres/source_index.py``. The upgrade builds them on the partitions
 stored before it (one pass over each: minutes for a store of hundreds of millions of keys); the
 downgrade drops them.
@@ -46,14 +46,11 @@ def upgrade() -> None:
         op.execute(
             f'CREATE INDEX IF NOT EXISTS "{part}_key_hash" ON "{part}" (hashtextextended(key, 0))'
         )
-        op.execute(
-            f'CREATE INDEX IF NOT EXISTS "{part}_leaf_brin" ON "{part}" '
-            "USING brin (leaf_id) WITH (pages_per_range = 64)"
-        )
+        op.execute(f'CREATE INDEX IF NOT EXISTS "{part}_leaf" ON "{part}" (leaf_id)')
         op.execute(f'ANALYZE "{part}"')
 
 
 def downgrade() -> None:
     for part in _partitions():
         op.execute(f'DROP INDEX IF EXISTS "{part}_key_hash"')
-        op.execute(f'DROP INDEX IF EXISTS "{part}_leaf_brin"')
+        op.execute(f'DROP INDEX IF EXISTS "{part}_leaf"')
