@@ -20,9 +20,13 @@ every figure keeps its best round; within a round, reads take the best of ``--re
 
 Goals (issue 7, DESIGN.md §7): every insert ≥ 10× faster than the reference at 1M rows and
 ≥ 0.5× raw COPY throughput (ours/baseline ≤ 2); query ≥ 2× faster than the reference and ≤ 2×
-the plain SELECT.
+the plain SELECT. Issue 17 item 6: ``match`` ≤ 20 ms a call. ``--match-sizes N`` times it
+alone at N keys (a source, a small model, a resolver over 80% of the leaves): the source insert
+against raw COPY, then the median of ``--match-calls`` calls on random existing keys and of
+calls on a missing key, each with PASS/FAIL.
 
-Run: ``.venv/bin/python bench/store.py [--sizes 100000 1000000] [--big] [--no-reference]``
+Run: ``.venv/bin/python bench/store.py [--sizes 100000 1000000] [--big] [--no-reference]
+[--match-sizes 10000000]``
 (uses MATCHBOX_POSTGRES_URI, else postgresql://postgres@127.0.0.1:5432/test).
 """
 
@@ -319,6 +323,122 @@ def bench_ours(data: Data, repeat: int, match_keys: int) -> dict[str, Figure]:
     return out
 
 
+# --- match alone at scale -------------------------------------------------------------------
+
+MATCH_GOAL = 0.020
+"""Issue 17 item 6: seconds a ``match`` call may take."""
+
+
+def load() -> str:
+    """The machine's load averages (it is shared), to print beside each figure."""
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def bench_match(n: int, calls: int, seed: int = 1) -> dict[str, float]:
+    """``match`` at ``n`` keys in a fresh store: the source insert beside raw COPY, then the
+    median and 95th percentile of ``calls`` calls on random existing keys and the median of
+    ``calls // 5`` calls on a missing key (seconds). The model holds 10k pairs (only the
+    resolver's lineage needs it); the resolver puts 80% of the leaves in clusters of 2–8."""
+    data = make_data(n)
+    raw = Raw()
+    schema = f"mbbench_{uuid.uuid4().hex[:8]}"
+    store = None
+    out: dict[str, float] = {}
+    try:
+        hashes = SourceHashes(data.source)
+        edges, clusters = with_ids(data, hashes.leaf_ids.to_numpy())
+        edges = edges.slice(0, 10_000)
+        flat = pa.table(
+            {
+                "hash": data.source.column("hash").take(
+                    pc.list_parent_indices(data.source.column("keys"))
+                ),
+                "key": pc.list_flatten(data.source.column("keys")),
+            }
+        )
+        store = MatchboxPostgres(MatchboxSettings(postgres_uri=URI, postgres_schema=schema))
+        store.create_collection("bench")
+        run = store.create_run("bench").run_id
+        src = StepPath(collection="bench", run=run, name="people")
+        mp = StepPath(collection="bench", run=run, name="dedupe")
+        rp = StepPath(collection="bench", run=run, name="resolve")
+        config = SourceConfig(
+            location_config=LocationConfig(type="rdbms", name="bench"),
+            key_field=SourceField(name="key"),
+            index_fields=(SourceField(name="value"),),
+        )
+        model = ModelConfig(
+            type="deduper", model_class="Bench", left_query=QueryConfig(sources=("people",))
+        )
+        store.create_step(
+            Step(step_type="source", fingerprint=hashes.fingerprint, config=config), src
+        )
+        store.create_step(
+            Step(step_type="model", fingerprint=ModelResults(edges).fingerprint, config=model),
+            mp,
+        )
+        store.create_step(
+            Step(
+                step_type="resolver",
+                fingerprint=ResolverClusters(clusters).fingerprint,
+                config=ResolverConfig(inputs=("dedupe",)),
+            ),
+            rp,
+        )
+        out["insert_source_data"] = timed(partial(store.insert_source_data, src, data.source))
+        out["raw COPY"] = raw.copy("source", flat)
+        store.insert_model_data(mp, edges)
+        store.insert_resolver_data(rp, clusters)
+        rng = np.random.default_rng(seed)
+        keys = [f"key-{i}" for i in rng.choice(n, size=calls, replace=False)]
+        store.match(keys[0], src, [src], rp)  # a warm connection, as a lookup service has
+        seconds = []
+        for key in keys:
+            started = time.perf_counter()
+            [found] = store.match(key, src, [src], rp)
+            seconds.append(time.perf_counter() - started)
+            assert key in found.target_id, key
+        out["match"] = float(np.median(seconds))
+        out["match p95"] = float(np.percentile(seconds, 95))
+        missing = []
+        for _ in range(max(5, calls // 5)):
+            started = time.perf_counter()
+            [found] = store.match("no-such-key", src, [src], rp)
+            missing.append(time.perf_counter() - started)
+            assert found.cluster is None
+        out["match (missing key)"] = float(np.median(missing))
+    finally:
+        if store is not None:
+            store.close()
+        raw.close()
+        with psycopg.connect(URI, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    return out
+
+
+def report_match(n: int, rounds: list[dict[str, float]]) -> bool:
+    """Print the best round's figures and the two goals; True if both are met."""
+    best = {k: min(r[k] for r in rounds) for k in rounds[0]}
+    ratio = best["raw COPY"] / best["insert_source_data"]
+    print(f"\n== match at {size_label(n)} keys ({n:,}), best of {len(rounds)} round(s) ==")
+    print(
+        f"  insert_source_data {best['insert_source_data']:.3f} s, raw COPY "
+        f"{best['raw COPY']:.3f} s"
+    )
+    print(
+        f"  match median {best['match'] * 1000:.2f} ms (p95 {best['match p95'] * 1000:.2f} ms), "
+        f"missing key {best['match (missing key)'] * 1000:.2f} ms"
+    )
+    ok_match = max(best["match"], best["match (missing key)"]) <= MATCH_GOAL
+    ok_insert = ratio >= 0.5
+    print(f"  {'PASS' if ok_match else 'FAIL'}  match ≤ {MATCH_GOAL * 1000:.0f} ms a call")
+    print(
+        f"  {'PASS' if ok_insert else 'FAIL'}  insert_source_data ≥ 0.5× raw COPY throughput: "
+        f"{ratio:.2f}×"
+    )
+    return ok_match and ok_insert
+
+
 # --- the reference implementation -------------------------------------------------------------
 
 
@@ -439,6 +559,14 @@ def goals(n: int, figures: dict[str, Figure]) -> list[tuple[str, bool | None, st
             ok = None if f.reference is None else f.reference / f.ours >= 10.0
             got = "–" if f.reference is None else f"{f.reference / f.ours:.1f}×"
             checks.append((f"{name} ≥ 10× faster than the reference", ok, got))
+    f = figures["match"]
+    checks.append(
+        (
+            f"match ≤ {MATCH_GOAL * 1000:.0f} ms a call (mean)",
+            f.ours <= MATCH_GOAL,
+            f"{f.ours * 1000:.2f} ms",
+        )
+    )
     for name in QUERIES:
         f = figures[name]
         checks.append(
@@ -460,6 +588,16 @@ def main() -> None:
         "--rounds", type=int, default=2, help="rounds of ours then the reference; best is kept"
     )
     parser.add_argument("--match-keys", type=int, default=20, help="match: mean over this many")
+    parser.add_argument(
+        "--match-sizes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time match alone at these sizes (e.g. 10000000), with its goals",
+    )
+    parser.add_argument(
+        "--match-calls", type=int, default=100, help="--match-sizes: median over this many"
+    )
     parser.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per reference run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -486,7 +624,7 @@ def main() -> None:
                 ).items():
                     before = figures[name].reference
                     figures[name].reference = seconds if before is None else min(before, seconds)
-        print(f"\n== {size_label(n)} keys ({n:,}) ==", end="")
+        print(f"\n== {size_label(n)} keys ({n:,}) == ({load()})", end="")
         print_table(figures)
         print()
         for goal, ok, got in goals(n, figures):
@@ -494,6 +632,15 @@ def main() -> None:
             failed |= ok is False
             print(f"  {verdict}  {goal}: {got}")
         report[size_label(n)] = {name: vars(f) for name, f in figures.items()}
+        sys.stdout.flush()
+    for n in args.match_sizes:
+        print(f"\n(match at {size_label(n)}: starting, {load()})")
+        rounds = [bench_match(n, args.match_calls) for _ in range(args.rounds)]
+        failed |= not report_match(n, rounds)
+        print(f"  ({load()})")
+        report[f"match {size_label(n)}"] = {
+            k: {"seconds": min(r[k] for r in rounds)} for k in rounds[0]
+        }
         sys.stdout.flush()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
