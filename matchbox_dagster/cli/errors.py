@@ -58,6 +58,11 @@ def explain(exc: BaseException) -> CliError:
         return CliError(
             str(exc), "fix each problem (file and line above), then `matchbox-dagster validate`"
         )
+    spec_problems = getattr(exc.__cause__, "problems", None) or getattr(exc, "problems", None)
+    if spec_problems and len(spec_problems) > 1:  # a spec's graph: every problem, one per line
+        return CliError(str(exc), "fix each problem (file and line where shown) and run again")
+    if type(exc.__cause__).__name__ == "SpecError":  # Dagster's wrapping of one spec problem
+        return CliError(text, "correct the spec as said above")
     if isinstance(exc, MatchboxError | pydantic.ValidationError | ValueError):
         return CliError(text, "correct the value named above")
     if _is_database_error(exc):

@@ -326,3 +326,23 @@ def test_the_review_strategies_are_the_sampling_strategies() -> None:
     from matchbox_dagster.evaluation.sampling import Strategy
 
     assert STRATEGIES == tuple(s.value for s in Strategy)
+
+
+def test_every_graph_problem_of_the_definitions_is_listed(
+    cli_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = cli_env / "graph.py"
+    broken.write_text(
+        "from matchbox_dagster.dagster.collection import build_collection_defs\n"
+        "from matchbox_dagster.examples.febrl import febrl4_spec\n"
+        "spec = febrl4_spec(collection='cli_graph')\n"
+        "models = [*spec.models, spec.models[0]]  # a name twice\n"
+        "spec = spec.model_copy(update={'final_resolver': 'nobody', 'models': models})\n"
+        "defs = build_collection_defs(spec)\n"
+    )
+    code, _, err = _run(capsys, "runs", "--definitions", str(broken))
+    assert code == 2, err
+    assert "2 problems in the collection's graph" in err
+    assert "  - final_resolver: final_resolver 'nobody' is not a resolver" in err
+    assert "  - models[3].name: step names must be unique; repeated: ['dedupe_a']" in err
+    assert err.strip().splitlines()[-1].endswith("and run again.")
