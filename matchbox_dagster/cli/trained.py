@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 from matchbox_dagster.cli.base import CliError, Graph
-from matchbox_dagster.dagster.trained import retire
 
 
 def _plain(value: object) -> object:
@@ -36,6 +35,8 @@ def model_steps(graph: Graph) -> list[str]:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     """Retire a model's stored trained versions so the next run trains it anew."""
+    from matchbox_dagster.dagster.trained import retire  # the Dagster layer, only when run
+
     graph = Graph.load(args)
     models = model_steps(graph)
     if args.model not in models:

@@ -14,7 +14,7 @@ into assets.
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -70,6 +70,7 @@ from matchbox_dagster.specs import (
     plan_resolver,
     plan_source,
 )
+from matchbox_dagster.specs.preflight import RunPreflight
 
 IO_MANAGER_KEY = "matchbox_io_manager"
 """Resource key under which :class:`MatchboxIOManager` must be bound."""
@@ -175,7 +176,7 @@ def _source_asset(
     config: SourceConfig,
     translator: MatchboxTranslator | None,
     retry_policy: dg.RetryPolicy | None,
-    preflight: Callable[[str], None] | None = None,
+    preflight: RunPreflight | None = None,
 ) -> dg.AssetsDefinition:
     common = _common(
         collection,
@@ -195,10 +196,11 @@ def _source_asset(
         code_version=code_version(config),
     )
     def _source(context: dg.AssetExecutionContext, matchbox: MatchboxResource) -> Iterator[Any]:
-        if preflight is not None:  # before anything is read or written
-            preflight(context.run.run_id)
+        matchbox.run_preflight(preflight, context)  # once per Dagster run, before any write
         started = time.perf_counter()
-        hashes = index_source(config, batch_size=matchbox.batch_rows)
+        hashes = index_source(
+            config, batch_size=matchbox.batch_rows, s3_client_factory=matchbox.s3_client_factory
+        )
         seconds = time.perf_counter() - started
         context.log.info(
             "Extracted %s keys in %s distinct rows from %s in %.2fs",
@@ -241,7 +243,7 @@ def _model_asset(
     plan: ModelPlan,
     translator: MatchboxTranslator | None,
     retry_policy: dg.RetryPolicy | None,
-    preflight: Callable[[str], None] | None = None,
+    preflight: RunPreflight | None = None,
 ) -> dg.AssetsDefinition:
     translator = translator or MatchboxTranslator()
     model, methodology, queries = plan.spec, plan.methodology, plan.queries
@@ -283,8 +285,7 @@ def _model_asset(
     def _model(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: LazyInput
     ) -> Iterator[Any]:
-        if preflight is not None:
-            preflight(context.run.run_id)
+        matchbox.run_preflight(preflight, context)  # once per Dagster run, before any write
         store = matchbox.get_store()
         path = _path(context, matchbox, collection, model.name)
         reused = reusable_step(context, store, path, plan.config, sorted(read))
@@ -357,7 +358,7 @@ def _resolver_asset(
     plan: ResolverPlan,
     translator: MatchboxTranslator | None,
     retry_policy: dg.RetryPolicy | None,
-    preflight: Callable[[str], None] | None = None,
+    preflight: RunPreflight | None = None,
 ) -> dg.AssetsDefinition:
     translator = translator or MatchboxTranslator()
     resolver, components, models = plan.spec, plan.resolver, plan.models
@@ -385,8 +386,7 @@ def _resolver_asset(
     def _resolver(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: LazyInput
     ) -> Iterator[Any]:
-        if preflight is not None:
-            preflight(context.run.run_id)
+        matchbox.run_preflight(preflight, context)  # once per Dagster run, before any write
         store = matchbox.get_store()
         path = _path(context, matchbox, collection, resolver.name)
         reused = reusable_step(context, store, path, plan.config, [*models, *plan.sources])
@@ -445,11 +445,12 @@ def build_collection_assets(
     spec: CollectionSpec,
     *,
     translator: MatchboxTranslator | None = None,
-    preflight: Callable[[str], None] | None = None,
+    preflight: RunPreflight | None = None,
 ) -> list[dg.AssetsDefinition]:
     """Every asset of a collection's graph, validated and planned as a whole first.
 
-    ``preflight`` (called with the Dagster run id) is the first thing each asset body does.
+    ``preflight`` runs first in each asset body, once per Dagster run
+    (:meth:`MatchboxResource.run_preflight`).
     """
     with spec_errors():
         plan = plan_collection(spec)
