@@ -26,14 +26,12 @@ from matchbox_dagster.common.dtos import SourceConfig, StepPath, StepType
 from matchbox_dagster.common.redaction import redact
 from matchbox_dagster.common.reuse import ReusedStep
 from matchbox_dagster.dagster import trained
+from matchbox_dagster.dagster.carry import model_check, resolver_check_results, source_check
 from matchbox_dagster.dagster.checks import (
     SCORES_IN_RANGE,
     SOURCE_QUALITY,
     check_specs,
     resolver_check_names,
-    resolver_checks,
-    scores_in_range,
-    source_quality,
 )
 from matchbox_dagster.dagster.io_manager import (
     META_FIELDS,
@@ -213,7 +211,7 @@ def _source_asset(
         yield versioned_output(hashes, hashes.fingerprint, {"extract_seconds": round(seconds, 3)})
         del hashes  # stored by now: free it before the check
         path = _path(context, matchbox, collection, source.name)
-        yield source_quality(matchbox.get_store(), path, *extracted)
+        yield source_check(context, matchbox.get_store(), path, *extracted)
 
     return _source
 
@@ -291,7 +289,7 @@ def _model_asset(
         reused = reusable_step(context, store, path, plan.config, sorted(read))
         if reused is not None:  # nothing read, nothing computed
             yield _reused_output(store, reused)
-            yield scores_in_range(store, path, store.step_statistics(reused)["rows"])
+            yield model_check(context, store, path, reused, None)
             return
         started = time.perf_counter()
         frames = {side: handle.load() for side, handle in inputs.items()}
@@ -328,7 +326,7 @@ def _model_asset(
             },
         )
         del results, frames  # stored by now: free them before the check
-        yield scores_in_range(store, path, produced, trained=use)
+        yield model_check(context, store, path, None, produced, trained=use)
 
     return _model
 
@@ -420,9 +418,11 @@ def _resolver_asset(
             # keys they are gigabytes the checks would otherwise sit on).
             del clusters, edges
             pa.default_memory_pool().release_unused()
-        yield from resolver_checks(
+        yield from resolver_check_results(
+            context,
             store,
             path,
+            reused,
             sources=plan.sources,
             models=models,
             checks=plan.checks,

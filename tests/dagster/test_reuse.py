@@ -10,7 +10,12 @@ store, with table B read through this module (so a run can change some of its ro
 3. run 3, 1% of B's rows changed: B and its descendants (``dedupe_b``, ``link_ab``,
    ``people``) compute, ``febrl_a`` and ``dedupe_a`` are reused;
 4. run 4, nothing changed, tagged ``matchbox/recompute=true``: every model and the resolver
-   compute again (and, being identical, still share run 1's stored data).
+   compute again (and, being identical, still share run 1's stored data);
+5. run 5, nothing changed but a judgement added: the resolver is still reused, but its checks
+   are computed again (the evaluation reads judgements); the models' are carried over.
+
+Checks of a reused step are carried over from the step it shares (``matchbox/carried_over_from``)
+when nothing else they read changed; churn against the default run is 0 by construction.
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from matchbox_dagster.common.dtos import LocationConfig, LocationType, StepPath
+from matchbox_dagster.common.dtos import (
+    DefaultGroup,
+    Judgement,
+    LocationConfig,
+    LocationType,
+    PermissionType,
+    StepPath,
+    User,
+)
+from matchbox_dagster.dagster.carry import CARRIED_FROM
 from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.dagster.partitions import add_run_partition
 from matchbox_dagster.dagster.resources import MatchboxResource
@@ -81,6 +95,24 @@ class Runs:
         return f"run {self.run_ids[n]} (reuse-{n:04d})"
 
 
+def _judge(store: MatchboxPostgres, collection: str, run_id: int) -> None:
+    """One judgement on two of the collection's records, by a user who may read it."""
+    source = StepPath(collection=collection, run=run_id, name="febrl_a")
+    leaves = store.query(source, return_leaf_id=True).column("leaf_id").to_pylist()[:2]
+    store.grant_permission(DefaultGroup.PUBLIC, PermissionType.READ, collection)
+    store.login(User(user_name="reuse-judge"))
+    store.as_user("reuse-judge").insert_judgement(
+        "reuse-judge", Judgement(shown=leaves, endorsed=[[leaves[0]], [leaves[1]]])
+    )
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        key: {"passed": e.passed, **{k: _plain(v) for k, v in e.metadata.items()}}
+        for key, e in check_evaluations(result).items()
+    }
+
+
 @pytest.fixture(scope="module")
 def runs(mb_resource: MatchboxResource) -> Iterator[Runs]:
     global _CHANGED_ROWS
@@ -93,11 +125,13 @@ def runs(mb_resource: MatchboxResource) -> Iterator[Runs]:
     job = defs.resolve_job_def(f"{spec.collection}_graph")
     store = mb_resource.get_store()
     found = Runs(spec.collection, {}, {})
-    plan = {1: (0, {}), 2: (0, {}), 3: (50, {}), 4: (0, {RECOMPUTE_TAG: "true"})}
+    plan = {1: (0, {}), 2: (0, {}), 3: (50, {}), 4: (0, {RECOMPUTE_TAG: "true"}), 5: (0, {})}
     try:
         with dg.instance_for_test() as instance:
             for n, (changed, tags) in plan.items():
                 _CHANGED_ROWS = changed
+                if n == 5:
+                    _judge(store, spec.collection, found.run_ids[1])
                 label, run = add_run_partition(instance, store, spec.collection, f"reuse-{n:04d}")
                 found.run_ids[n] = run.run_id
                 found.results[n] = job.execute_in_process(
@@ -188,3 +222,35 @@ def test_recompute_tag_computes_every_model_and_resolver(runs: Runs) -> None:
         assert meta[step]["matchbox/reused_from"] == runs.reused_from(1), step
     assert runs.data_versions(4) == runs.data_versions(1)
     assert all(e.passed for e in result.get_asset_check_evaluations())
+
+
+def test_checks_of_reused_steps_are_carried_over(runs: Runs) -> None:
+    first, second = _checks(runs.results[1]), _checks(runs.results[2])
+    assert set(second) == set(first)
+    for key, values in second.items():
+        assert values[CARRIED_FROM] == runs.reused_from(1), key
+        if key[1] == "churn":  # against the default run, whose data this run shares
+            assert values["churn"] == 0.0 and values["passed"]
+            continue
+        same = {k: v for k, v in first[key].items() if k != CARRIED_FROM}
+        assert {k: values[k] for k in same} == same, key  # the values, as computed in run 1
+    assert second[("people", "evaluation")]["precision"] >= 0.95
+    # Computed, not carried: a run whose steps were computed.
+    for n in (1, 3, 4):
+        for key, values in _checks(runs.results[n]).items():
+            if n == 3 and key[0] in ("febrl_a", "dedupe_a"):
+                assert CARRIED_FROM in values, key  # shared with run 1 there
+            elif key[0] not in ("febrl_a", "febrl_b"):
+                assert CARRIED_FROM not in values, (n, key)
+
+
+def test_a_new_judgement_makes_a_reused_resolver_check_again(runs: Runs) -> None:
+    result = runs.results[5]
+    assert result.success
+    meta, checks = runs.meta(5), _checks(result)
+    assert meta["people"]["matchbox/computed"] is False  # the step itself is still reused
+    for name in ("resolver_quality", "evaluation", "churn"):
+        assert CARRIED_FROM not in checks[("people", name)], name
+        assert checks[("people", name)]["passed"], name
+    for model in ("dedupe_a", "dedupe_b", "link_ab"):
+        assert checks[(model, "scores_in_range")][CARRIED_FROM] == runs.reused_from(1)
