@@ -172,6 +172,9 @@ def test_unchanged_run_reuses_every_model_and_the_resolver(
     # Sources re-extract (the only way to know they did not change) and share run 1's data.
     for source in ("febrl_a", "febrl_b"):
         assert meta[source]["matchbox/reused_from"] == runs.reused_from(1)
+    # The resolver's entity table (UI) is the one run 1 tabulated, copied.
+    assert meta["people"]["entities"] == runs.meta(1)["people"]["entities"]
+    assert "| " in meta["people"]["entities"]
     # Dagster data versions are the steps' fingerprints: equal to run 1's.
     assert runs.data_versions(2) == runs.data_versions(1)
     assert all(runs.data_versions(2).values())
