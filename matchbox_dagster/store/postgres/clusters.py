@@ -6,7 +6,8 @@ transaction); :mod:`matchbox_dagster.store.postgres.writes` loads their results.
 
 from __future__ import annotations
 
-import adbc_driver_postgresql.dbapi as adbc
+from typing import TYPE_CHECKING
+
 import numpy as np
 import polars as pl
 import polars_hash as plh
@@ -18,6 +19,9 @@ from matchbox_dagster.common.dtos import StepType, UploadStage
 from matchbox_dagster.common.errors import MatchboxInputNotComplete, MatchboxStepInvalidData
 from matchbox_dagster.store.postgres.core import StepRow
 from matchbox_dagster.store.postgres.partitions import ROOTS, dict_rows, read_partition
+
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
 
 
 def check_inputs_complete(cur: adbc.Cursor, step: StepRow) -> None:

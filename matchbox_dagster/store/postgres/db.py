@@ -27,10 +27,10 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Literal, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal, TypeVar
 from urllib.parse import unquote
 
-import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 import sqlalchemy as sa
 
@@ -42,6 +42,17 @@ from matchbox_dagster.common.errors import (
 from matchbox_dagster.common.redaction import redact
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres.embedded import embedded_uri
+
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
+
+
+def adbc_dbapi() -> ModuleType:
+    """The ADBC driver's DB-API module, imported on first use (it imports pandas: ~0.6 s)."""
+    import adbc_driver_postgresql.dbapi
+
+    return adbc_driver_postgresql.dbapi
+
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -250,8 +261,8 @@ class Database:
             with contextlib.suppress(Exception):
                 conn.close()
         try:
-            conn = adbc.connect(self._adbc_uri)
-        except adbc.Error as exc:
+            conn = adbc_dbapi().connect(self._adbc_uri)
+        except adbc_dbapi().Error as exc:
             fault = classify(exc)
             error = MatchboxConnectionError(
                 f"Could not connect to PostgreSQL at {self.server}: {_first_line(exc)}"
@@ -392,6 +403,7 @@ def classify(exc: BaseException) -> Fault | None:
     if isinstance(exc, MatchboxError):
         return None
     driver = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    adbc = adbc_dbapi()  # only on an error: the classification needs its error types
     if not isinstance(driver, psycopg.Error | adbc.Error):
         return None
     state = sqlstate(driver)

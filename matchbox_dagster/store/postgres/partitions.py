@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
 import psycopg
 import pyarrow as pa
@@ -23,7 +22,10 @@ from matchbox_dagster.store.postgres.core import (
     step_from_row,
     step_not_found,
 )
-from matchbox_dagster.store.postgres.db import compose, quote_ident, sqlstate
+from matchbox_dagster.store.postgres.db import adbc_dbapi, compose, quote_ident, sqlstate
+
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
 
 BULK_READ_SETTINGS = (
     "SET LOCAL enable_nestloop = off",
@@ -48,7 +50,7 @@ def adbc_step(cur: adbc.Cursor, path: StepPath, expected: StepType, *, lock: boo
     query = STEP_SELECT + (" FOR UPDATE OF s NOWAIT" if lock else "")
     try:
         cur.execute(query, parameters=(path.collection, path.run, path.name))
-    except adbc.Error as exc:
+    except adbc_dbapi().Error as exc:
         if sqlstate(exc) == "55P03":
             raise MatchboxLockError(
                 f"Step {path} is being written by another upload; only one upload of a step "
@@ -103,7 +105,7 @@ def read_partition(
     try:
         cur.execute(compose(select, part=part))
         return cur.fetch_arrow_table()
-    except adbc.Error as exc:
+    except adbc_dbapi().Error as exc:
         if sqlstate(exc) == "42P01":  # dropped between the check and the read
             raise _deleted(cur, step) from None
         raise

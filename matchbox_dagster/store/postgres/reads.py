@@ -7,9 +7,8 @@ scan in PostgreSQL, not a transfer of the whole step).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
 import psycopg
 import pyarrow as pa
@@ -50,6 +49,9 @@ from matchbox_dagster.store.postgres.partitions import (
     read_partition,
 )
 from matchbox_dagster.store.postgres.source_index import key_leaf, leaf_keys
+
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
 
 _KEYS = pa.schema([("leaf_id", pa.int64()), ("key", pa.large_string())])
 

@@ -14,9 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 from pydantic import BaseModel, Field, ValidationError
 
@@ -25,6 +24,9 @@ from matchbox_dagster.common.errors import MatchboxSnapshotError
 from matchbox_dagster.store.postgres import migrate
 from matchbox_dagster.store.postgres.core import BULK_TABLES
 from matchbox_dagster.store.postgres.db import Database, quote_ident
+
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
 
 SNAPSHOT_FORMAT = "matchbox-dagster/postgres"
 SNAPSHOT_VERSION = 1
@@ -183,7 +185,7 @@ ORDER BY 1, 2
 """
 
 
-Cursor = adbc.Cursor | psycopg.RawCursor[Any]
+Cursor: TypeAlias = "adbc.Cursor | psycopg.RawCursor[Any]"
 """Both drivers take ``$n`` placeholders: ADBC for streaming, psycopg for small work."""
 
 

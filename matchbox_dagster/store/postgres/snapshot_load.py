@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 
 from matchbox_dagster.common.dtos import StepType
 from matchbox_dagster.common.errors import MatchboxSnapshotError
 from matchbox_dagster.store.postgres.core import partition_name
-from matchbox_dagster.store.postgres.db import compose, quote_ident
+from matchbox_dagster.store.postgres.db import adbc_dbapi, compose, quote_ident
 from matchbox_dagster.store.postgres.defaults import default_statements, defaults_document
 from matchbox_dagster.store.postgres.snapshot_layout import (
     AUTH_TABLES,
@@ -94,7 +93,7 @@ def load(
                 if column.identity:
                     reset_sequence(cur, schema, table.name, column.name)
         ensure_defaults_raw(cur)
-    except (adbc.Error, psycopg.Error) as exc:
+    except (adbc_dbapi().Error, psycopg.Error) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         raise MatchboxSnapshotError(
             f"The snapshot could not be loaded, so nothing was restored: {message}"

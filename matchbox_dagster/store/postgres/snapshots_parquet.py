@@ -12,9 +12,8 @@ import os
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import adbc_driver_postgresql.dbapi as adbc
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -52,6 +51,9 @@ from matchbox_dagster.store.postgres.snapshot_layout import (
     revision,
 )
 from matchbox_dagster.store.postgres.snapshot_load import load
+
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
 
 
 class ParquetSnapshots:

@@ -24,13 +24,16 @@ made from integer ids are spliced into the SQL; keys and ids travel as bound par
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 
 from matchbox_dagster.common.dtos import StepType
 from matchbox_dagster.store.postgres.core import partition_name
 from matchbox_dagster.store.postgres.db import compose
+
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
 
 SORT_MEMORY = "256MB"
 """``maintenance_work_mem`` of the index builds: PostgreSQL gives a parallel B-tree build at

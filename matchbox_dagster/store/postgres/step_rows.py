@@ -9,9 +9,8 @@ the transaction).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-import adbc_driver_postgresql.dbapi as adbc
 import psycopg
 
 from matchbox_dagster.common.dtos import (
@@ -30,9 +29,12 @@ from matchbox_dagster.common.errors import (
     MatchboxStepNotFoundError,
     MatchboxStepTypeError,
 )
-from matchbox_dagster.store.postgres.db import sqlstate
+from matchbox_dagster.store.postgres.db import adbc_dbapi, sqlstate
 
-Cursor = adbc.Cursor | psycopg.RawCursor[Any]
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
+
+Cursor: TypeAlias = "adbc.Cursor | psycopg.RawCursor[Any]"
 """A cursor taking ``$n`` placeholders: ADBC, or psycopg's ``RawCursor``."""
 
 BULK_TABLES = {
@@ -172,7 +174,7 @@ def insert_step(cur: Cursor, step: Step, path: StepPath) -> int:
             step.fingerprint,
             json.dumps(step.config.model_dump(mode="json")),
         )
-    except (psycopg.Error, adbc.Error) as exc:
+    except (psycopg.Error, adbc_dbapi().Error) as exc:
         if sqlstate(exc) == "23505":
             raise MatchboxStepAlreadyExists(path) from None
         raise

@@ -19,8 +19,8 @@ import functools
 import json
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeAlias
 
-import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
 import pyarrow as pa
 
@@ -66,7 +66,7 @@ from matchbox_dagster.store.postgres.core import (
     partition_name,
     step_from_row,
 )
-from matchbox_dagster.store.postgres.db import compose, sqlstate
+from matchbox_dagster.store.postgres.db import adbc_dbapi, compose, sqlstate
 from matchbox_dagster.store.postgres.partitions import (
     ROOTS,
     adbc_step,
@@ -77,6 +77,9 @@ from matchbox_dagster.store.postgres.partitions import (
 )
 from matchbox_dagster.store.postgres.source_index import index_source_partition
 
+if TYPE_CHECKING:
+    import adbc_driver_postgresql.dbapi as adbc
+
 PAYLOADS: dict[StepType, type] = {
     StepType.SOURCE: SourceHashes,
     StepType.MODEL: ModelResults,
@@ -84,7 +87,7 @@ PAYLOADS: dict[StepType, type] = {
 }
 """The payload each step type takes."""
 
-Load = Callable[[adbc.Cursor, StepRow, str], int]
+Load: TypeAlias = "Callable[[adbc.Cursor, StepRow, str], int]"
 """Loads a step's partition (named by the last argument); returns the rows loaded."""
 
 
@@ -255,7 +258,7 @@ class Writes:
                 parameters=(path.collection, path.run, path.name),
             )
             found = dict_rows(cur)
-        except adbc.Error as exc:
+        except adbc_dbapi().Error as exc:
             if sqlstate(exc) == "55P03":
                 raise MatchboxLockError(
                     f"Step {path} is being written by another call, and it was still being "
