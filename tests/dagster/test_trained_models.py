@@ -188,9 +188,7 @@ def runs(mb_resource: MatchboxResource, tmp_path_factory: pytest.TempPathFactory
                 assert result.success, n
                 check = check_evaluations(result)[("link_ab", "scores_in_range")]
                 found.runs[n] = Run(
-                    model={
-                        k: _plain(v) for k, v in materializations(result)["link_ab"].items()
-                    },
+                    model={k: _plain(v) for k, v in materializations(result)["link_ab"].items()},
                     check={k: _plain(v) for k, v in check.metadata.items()},
                     check_passed=check.passed,
                 )
