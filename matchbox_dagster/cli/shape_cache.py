@@ -18,6 +18,7 @@ at each use), literal values only when they hold no password (a URI with one is 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -93,8 +94,6 @@ def _stat(path: str) -> list[int]:
 
 def _fields(resource: MatchboxResource) -> dict[str, Any] | None:
     """The resource's fields as kept (None: a literal secret, so nothing is kept)."""
-    import dagster as dg
-
     from matchbox_dagster.common.redaction import redact
 
     kept: dict[str, Any] = {}
@@ -102,8 +101,9 @@ def _fields(resource: MatchboxResource) -> dict[str, Any] | None:
         value = getattr(resource, name, None)
         if value is None:
             continue
-        if isinstance(value, dg.EnvVar | dg.IntEnvVar):
-            kept[name] = {"env": str(value.env_var_name)}
+        env = getattr(value, "env_var_name", None)  # dg.EnvVar (and Dagster's int variant)
+        if env is not None:
+            kept[name] = {"env": str(env)}
         elif name == "postgres_uri" and redact(str(value)) != str(value):
             return None  # a password written in the definitions is not copied to disk
         else:
@@ -119,6 +119,19 @@ def remember(
     defs: dg.Definitions,
 ) -> None:
     """Record a loaded collection's shape and store settings (best effort, never fails)."""
+    try:
+        _remember(definitions, collection_arg, shape, resource, defs)
+    except Exception:  # a cache that cannot be written only makes the next `runs` slower
+        logging.getLogger(__name__).debug("shape cache not written", exc_info=True)
+
+
+def _remember(
+    definitions: str | None,
+    collection_arg: str | None,
+    shape: GraphShape,
+    resource: MatchboxResource,
+    defs: dg.Definitions,
+) -> None:
     fields = _fields(resource)
     if fields is None:
         return

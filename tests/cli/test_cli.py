@@ -346,3 +346,40 @@ def test_every_graph_problem_of_the_definitions_is_listed(
     assert "  - final_resolver: final_resolver 'nobody' is not a resolver" in err
     assert "  - models[3].name: step names must be unique; repeated: ['dedupe_a']" in err
     assert err.strip().splitlines()[-1].endswith("and run again.")
+
+
+@pytest.mark.parametrize("given", ["envvar", "password"])
+def test_the_shape_cache_keeps_no_secret(
+    given: str,
+    cli_env: Path,
+    settings: MatchboxSettings,
+    store: MatchboxPostgres,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert settings.postgres_uri is not None
+    uri = settings.postgres_uri.get_secret_value()
+    secret = "pw-not-in-the-cache"
+    with_password = uri.replace("postgres@", f"postgres:{secret}@")  # trust auth: unused
+    monkeypatch.setenv("MB_TEST_URI", with_password)
+    value = 'dg.EnvVar("MB_TEST_URI")' if given == "envvar" else repr(with_password)
+    path = cli_env / f"secret_{given}.py"
+    path.write_text(
+        "import sys\nimport dagster as dg\n"
+        "from matchbox_dagster.dagster.collection import build_collection_defs\n"
+        "from matchbox_dagster.dagster.resources import MatchboxResource\n"
+        "from matchbox_dagster.examples.febrl import febrl4_spec\n"
+        "print('loading definitions', file=sys.stderr)\n"
+        f"resource = MatchboxResource(postgres_uri={value}, "
+        f"postgres_schema={settings.postgres_schema!r})\n"
+        f"defs = build_collection_defs(febrl4_spec(collection='cli_{given}'), resource=resource)\n"
+    )
+    add_run_partition(dg.DagsterInstance.get(), store, f"cli_{given}", "one")
+    for _ in range(2):
+        code, listing, err = _run(capsys, "runs", "--definitions", str(path))
+        assert code == 0 and " one " in listing, err
+    cache = cli_env / "dagster" / "matchbox-cli-shapes.json"
+    assert secret not in (cache.read_text() if cache.exists() else "")
+    # An EnvVar is kept by name (the second `runs` used the cache); a literal password is not
+    # kept at all (the definitions are loaded each time).
+    assert ("loading definitions" in err) == (given == "password")
