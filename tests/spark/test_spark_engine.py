@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -269,6 +270,10 @@ def test_spark_runs_leave_no_tables_in_the_session(spark: Any, spark_run: Outcom
     assert spark_run.result.success
     left = [t.name for t in spark.catalog.listTables() if t.isTemporary]
     assert left == []
+    # Nor checkpoint files: each run wrote them in a directory of its own, deleted on exit.
+    root = Path(spark.sparkContext.getCheckpointDir().removeprefix("file:"))
+    assert root.is_dir()
+    assert [p.name for p in root.iterdir() if p.name.startswith("matchbox-")] == []
 
 
 def test_engine_uses_the_active_session_with_splinks_functions(spark: Any) -> None:

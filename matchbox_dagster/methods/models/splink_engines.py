@@ -70,12 +70,13 @@ def _is_connect(session: Any) -> bool:
 def spark_api() -> DatabaseAPI:
     """Splink's Spark API on the active Spark session (pyspark is imported only here).
 
-    Without an active session a local one is made (``SparkSession.builder`` with Splink's
-    similarity-function jar on ``spark.jars``; ``spark-defaults.conf`` and ``SPARK_*`` settings
-    apply). Each run checkpoints Splink's intermediate tables in a directory of its own under
-    the session's checkpoint directory (a temporary one is set when the session has none);
-    over Spark Connect, where the client reaches no checkpoint directory, they are cached
-    instead. A session without the jar is refused with how to add it.
+    Without an active session one is made with ``SparkSession.builder`` (``spark-defaults.conf``
+    and ``SPARK_REMOTE`` apply), adding Splink's similarity-function jar to ``spark.jars``
+    unless it is a Spark Connect session. Each run checkpoints Splink's intermediate tables in
+    a directory of its own under the session's checkpoint directory (a local session without
+    one gets a temporary one; a cluster's session without one is refused); over Spark Connect,
+    where the client reaches no checkpoint directory, they are cached instead. A session
+    without Splink's jar is refused with how to add it.
     """
     try:
         from pyspark.sql import SparkSession
@@ -88,12 +89,21 @@ def spark_api() -> DatabaseAPI:
     session = SparkSession.getActiveSession()
     if session is None:
         builder = SparkSession.builder.appName("matchbox-splink")
-        session = builder.config("spark.jars", similarity_jar_location()).getOrCreate()
+        if not os.environ.get("SPARK_REMOTE"):  # a Connect server has its own jars
+            builder = builder.config("spark.jars", similarity_jar_location())
+        session = builder.getOrCreate()
     _require_similarity_jar(session)
     if _is_connect(session):
         return _spark_api_class()(spark_session=session, break_lineage_method="persist")
     context = session.sparkContext
     if context.getCheckpointDir() is None:
+        if not context.master.startswith("local"):
+            raise MatchboxInvalidData(
+                f"The Splink 'spark' engine's session (master {context.master!r}) has no "
+                "checkpoint directory: set spark.checkpoint.dir (or call "
+                "spark.sparkContext.setCheckpointDir) to a directory every executor and the "
+                "driver can reach (HDFS, S3, a shared volume)."
+            )
         context.setCheckpointDir(tempfile.mkdtemp(prefix="matchbox-splink-"))
     return _spark_api_class()(spark_session=session, break_lineage_method="parquet")
 
