@@ -101,8 +101,10 @@ def suggest_threshold(
 
     rng = np.random.default_rng(seed)
     chosen: list[np.ndarray] = []
-    for start in range(0, resamples, 100):  # bounded memory: 100 rows of weights at a time
-        rows = min(100, resamples - start)
+    # Bounded memory: at most ~4M weights (and their cumulative sums) at a time.
+    chunk = max(1, min(100, 4_000_000 // max(len(match), len(unscored), 1)))
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
         weights = rng.poisson(1.0, (rows, len(match))).astype(np.float64)
         extra = rng.poisson(1.0, (rows, len(unscored))) @ unscored if len(unscored) else 0.0
         total = weights @ match + extra + (rng.poisson(missing, rows) if missing else 0.0)

@@ -74,3 +74,19 @@ def test_total_positives_raise_the_recall_denominator():
     assert many.f1 == pytest.approx(6 / 104)
     # Fewer total positives than the labels hold are ignored.
     assert suggest_threshold(edges, labels, resamples=50, total_positives=1).positives == 3
+
+
+def test_many_labelled_pairs_resample_in_bounded_chunks():
+    """200k labelled edges: weights go 20 resamples at a time (not 100), same best threshold."""
+    import tracemalloc
+
+    edges, labels = model(200_000, 0.7, 0.05, seed=4)
+    tracemalloc.start()
+    try:
+        got = suggest_threshold(edges, labels, resamples=100)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20  # 100 resamples at once held about 460 MB
+    assert got.threshold == pytest.approx(best_threshold(threshold_curve(edges, labels)))
+    assert got.low <= got.threshold <= got.high and got.labelled == 200_000
