@@ -231,11 +231,19 @@ def scenario(rows: int, model: str, runs: int) -> dict[str, Any]:
                     )
                     seconds = time.perf_counter() - started
                     windows = step_windows(instance, result.run_id)
-                    checks = {
-                        e.event_specific_data.check_name: e.event_specific_data.passed
+                    evaluations = [
+                        e.event_specific_data
                         for e in result.all_events
                         if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                    ]
+                    checks = {
+                        f"{c.asset_key.path[-1]}.{c.check_name}": c.passed for c in evaluations
                     }
+                    carried = sorted(
+                        f"{c.asset_key.path[-1]}.{c.check_name}"
+                        for c in evaluations
+                        if "matchbox/carried_over_from" in (c.metadata or {})
+                    )
                     with dg.build_sensor_context(
                         instance=instance, cursor=cursor, resources={"matchbox": res}
                     ) as ctx:
@@ -273,6 +281,8 @@ def scenario(rows: int, model: str, runs: int) -> dict[str, Any]:
                             "success": result.success,
                             "failures": failures,
                             "checks_passed": all(checks.values()),
+                            "checks_run": len(checks),
+                            "checks_carried": carried,
                             "promoted": promoted,
                             "steps": {n: w["end"] - w["start"] for n, w in windows.items()},
                             "checks": {
@@ -347,6 +357,10 @@ def report(result: dict[str, Any]) -> list[tuple[str, bool, str]]:
         )
         notes = [f"checks passed: {r['checks_passed']}", f"promoted: {r['promoted']}"]
         notes += [f"FAILED {step}: {error[:300]}" for step, error in r["failures"].items()]
+        if r.get("checks_carried"):
+            notes.append(
+                f"{len(r['checks_carried'])} of {r['checks_run']} check results carried over"
+            )
         slow = {s: c for s, c in r.get("checks", {}).items() if c >= 0.5}
         if slow:
             notes.append(
