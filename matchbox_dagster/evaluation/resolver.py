@@ -30,7 +30,7 @@ from matchbox_dagster.evaluation.metrics import (
     threshold_curve,
     truth_labels,
 )
-from matchbox_dagster.evaluation.thresholds import ModelThreshold, model_threshold
+from matchbox_dagster.evaluation.thresholds import ModelThreshold, labels_within, model_threshold
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 CURVE_THRESHOLDS = [round(0.5 + 0.05 * i, 2) for i in range(11)]
@@ -99,7 +99,7 @@ def evaluate_resolver(
     )
     suggested = []
     if models:
-        labels = judged_pairs(judgements, expansion)
+        labels = labels_within(judged_pairs(judgements, expansion), clusters.get_column("leaf"))
         for model in models:
             step = StepPath(collection=path.collection, run=path.run, name=model)
             edges = store.get_model_data(step)

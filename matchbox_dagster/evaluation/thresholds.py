@@ -140,6 +140,18 @@ def suggest_thresholds(
     return suggestions
 
 
+def labels_within(labels: pl.DataFrame, universe: pl.Series) -> pl.DataFrame:
+    """The labelled pairs both of whose ids are in ``universe`` (e.g. a resolver's leaves).
+
+    Judgements are the store's, of every collection a user may read: pairs of other records
+    would otherwise count as positives no model of this resolver could score.
+    """
+    ids = universe.cast(pl.Int64).unique().implode()
+    return labels.filter(
+        pl.col("left_id").cast(pl.Int64).is_in(ids) & pl.col("right_id").cast(pl.Int64).is_in(ids)
+    )
+
+
 @dataclass(frozen=True)
 class ModelThreshold:
     """A model's threshold in use and its F1 there, beside the suggested threshold.
@@ -197,6 +209,7 @@ def model_threshold(
 __all__ = [
     "ModelThreshold",
     "ThresholdSuggestion",
+    "labels_within",
     "model_threshold",
     "suggest_threshold",
     "suggest_thresholds",

@@ -13,7 +13,11 @@ from matchbox_dagster.common.errors import MatchboxNoJudgements
 from matchbox_dagster.evaluation.intervals import wilson
 from matchbox_dagster.evaluation.metrics import PairwiseScores, judged_pairs, threshold_curve
 from matchbox_dagster.evaluation.resolver import CURVE_THRESHOLDS, evaluate_resolver
-from matchbox_dagster.evaluation.thresholds import ModelThreshold, model_threshold
+from matchbox_dagster.evaluation.thresholds import (
+    ModelThreshold,
+    labels_within,
+    model_threshold,
+)
 from matchbox_dagster.review.state import Target
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
@@ -38,7 +42,7 @@ def figures(store: MatchboxDBAdapter, target: Target) -> Figures:
     except MatchboxNoJudgements:
         return Figures(None, {})
     judgements, expansion = store.get_collection_judgements(target.path.collection)
-    labels = judged_pairs(judgements, expansion)
+    labels = labels_within(judged_pairs(judgements, expansion), target.records.get_column("leaf"))
     curves = {}
     suggested = []
     for model, in_use in target.lineage.thresholds.items():

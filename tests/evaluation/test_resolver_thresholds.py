@@ -124,7 +124,15 @@ def test_against_judgements_the_check_and_the_figures_agree(
     store: MatchboxPostgres, graph: tuple[StepPath, dict[str, int]]
 ) -> None:
     path, leaf = graph
-    _judge(store, leaf, f"judge_{uuid.uuid4().hex[:6]}")
+    user = f"judge_{uuid.uuid4().hex[:6]}"
+    _judge(store, leaf, user)
+    # A judged pair of records outside the resolver (another source): not a miss of its models.
+    salt = uuid.uuid4().hex
+    outside = add_source(
+        store, path.collection, path.run, "others", {f"{k}-{salt}": [k] for k in ("o1", "o2")}
+    )
+    pair = list(leaf_of(store, outside).values())
+    store.as_user(user).insert_judgement(user, Judgement(shown=pair, endorsed=[pair]))
     entities = resolver_entities(store, path, ["firms"], 64, None)
     found = evaluate_resolver(store, path, ["dedupe"], entities, truth=False)
     (row,) = found.thresholds
