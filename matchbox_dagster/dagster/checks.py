@@ -204,8 +204,11 @@ def curve_table(curve: Sequence[dict[str, object]]) -> str:
 
 
 def threshold_table(rows: Sequence[ModelThreshold]) -> str:
-    """Per model (Markdown): the threshold in use and its F1, the threshold maximising F1 on the
-    labelled pairs, that F1 and the threshold's 95% bootstrap interval."""
+    """A Markdown table of each model's threshold in use beside the one suggested.
+
+    Per model: the threshold in use and its F1, the threshold maximising F1 on the labelled
+    pairs, that F1 and the threshold's 95% bootstrap interval.
+    """
 
     def line(row: ModelThreshold) -> str:
         found = row.suggestion

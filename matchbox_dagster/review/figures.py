@@ -1,5 +1,8 @@
-"""The evaluation view: precision, recall and F1 against judgements, curves as SVG, and per
-model the threshold in use beside the one maximising F1 on the judged pairs."""
+"""The evaluation view: scores against judgements, curves as SVG, and suggested thresholds.
+
+Precision, recall and F1 against judgements; per model the threshold in use beside the one
+maximising F1 on the judged pairs.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +29,11 @@ COLOURS = ("#1565c0", "#c62828", "#2e7d32", "#6a1b9a", "#ef6c00", "#00838f")
 
 @dataclass(frozen=True)
 class Figures:
-    """A resolver's scores against judgements (None: nothing judged yet), model curves, and
-    per model the threshold in use beside the suggested one."""
+    """A resolver's scores, model curves and per-model thresholds.
+
+    Scores against judgements (None: nothing judged yet), model curves, and per model the
+    threshold in use beside the suggested one.
+    """
 
     scores: PairwiseScores | None
     curves: dict[str, list[dict[str, Any]]]
