@@ -2,7 +2,7 @@
 
 Shared by both snapshot forms: it recreates each step's partition, loads every table in
 foreign-key order (through a per-table ``insert``), builds the partitions' indexes (a source
-partition's as an insert builds them, the others' from the snapshot's list), moves
+partition's lookup indexes when the dumped one had them, the others' from the snapshot's list), moves
 identity sequences past the restored ids and puts back the default groups and grants.
 """
 
@@ -77,9 +77,11 @@ def load(
         for spec in partitions:
             part = partition_name(BULK_TYPES[spec.table], spec.step_id)
             if BULK_TYPES[spec.table] == StepType.SOURCE:
-                # A source partition's indexes (an expression B-tree, a BRIN) are the store's
-                # own, not plain column lists: built as an insert builds them.
-                index_source_partition(cur, part)  # type: ignore[arg-type]
+                # A source partition's lookup indexes (an expression B-tree among them) are
+                # the store's own, not plain column lists: built as index_for_match builds
+                # them, when the dumped partition had them.
+                if spec.indexes:
+                    index_source_partition(cur, part)  # type: ignore[arg-type]
                 continue
             for index in spec.indexes:
                 cur.execute(
