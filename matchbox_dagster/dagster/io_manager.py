@@ -16,6 +16,9 @@ descendants where allowed, inserts and completes the upload. Its outcome is the 
   deleted and the step written anew (the descendants' assets must be re-materialised, which a
   whole-graph run does).
 
+A ``stored`` or ``replaced`` source then gets ``match``'s key lookups (``index_for_match``, its
+own short transaction; ``matchbox/match_index_seconds``).
+
 On an immutable run different data fails with :class:`MatchboxRunNotWriteable`, whose message
 says to start a new run. All SQL lives in the store.
 
@@ -202,6 +205,14 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
             "matchbox/store_seconds": round(time.perf_counter() - started, 3),
             **(_stored_statistics(store, path) if reused else _statistics(obj, context)),
         }
+        if step_type == StepType.SOURCE and action in (WriteOutcome.STORED, WriteOutcome.REPLACED):
+            # match's key lookups, after the write's commit (shared data has them already).
+            started = time.perf_counter()
+            try:
+                store.index_for_match(path)
+                metadata["matchbox/match_index_seconds"] = round(time.perf_counter() - started, 3)
+            except Exception as exc:  # the data is stored; match is correct, only slower
+                context.log.warning("Could not build %s's lookup indexes for match: %s", path, exc)
         origin = None
         if action == WriteOutcome.SHARED:
             origin = reused.from_path if reused else store.step_data_origin(path)

@@ -319,6 +319,17 @@ class MatchboxDBAdapter(ABC):
         """Index a source's row hashes and keys (``SCHEMA_INDEX``), once, fingerprint-checked."""
 
     @abstractmethod
+    def index_for_match(self, path: SourceStepPath) -> bool:
+        """Build the key lookups of a source step's stored data unless present (idempotent).
+
+        Inserts do not build them, so a bulk load stays a bulk load. :meth:`match` is correct
+        without them (it scans the source's data, ~0.1 s a million keys) and a few ms with
+        them. True when it built them, False when they were there (data shared with another
+        step may have them). Raises for a missing step, one that is not a source, or one
+        without complete data.
+        """
+
+    @abstractmethod
     def insert_model_data(self, path: ModelStepPath, results: pa.Table) -> None:
         """Store a model's scored pairs (``SCHEMA_MODEL_EDGES``), once, fingerprint-checked."""
 

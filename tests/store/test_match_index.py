@@ -1,4 +1,5 @@
-"""``match`` by index probes (source_index): the bulk query's answers, no scans, migration 0007."""
+"""``match`` by index probes (source_index): the bulk query's answers, no scans, migration 0007;
+the inserts build no lookup index, ``index_for_match`` does (once per data partition)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import random
 import psycopg
 import pytest
 
-from matchbox_dagster.common.dtos import QueryConfig, StepPath, StepType
+from matchbox_dagster.common.dtos import QueryConfig, StepPath, StepType, WriteOutcome
+from matchbox_dagster.common.errors import (
+    MatchboxStepNotFoundError,
+    MatchboxStepNotQueriable,
+    MatchboxStepTypeError,
+)
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.store.postgres import MatchboxPostgres, core, migrate, reads, source_index
 from matchbox_dagster.store.postgres.core import partition_name
 from matchbox_dagster.store.postgres.db import compose
 from tests.conftest import own_schema_store
 from tests.factories import add_model, add_resolver, add_source, ids_of, leaf_of
+from tests.store.test_write_step import source, write_graph
 
 ROWS = 20_000
 """Keys of source ``a``: enough pages that a lookup without an index is a sequential scan."""
@@ -53,7 +60,10 @@ def _world(store: MatchboxPostgres, collection: str, run: int) -> dict:
 
 @pytest.fixture
 def world(store: MatchboxPostgres, collection: str, run: int) -> dict:
-    return _world(store, collection, run)
+    """The world, with match's lookup indexes built on both sources."""
+    built = _world(store, collection, run)
+    assert store.index_for_match(built["a"]) and store.index_for_match(built["b"])
+    return built
 
 
 def _data_id(store: MatchboxPostgres, path: StepPath) -> int:
@@ -88,6 +98,56 @@ def test_match_answers_as_the_bulk_query_does(store: MatchboxPostgres, world: di
 
 def _plan(conn: psycopg.Connection, statement: str, params: dict) -> str:
     return "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement, params))
+
+
+def _probes_key_hash(store: MatchboxPostgres, spart: str) -> bool:
+    """Whether match's key lookup in partition ``spart`` probes its key-hash index."""
+    lookup = compose(source_index.KEY_LOOKUP, schema=store.db.schema, part=spart)
+    with psycopg.connect(store.db.uri) as conn:
+        plan = _plan(conn, lookup, {"key": "a5"})
+    return f"Index Scan on {spart}_key_hash" in plan or f"using {spart}_key_hash" in plan
+
+
+def test_the_insert_builds_no_lookup_index_and_index_for_match_does(
+    store: MatchboxPostgres, collection: str, run: int
+) -> None:
+    world = _world(store, collection, run)
+    a, b, r = world["a"], world["b"], world["r"]
+    parts = {p: partition_name(StepType.SOURCE, _data_id(store, world[p])) for p in ("a", "b")}
+    for part in parts.values():
+        assert not _indexes(store, part) & {f"{part}_key_hash", f"{part}_leaf"}
+    assert not _probes_key_hash(store, parts["a"])
+    keys = ("a0", "a0x", "a7", "a12", "a1999", "nobody")
+    scanned = {k: store.match(k, a, [b, a], r) for k in keys}  # correct by scanning
+    assert scanned["a0"][1].target_id == {"a0", "a0x"}
+    assert store.index_for_match(a) is True
+    assert _indexes(store, parts["a"]) >= {f"{parts['a']}_key_hash", f"{parts['a']}_leaf"}
+    assert _probes_key_hash(store, parts["a"])
+    assert store.index_for_match(a) is False  # idempotent: present already
+    assert store.index_for_match(b) is True
+    assert {k: store.match(k, a, [b, a], r) for k in keys} == scanned
+
+
+def test_index_for_match_works_on_the_data_partition_and_raises_typed_errors(
+    store: MatchboxPostgres, collection: str
+) -> None:
+    first, second = (store.create_run(collection).run_id for _ in range(2))
+    step, hashes = source({f"k{i}": [str(i)] for i in range(50)})
+    p1, p2 = (StepPath(collection=collection, run=n, name="people") for n in (first, second))
+    assert store.write_step(p1, step, hashes) == WriteOutcome.STORED
+    assert store.write_step(p2, step, hashes) == WriteOutcome.SHARED
+    assert _data_id(store, p2) == _data_id(store, p1)
+    assert store.index_for_match(p2) is True  # builds on the shared partition, p1's
+    assert store.index_for_match(p1) is False
+    with pytest.raises(MatchboxStepNotFoundError):
+        store.index_for_match(StepPath(collection=collection, run=first, name="nobody"))
+    empty = StepPath(collection=collection, run=first, name="empty")
+    store.create_step(source({"x": ["1"]}, "empty")[0], empty)
+    with pytest.raises(MatchboxStepNotQueriable):  # declared, no data yet
+        store.index_for_match(empty)
+    graph = write_graph(store, collection, store.create_run(collection).run_id)
+    with pytest.raises(MatchboxStepTypeError):
+        store.index_for_match(graph["model"])
 
 
 def test_every_lookup_of_match_is_an_index_probe(store: MatchboxPostgres, world: dict) -> None:

@@ -77,6 +77,7 @@ from matchbox_dagster.store.postgres.promotions import Promotions
 from matchbox_dagster.store.postgres.reads import Reads
 from matchbox_dagster.store.postgres.snapshots_json import JsonSnapshots
 from matchbox_dagster.store.postgres.snapshots_parquet import ParquetSnapshots
+from matchbox_dagster.store.postgres.source_index import index_for_match
 from matchbox_dagster.store.postgres.steps import Steps
 from matchbox_dagster.store.postgres.writes import Writes
 
@@ -289,6 +290,11 @@ class MatchboxPostgres(MatchboxDBAdapter):
     ) -> None:
         """Index a source's row hashes and keys."""
         self._writes.insert_source_data(path, data_hashes)
+
+    @operation(WRITE.on_path("path"), retry=IDEMPOTENT)
+    def index_for_match(self, path: SourceStepPath) -> bool:
+        """Build a source's lookup indexes for ``match`` unless present; True when built."""
+        return index_for_match(self.db, path)
 
     @operation(WRITE.on_path("path"), retry=STORED_IF_DONE)
     def insert_model_data(self, path: ModelStepPath, results: pa.Table | ModelResults) -> None:

@@ -1,8 +1,10 @@
 """How a source partition is searched by key and by leaf: its indexes and ``match``'s lookups.
 
 ``match`` looks one key up at a time, in partitions of up to tens of millions of keys; without
-an index each call scans the partition (~0.1 s a million keys). Two indexes, built after the
-bulk load inside the insert's transaction, make every lookup of ``match`` an index probe:
+an index each call scans the partition (~0.1 s a million keys). Two indexes, built by
+:func:`index_for_match` in their own short transaction after the insert has committed (the
+insert stays a bulk load; ``match`` is correct, only slower, before they exist), make every
+lookup of ``match`` an index probe:
 
 * a B-tree on ``hashtextextended(key, 0)``, a fixed-width 64-bit hash of the key, probed with
   the key's hash and then the key rechecked (a hash collision costs a recheck, never a wrong
@@ -28,9 +30,10 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from matchbox_dagster.common.dtos import StepType
-from matchbox_dagster.store.postgres.core import partition_name
-from matchbox_dagster.store.postgres.db import compose
+from matchbox_dagster.common.dtos import SourceStepPath, StepType, UploadStage
+from matchbox_dagster.common.errors import MatchboxStepDeletedWhileReading, MatchboxStepNotQueriable
+from matchbox_dagster.store.postgres.core import partition_name, step_row
+from matchbox_dagster.store.postgres.db import Database, compose
 
 if TYPE_CHECKING:
     import adbc_driver_postgresql.dbapi as adbc
@@ -65,6 +68,42 @@ def index_source_partition(cur: adbc.Cursor, table: str) -> None:
     """Build a freshly loaded source partition's indexes (in the caller's transaction)."""
     for statement in SOURCE_INDEXES:
         cur.execute(compose(statement, table=table, **index_names(table)))
+
+
+PRESENT = "SELECT indexname FROM pg_indexes WHERE schemaname = %(schema)s AND tablename = %(table)s"
+"""The names of a table's indexes."""
+
+LOCK_PARTITION = "LOCK TABLE {schema}.{table} IN SHARE ROW EXCLUSIVE MODE"
+"""Serialises builds of one partition's indexes (reads, hence ``match``, go on meanwhile)."""
+
+
+def index_for_match(db: Database, path: SourceStepPath) -> bool:
+    """Build the lookup indexes of a source step's data partition unless present.
+
+    One short transaction: the step is looked up (``MatchboxStepNotFoundError``,
+    ``MatchboxStepTypeError`` for a step that is not a source, ``MatchboxStepNotQueriable``
+    for one without complete data), its data partition (possibly shared with other steps) is
+    locked against a concurrent build, and the missing indexes are built. True when it built
+    any, False when both were there.
+    """
+    with db.connection() as conn:
+        step = step_row(conn, path, expected=StepType.SOURCE)
+        if step.stage != UploadStage.COMPLETE:
+            raise MatchboxStepNotQueriable(path, step.stage)
+        table = partition_name(StepType.SOURCE, step.data_id)
+        try:
+            conn.execute(compose(LOCK_PARTITION, schema=db.schema, table=table))
+        except psycopg.errors.UndefinedTable:  # its data was dropped since the look-up
+            raise MatchboxStepDeletedWhileReading(path) from None
+        names = index_names(table)
+        present = {r[0] for r in conn.execute(PRESENT, {"schema": db.schema, "table": table})}
+        if set(names.values()) <= present:
+            return False
+        conn.execute(SOURCE_INDEXES[0])
+        for statement, name in zip(SOURCE_INDEXES[1:], names.values(), strict=True):
+            if name not in present:
+                conn.execute(compose(statement, table=table, **names))  # search_path: the schema
+        return True
 
 
 def key_leaf(conn: psycopg.Connection, schema: str, data_id: int, key: str) -> int | None:

@@ -11,6 +11,8 @@ Every insert is ONE transaction on one ADBC connection:
    stage to COMPLETE.
 
 A failure at any point rolls everything back: the store is as it was before the call.
+A source partition's lookup indexes for ``match`` are not built here but afterwards, in their
+own transaction, by ``index_for_match`` (``source_index``): the insert stays a bulk load.
 """
 
 from __future__ import annotations
@@ -75,7 +77,6 @@ from matchbox_dagster.store.postgres.partitions import (
     read_partition,
     source_leaves,
 )
-from matchbox_dagster.store.postgres.source_index import index_source_partition
 
 if TYPE_CHECKING:
     import adbc_driver_postgresql.dbapi as adbc
@@ -332,8 +333,7 @@ class Writes:
                 step.step_id,
                 "leaf_id bigint NOT NULL, hash bytea NOT NULL, key text NOT NULL",
             )
-            self._ingest(cur, table, rows)
-            index_source_partition(cur, table)
+            self._ingest(cur, table, rows)  # match's indexes: later, index_for_match
             return rows.num_rows
 
         return load
