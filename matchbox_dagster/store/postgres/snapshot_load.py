@@ -2,8 +2,9 @@
 
 Shared by both snapshot forms: it recreates each step's partition, loads every table in
 foreign-key order (through a per-table ``insert``), builds the partitions' indexes (a source
-partition's lookup indexes when the dumped one had them, the others' from the snapshot's list), moves
-identity sequences past the restored ids and puts back the default groups and grants.
+partition's lookup indexes when the dumped one had them, the others' from the snapshot's
+list), moves identity sequences past the restored ids and puts back the default groups and
+grants.
 """
 
 from __future__ import annotations
