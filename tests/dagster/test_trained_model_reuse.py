@@ -2,7 +2,7 @@
 
 A collection links 1,500 FEBRL4 A records with their B duplicates through a Splink model that
 trains (u-sampling, EM). No run is promoted, so every run computes the model (a promoted
-default run would be reused whole, see test_reuse.py) and the trained-model store decides:
+default run would be reused whole, see test_step_reuse.py) and the trained-model store decides:
 
 1. run 1 trains: version 1, ``trained now`` (none stored);
 2. run 2, same data: predicts with version 1 (``reused``), scores as run 1's;
@@ -141,7 +141,7 @@ def _retrain(resource: MatchboxResource, collection: str, directory: Path) -> in
         textwrap.dedent(f"""
         from matchbox_dagster.dagster.collection import build_collection_defs
         from matchbox_dagster.dagster.resources import MatchboxResource
-        from tests.dagster.test_trained_models import trained_spec
+        from tests.dagster.test_trained_model_reuse import trained_spec
 
         resource = MatchboxResource(postgres_uri={resource.postgres_uri!r},
                                     postgres_schema={resource.postgres_schema!r})
