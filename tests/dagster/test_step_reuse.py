@@ -126,12 +126,14 @@ def runs(mb_resource: MatchboxResource) -> Iterator[Runs]:
     store = mb_resource.get_store()
     found = Runs(spec.collection, {}, {})
     plan = {1: (0, {}), 2: (0, {}), 3: (50, {}), 4: (0, {RECOMPUTE_TAG: "true"}), 5: (0, {})}
+    judged = False
     try:
         with dg.instance_for_test() as instance:
             for n, (changed, tags) in plan.items():
                 _CHANGED_ROWS = changed
                 if n == 5:
                     _judge(store, spec.collection, found.run_ids[1])
+                    judged = True
                 label, run = add_run_partition(instance, store, spec.collection, f"reuse-{n:04d}")
                 found.run_ids[n] = run.run_id
                 found.results[n] = job.execute_in_process(
@@ -142,6 +144,8 @@ def runs(mb_resource: MatchboxResource) -> Iterator[Runs]:
             yield found
     finally:
         _CHANGED_ROWS = 0
+        if judged:  # leaves are content-addressed: later FEBRL tests must not see this verdict
+            store.as_user("reuse-judge").delete_last_judgement("reuse-judge")
 
 
 def test_first_run_computes_and_stores_everything(runs: Runs) -> None:

@@ -381,7 +381,8 @@ def test_dump_to_s3_round_trip(
     client.create_bucket(Bucket="snapshots")
     before_tables, before_seen = store_state(gov), observe(gov, populated)
     manifest = gov.dump_to("s3://snapshots/nightly/1")
-    keys = {o["Key"] for o in client.list_objects_v2(Bucket="snapshots")["Contents"]}
+    listed = client.list_objects_v2(Bucket="snapshots", Prefix="nightly/1/")["Contents"]
+    keys = {o["Key"] for o in listed}
     assert keys == {f"nightly/1/{f.file}" for f in manifest.tables} | {"nightly/1/manifest.json"}
     with pytest.raises(MatchboxSnapshotError, match="already holds"):
         gov.dump_to("s3://snapshots/nightly/1")
