@@ -272,7 +272,11 @@ class ParquetSnapshots:
             if not table.bulk:
                 continue
             ids: set[int] = set()
-            for batch in pq.ParquetFile(paths[table.name]).iter_batches(
+            parquet = pq.ParquetFile(paths[table.name])
+            if parquet.metadata.num_rows == 0:  # pyarrow 18 cannot iterate a file of no row group
+                bulk[table.name] = ids
+                continue
+            for batch in parquet.iter_batches(
                 batch_size=self.ctx.settings.batch_size, columns=["step_id"]
             ):
                 ids.update(pc.unique(batch.column(0)).to_pylist())
