@@ -239,55 +239,78 @@ class Raw:
 # --- ours -------------------------------------------------------------------------------------
 
 
-def bench_ours(data: Data, repeat: int, match_keys: int) -> dict[str, Figure]:
-    """Time our store on ``data`` in a fresh store (an empty schema, so content addressing finds
-    no cluster of an earlier round), each operation next to its baseline, in the same run."""
-    raw = Raw()
+def flat_keys(data: Data) -> pa.Table:
+    """The source as one (hash, key) row a key: what raw COPY ingests."""
+    keys = data.source.column("keys")
+    return pa.table(
+        {
+            "hash": data.source.column("hash").take(pc.list_parent_indices(keys)),
+            "key": pc.list_flatten(keys),
+        }
+    )
+
+
+@contextlib.contextmanager
+def fresh_store() -> Iterator[MatchboxPostgres]:
+    """Our store in an empty throwaway schema (so content addressing finds no cluster of an
+    earlier round), closed and dropped on exit."""
     schema = f"mbbench_{uuid.uuid4().hex[:8]}"
-    out: dict[str, Figure] = {}
     store = None
     try:
+        store = MatchboxPostgres(MatchboxSettings(postgres_uri=URI, postgres_schema=schema))
+        yield store
+    finally:
+        if store is not None:
+            store.close()
+        with psycopg.connect(URI, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def declare_steps(
+    store: MatchboxPostgres, hashes: SourceHashes, edges: pa.Table, clusters: pa.Table
+) -> tuple[StepPath, StepPath, StepPath]:
+    """A new run of collection ``bench`` with its source, deduper and resolver steps declared
+    (no data yet); returns their paths."""
+    store.create_collection("bench")
+    run = store.create_run("bench").run_id
+    src = StepPath(collection="bench", run=run, name="people")
+    mp = StepPath(collection="bench", run=run, name="dedupe")
+    rp = StepPath(collection="bench", run=run, name="resolve")
+    config = SourceConfig(
+        location_config=LocationConfig(type="rdbms", name="bench"),
+        key_field=SourceField(name="key"),
+        index_fields=(SourceField(name="value"),),
+    )
+    model = ModelConfig(
+        type="deduper", model_class="Bench", left_query=QueryConfig(sources=("people",))
+    )
+    store.create_step(Step(step_type="source", fingerprint=hashes.fingerprint, config=config), src)
+    store.create_step(
+        Step(step_type="model", fingerprint=ModelResults(edges).fingerprint, config=model), mp
+    )
+    store.create_step(
+        Step(
+            step_type="resolver",
+            fingerprint=ResolverClusters(clusters).fingerprint,
+            config=ResolverConfig(inputs=("dedupe",)),
+        ),
+        rp,
+    )
+    return src, mp, rp
+
+
+def bench_ours(data: Data, repeat: int, match_keys: int) -> dict[str, Figure]:
+    """Time our store on ``data`` in a fresh store, each operation next to its baseline, in the
+    same run."""
+    out: dict[str, Figure] = {}
+    with contextlib.closing(Raw()) as raw, fresh_store() as store:
         hashes = SourceHashes(data.source)
         edges, clusters = with_ids(data, hashes.leaf_ids.to_numpy())
-        flat = pa.table(
-            {
-                "hash": data.source.column("hash").take(
-                    pc.list_parent_indices(data.source.column("keys"))
-                ),
-                "key": pc.list_flatten(data.source.column("keys")),
-            }
-        )
-        config = SourceConfig(
-            location_config=LocationConfig(type="rdbms", name="bench"),
-            key_field=SourceField(name="key"),
-            index_fields=(SourceField(name="value"),),
-        )
-        model = ModelConfig(
-            type="deduper", model_class="Bench", left_query=QueryConfig(sources=("people",))
-        )
-        store = MatchboxPostgres(MatchboxSettings(postgres_uri=URI, postgres_schema=schema))
-        store.create_collection("bench")
-        run = store.create_run("bench").run_id
-        src = StepPath(collection="bench", run=run, name="people")
-        mp = StepPath(collection="bench", run=run, name="dedupe")
-        rp = StepPath(collection="bench", run=run, name="resolve")
-        store.create_step(
-            Step(step_type="source", fingerprint=hashes.fingerprint, config=config), src
-        )
-        store.create_step(
-            Step(step_type="model", fingerprint=ModelResults(edges).fingerprint, config=model),
-            mp,
-        )
-        store.create_step(
-            Step(
-                step_type="resolver",
-                fingerprint=ResolverClusters(clusters).fingerprint,
-                config=ResolverConfig(inputs=("dedupe",)),
-            ),
-            rp,
-        )
+        src, mp, rp = declare_steps(store, hashes, edges, clusters)
         ours = timed(partial(store.insert_source_data, src, data.source))
-        out["insert_source_data"] = Figure(hashes.num_keys, ours, raw.copy("source", flat))
+        out["insert_source_data"] = Figure(
+            hashes.num_keys, ours, raw.copy("source", flat_keys(data))
+        )
         indexing = timed(partial(store.index_for_match, src))  # after the insert's commit
         out["index_for_match"] = Figure(
             hashes.num_keys, indexing, out["insert_source_data"].baseline
@@ -320,12 +343,6 @@ def bench_ours(data: Data, repeat: int, match_keys: int) -> dict[str, Figure]:
         rows = store.get_resolver_data(rp).num_rows
         ours = best(lambda: store.get_resolver_data(rp), repeat)
         out["get_resolver_data"] = Figure(rows, ours, raw.select("clusters", repeat))
-    finally:
-        if store is not None:
-            store.close()
-        raw.close()
-        with psycopg.connect(URI, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     return out
 
 
@@ -346,54 +363,15 @@ def bench_match(n: int, calls: int, seed: int = 1) -> dict[str, float]:
     ``calls // 5`` calls on a missing key (seconds). The model holds 10k pairs (only the
     resolver's lineage needs it); the resolver puts 80% of the leaves in clusters of 2–8."""
     data = make_data(n)
-    raw = Raw()
-    schema = f"mbbench_{uuid.uuid4().hex[:8]}"
-    store = None
     out: dict[str, float] = {}
-    try:
+    with contextlib.closing(Raw()) as raw, fresh_store() as store:
         hashes = SourceHashes(data.source)
         edges, clusters = with_ids(data, hashes.leaf_ids.to_numpy())
         edges = edges.slice(0, 10_000)
-        flat = pa.table(
-            {
-                "hash": data.source.column("hash").take(
-                    pc.list_parent_indices(data.source.column("keys"))
-                ),
-                "key": pc.list_flatten(data.source.column("keys")),
-            }
-        )
-        store = MatchboxPostgres(MatchboxSettings(postgres_uri=URI, postgres_schema=schema))
-        store.create_collection("bench")
-        run = store.create_run("bench").run_id
-        src = StepPath(collection="bench", run=run, name="people")
-        mp = StepPath(collection="bench", run=run, name="dedupe")
-        rp = StepPath(collection="bench", run=run, name="resolve")
-        config = SourceConfig(
-            location_config=LocationConfig(type="rdbms", name="bench"),
-            key_field=SourceField(name="key"),
-            index_fields=(SourceField(name="value"),),
-        )
-        model = ModelConfig(
-            type="deduper", model_class="Bench", left_query=QueryConfig(sources=("people",))
-        )
-        store.create_step(
-            Step(step_type="source", fingerprint=hashes.fingerprint, config=config), src
-        )
-        store.create_step(
-            Step(step_type="model", fingerprint=ModelResults(edges).fingerprint, config=model),
-            mp,
-        )
-        store.create_step(
-            Step(
-                step_type="resolver",
-                fingerprint=ResolverClusters(clusters).fingerprint,
-                config=ResolverConfig(inputs=("dedupe",)),
-            ),
-            rp,
-        )
+        src, mp, rp = declare_steps(store, hashes, edges, clusters)
         out["insert_source_data"] = timed(partial(store.insert_source_data, src, data.source))
         out["index_for_match"] = timed(partial(store.index_for_match, src))
-        out["raw COPY"] = raw.copy("source", flat)
+        out["raw COPY"] = raw.copy("source", flat_keys(data))
         store.insert_model_data(mp, edges)
         store.insert_resolver_data(rp, clusters)
         rng = np.random.default_rng(seed)
@@ -414,12 +392,6 @@ def bench_match(n: int, calls: int, seed: int = 1) -> dict[str, float]:
             missing.append(time.perf_counter() - started)
             assert found.cluster is None
         out["match (missing key)"] = float(np.median(missing))
-    finally:
-        if store is not None:
-            store.close()
-        raw.close()
-        with psycopg.connect(URI, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     return out
 
 
