@@ -1,8 +1,10 @@
-"""Small builders of realistic store data for tests."""
+"""Small builders of realistic store data and collection specs for tests."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +22,14 @@ from matchbox_dagster.common.dtos import (
     Step,
     StepPath,
     StepType,
+)
+from matchbox_dagster.examples.febrl import FIELDS as FEBRL_FIELDS
+from matchbox_dagster.specs import (
+    CollectionSpec,
+    ModelSpec,
+    ResolverChecksSpec,
+    ResolverSpec,
+    SourceSpec,
 )
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
@@ -135,12 +145,15 @@ def clusters_table(clusters: list[list[int]]) -> pa.Table:
     )
 
 
-def resolver_step(table: pa.Table, inputs: tuple[str, ...]) -> Step:
+def resolver_step(
+    table: pa.Table, inputs: tuple[str, ...], thresholds: dict[str, float] | None = None
+) -> Step:
     """A resolver step over ``inputs`` declaring the clusters of ``table``."""
+    settings = {"thresholds": thresholds or {}}
     return Step(
         step_type=StepType.RESOLVER,
         fingerprint=ResolverClusters(table).fingerprint,
-        config=ResolverConfig(inputs=inputs, resolver_settings={"thresholds": {}}),
+        config=ResolverConfig(inputs=inputs, resolver_settings=settings),
     )
 
 
@@ -151,11 +164,13 @@ def add_resolver(
     name: str,
     clusters: list[list[int]],
     inputs: tuple[str, ...],
+    thresholds: dict[str, float] | None = None,
 ) -> StepPath:
-    """Create a resolver step and insert its clusters."""
+    """Create a resolver step (``thresholds`` of its models, none by default) and insert its
+    clusters."""
     table = clusters_table(clusters)
     path = StepPath(collection=collection, run=run, name=name)
-    store.create_step(resolver_step(table, inputs), path)
+    store.create_step(resolver_step(table, inputs, thresholds), path)
     store.insert_resolver_data(path, table)
     return path
 
@@ -200,3 +215,78 @@ def store_state(store: MatchboxDBAdapter) -> dict[str, str]:
             ).fetchone()
             state[table] = digest[0]  # type: ignore[index]
     return state
+
+
+# --- collection specs ---------------------------------------------------------------------------
+
+
+def source_spec(
+    name: str,
+    location_type: LocationType,
+    location: str,
+    *,
+    key_field: str = "id",
+    index_fields: Sequence[str] = ("name",),
+    **options: Any,
+) -> SourceSpec:
+    """A source read from ``location`` (a path, URI or ``module:function``); ``options`` are
+    further ``SourceSpec`` fields (``extract_transform``, ``field_types``, …)."""
+    return SourceSpec(
+        name=name,
+        location=LocationConfig(type=location_type, name=location),
+        key_field=key_field,
+        index_fields=list(index_fields),
+        **options,
+    )
+
+
+def febrl_source(
+    name: str, function: str, module: str = "matchbox_dagster.examples.febrl"
+) -> SourceSpec:
+    """A FEBRL4 table given by ``module:function``: key ``rec_id``, every FEBRL field indexed."""
+    return source_spec(
+        name,
+        LocationType.ARROW,
+        f"{module}:{function}",
+        key_field="rec_id",
+        index_fields=FEBRL_FIELDS,
+    )
+
+
+def rules_deduper(
+    source: str = "people", fields: Sequence[str] = ("name",), name: str = "dedupe"
+) -> ModelSpec:
+    """A DeterministicRules deduper of ``source``: rows equal on all ``fields`` score 1."""
+    return ModelSpec(
+        name=name,
+        left=source,
+        model_class="DeterministicRules",
+        settings={"rules": [{"fields": list(fields)}]},
+    )
+
+
+def single_model_collection(
+    collection: str,
+    sources: Sequence[SourceSpec],
+    model: ModelSpec,
+    *,
+    resolver: str = "entities",
+    threshold: float = 1.0,
+    checks: ResolverChecksSpec | None = None,
+    **options: Any,
+) -> CollectionSpec:
+    """``sources`` → ``model`` → one resolver keeping its edges at ``threshold`` or above;
+    ``options`` are further ``CollectionSpec`` fields (``promote``, ``schedule``, …)."""
+    return CollectionSpec(
+        collection=collection,
+        sources=list(sources),
+        models=[model],
+        resolvers=[
+            ResolverSpec(
+                name=resolver,
+                thresholds={model.name: threshold},
+                checks=checks or ResolverChecksSpec(),
+            )
+        ],
+        **options,
+    )

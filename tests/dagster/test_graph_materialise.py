@@ -10,13 +10,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from matchbox_dagster.common.dtos import LocationConfig, LocationType, StepPath, UploadStage
+from matchbox_dagster.common.dtos import LocationType, StepPath, UploadStage
 from matchbox_dagster.common.errors import MatchboxRunLabelNotFound
 from matchbox_dagster.dagster.assets import IO_MANAGER_KEY, build_collection_assets
 from matchbox_dagster.dagster.io_manager import MatchboxIOManager
 from matchbox_dagster.dagster.partitions import add_run_partition, partitions_name
 from matchbox_dagster.dagster.resources import MatchboxResource
-from matchbox_dagster.specs import CollectionSpec, InputSpec, ModelSpec, ResolverSpec, SourceSpec
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.dagster.conftest import (
     STEPS,
@@ -28,7 +27,7 @@ from tests.dagster.conftest import (
     step_failures,
     unique_collection,
 )
-from tests.factories import store_state
+from tests.factories import rules_deduper, single_model_collection, source_spec, store_state
 
 EXPECTED_CHECKS = {
     ("febrl_a", "source_quality"),
@@ -200,25 +199,14 @@ def test_a_source_rewritten_during_a_run_fails_the_model(
         {"pid": [str(i) for i in range(60)], "name": [f"n{i}" for i in range(60)]}
     ).with_columns(pl.format("town{}", pl.col("pid")).alias("town"))
     rows.write_parquet(file)
-    spec = CollectionSpec(
-        collection=unique_collection("changed"),
-        sources=[
-            SourceSpec(
-                name="people",
-                location=LocationConfig(type=LocationType.PARQUET, name=str(file)),
-                key_field="pid",
-                index_fields=["name", "town"],
-            )
-        ],
-        models=[
-            ModelSpec(
-                name="dedupe",
-                left=InputSpec(step="people"),
-                model_class="DeterministicRules",
-                settings={"rules": [{"fields": ["town"]}]},
-            )
-        ],
-        resolvers=[ResolverSpec(name="resolved", thresholds={"dedupe": 1.0})],
+    source = source_spec(
+        "people", LocationType.PARQUET, str(file), key_field="pid", index_fields=["name", "town"]
+    )
+    spec = single_model_collection(
+        unique_collection("changed"),
+        [source],
+        rules_deduper(fields=["town"]),
+        resolver="resolved",
         schedule=None,
     )
     assets = build_collection_assets(spec)

@@ -19,13 +19,14 @@ import polars as pl
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from matchbox_dagster.common.dtos import LocationConfig, LocationType, StepPath
+from matchbox_dagster.common.dtos import LocationType, StepPath
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.dagster.partitions import add_run_partition
 from matchbox_dagster.dagster.resources import MatchboxResource
-from matchbox_dagster.specs import CollectionSpec, ModelSpec, ResolverSpec, SourceSpec
+from matchbox_dagster.specs import CollectionSpec
 from tests.conftest import drop_schema
+from tests.factories import rules_deduper, single_model_collection, source_spec
 
 KEY_ID = "matchbox-test-key"
 SECRET = f"s3-secret-{uuid.uuid4().hex}"
@@ -84,27 +85,8 @@ def _s3(endpoint: str) -> S3Resource:
 
 
 def _spec(collection: str, key: str) -> CollectionSpec:
-    return CollectionSpec(
-        collection=collection,
-        sources=[
-            SourceSpec(
-                name="people",
-                location=LocationConfig(type=LocationType.S3, name=f"s3://people/{key}"),
-                key_field="id",
-                index_fields=["name"],
-            )
-        ],
-        models=[
-            ModelSpec(
-                name="dedupe",
-                left="people",
-                model_class="DeterministicRules",
-                settings={"rules": [{"fields": ["name"]}]},
-            )
-        ],
-        resolvers=[ResolverSpec(name="entities", thresholds={"dedupe": 1.0})],
-        promote=False,
-    )
+    source = source_spec("people", LocationType.S3, f"s3://people/{key}")
+    return single_model_collection(collection, [source], rules_deduper(), promote=False)
 
 
 def _logged(instance: dg.DagsterInstance, run_id: str) -> str:

@@ -20,22 +20,15 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from matchbox_dagster.common.dtos import Judgement, LocationConfig, LocationType, StepPath, User
+from matchbox_dagster.common.dtos import Judgement, LocationType, StepPath, User
 from matchbox_dagster.dagster.assets import IO_MANAGER_KEY, build_collection_assets
 from matchbox_dagster.dagster.io_manager import MatchboxIOManager
 from matchbox_dagster.dagster.partitions import add_run_partition
 from matchbox_dagster.dagster.resources import MatchboxResource
-from matchbox_dagster.specs import (
-    CollectionSpec,
-    InputSpec,
-    ModelSpec,
-    ResolverChecksSpec,
-    ResolverSpec,
-    SourceSpec,
-)
+from matchbox_dagster.specs import InputSpec, ModelSpec, ResolverChecksSpec
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.dagster.conftest import check_evaluations, step_failures, unique_collection
-from tests.factories import leaf_of
+from tests.factories import leaf_of, single_model_collection, source_spec
 
 FIELDS = ["a", "b", "c", "d"]
 RECORDS = {  # key: values of a, b, c, d (lower-case letters: made unique per test)
@@ -58,30 +51,26 @@ def test_the_check_suggests_the_threshold_from_judgements(
         for k, v in RECORDS.items()
     ]
     pl.DataFrame(rows).write_parquet(tmp_path / "firms.parquet")
-    source = SourceSpec(
-        name="firms",
-        location=LocationConfig(type=LocationType.PARQUET, name=str(tmp_path / "firms.parquet")),
+    source = source_spec(
+        "firms",
+        LocationType.PARQUET,
+        str(tmp_path / "firms.parquet"),
         key_field="key",
         index_fields=[*FIELDS, "note"],
     )
-    spec = CollectionSpec(
-        collection=unique_collection("thr"),
-        sources=[source],
-        models=[
-            ModelSpec(
-                name="dedupe",
-                left=InputSpec(step="firms"),
-                model_class="WeightedRules",
-                settings={"weights": dict.fromkeys(FIELDS, 1.0), "threshold": 0.25},
-            )
-        ],
-        resolvers=[
-            ResolverSpec(
-                name="firms_resolved",
-                thresholds={"dedupe": 0.75},
-                checks=ResolverChecksSpec(max_cluster_size=10, min_judgements=1),
-            )
-        ],
+    deduper = ModelSpec(
+        name="dedupe",
+        left=InputSpec(step="firms"),
+        model_class="WeightedRules",
+        settings={"weights": dict.fromkeys(FIELDS, 1.0), "threshold": 0.25},
+    )
+    spec = single_model_collection(
+        unique_collection("thr"),
+        [source],
+        deduper,
+        resolver="firms_resolved",
+        threshold=0.75,
+        checks=ResolverChecksSpec(max_cluster_size=10, min_judgements=1),
         schedule=None,
     )
     assets = build_collection_assets(spec)

@@ -16,9 +16,10 @@ import traceback
 import dagster as dg
 import polars as pl
 
-from matchbox_dagster.common.dtos import LocationConfig, LocationType
+from matchbox_dagster.common.dtos import LocationType
 from matchbox_dagster.dagster.collection import build_collection_defs
-from matchbox_dagster.specs import CollectionSpec, ModelSpec, ResolverSpec, SourceSpec
+from matchbox_dagster.specs import CollectionSpec
+from tests.factories import rules_deduper, single_model_collection, source_spec
 
 
 def people() -> pl.DataFrame:
@@ -32,29 +33,8 @@ def people() -> pl.DataFrame:
 
 def spec(collection: str) -> CollectionSpec:
     """Source → deduper → resolver: three step processes under the multiprocess executor."""
-    return CollectionSpec(
-        collection=collection,
-        sources=[
-            SourceSpec(
-                name="people",
-                location=LocationConfig(
-                    type=LocationType.ARROW, name="tests.specs.preflight_once_defs:people"
-                ),
-                key_field="id",
-                index_fields=["name"],
-            )
-        ],
-        models=[
-            ModelSpec(
-                name="dedupe",
-                left="people",
-                model_class="DeterministicRules",
-                settings={"rules": [{"fields": ["name"]}]},
-            )
-        ],
-        resolvers=[ResolverSpec(name="entities", thresholds={"dedupe": 1.0})],
-        promote=False,
-    )
+    source = source_spec("people", LocationType.ARROW, "tests.specs.preflight_once_defs:people")
+    return single_model_collection(collection, [source], rules_deduper(), promote=False)
 
 
 def graph_job() -> dg.JobDefinition:

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from matchbox_dagster.common.dtos import LocationConfig, LocationType
+from matchbox_dagster.common.dtos import LocationType
 from matchbox_dagster.dagster.collection import build_collection_defs
 from matchbox_dagster.dagster.partitions import partitions_name
 from matchbox_dagster.dagster.resources import MatchboxResource
@@ -24,11 +24,11 @@ from matchbox_dagster.specs import (
     ModelSpec,
     ResolverChecksSpec,
     ResolverSpec,
-    SourceSpec,
 )
 from matchbox_dagster.specs.preflight import PreflightError, preflight, preflight_problems
 from matchbox_dagster.store.postgres import MatchboxPostgres
 from tests.cli_runner import Cli
+from tests.factories import source_spec
 
 CSV = """\
 id,name,dob,postcode,person
@@ -40,10 +40,10 @@ id,name,dob,postcode,person
 
 def _spec(csv: Path, **change: object) -> CollectionSpec:
     """A collection that passes preflight; ``change`` breaks one thing."""
-    source = SourceSpec(
-        name="people",
-        location=LocationConfig(type=LocationType.CSV, name=str(change.get("path", csv))),
-        key_field="id",
+    source = source_spec(
+        "people",
+        LocationType.CSV,
+        str(change.get("path", csv)),
         index_fields=change.get("index_fields", ["name", "dob", "postcode"]),  # type: ignore[arg-type]
     )
     weighted = ModelSpec(

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from matchbox_dagster.common.dtos import LocationConfig, LocationType
+from matchbox_dagster.common.dtos import LocationType
 from matchbox_dagster.specs import (
     CollectionSpec,
     ModelSpec,
     ResolverSpec,
-    SourceSpec,
     SpecError,
     plan_collection,
 )
-
-
-def _source(name: str) -> SourceSpec:
-    return SourceSpec(
-        name=name,
-        location=LocationConfig(type=LocationType.CSV, name=f"{name}.csv"),
-        key_field="id",
-        index_fields=["name"],
-    )
+from tests.factories import source_spec
 
 
 def _model(name: str, left: str, right: str | None = None) -> ModelSpec:
@@ -40,7 +31,7 @@ MODELS = [_model("dedupe_a", "a"), _model("dedupe_b", "b"), _model("link_ab", "a
 def _spec(*resolvers: ResolverSpec, models: list[ModelSpec] = MODELS) -> CollectionSpec:
     return CollectionSpec(
         collection="c",
-        sources=[_source("a"), _source("b")],
+        sources=[source_spec(n, LocationType.CSV, f"{n}.csv") for n in ("a", "b")],
         models=models,
         resolvers=list(resolvers),
     )

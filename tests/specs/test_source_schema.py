@@ -19,10 +19,10 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from matchbox_dagster.common.dtos import LocationConfig, LocationType
-from matchbox_dagster.specs import SourceSpec
+from matchbox_dagster.common.dtos import LocationType
 from matchbox_dagster.specs.preflight import source_schema
 from tests.conftest import postgres_uri
+from tests.factories import source_spec
 
 PEOPLE = pl.DataFrame(
     {"id": ["1", "2"], "name": ["Ann", "Bob"], "dob": ["2000-01-01", "1999-02-02"], "extra": [1, 2]}
@@ -36,13 +36,7 @@ def people() -> pl.DataFrame:
 
 
 def _columns(type_: LocationType, name: str, sql: str = "", **kw: Any) -> list[str]:
-    spec = SourceSpec(
-        name="people",
-        location=LocationConfig(type=type_, name=name),
-        key_field="id",
-        index_fields=["name"],
-        extract_transform=sql,
-    )
+    spec = source_spec("people", type_, name, extract_transform=sql)
     return list(source_schema(spec.config(), **kw).names())
 
 
