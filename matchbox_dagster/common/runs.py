@@ -29,7 +29,7 @@ class Promotion(BaseModel):
 
 
 class RunSummary(BaseModel):
-    """A run at a glance: flags, label, each step's upload stage, its last promotion."""
+    """A run at a glance: flags, label, step stages, check outcomes, its last promotion."""
 
     run_id: RunID
     label: str | None = None
@@ -37,6 +37,11 @@ class RunSummary(BaseModel):
     is_default: bool = False
     created_at: datetime.datetime
     steps: dict[StepName, UploadStage] = Field(default_factory=dict)
+    checks: dict[str, bool] = Field(default_factory=dict)
+    """``step:check`` → passed, for outcomes recorded since the step's data and the latest
+    Dagster attempt (older ones are not current, so not here)."""
+    dagster_run: str | None = None
+    """The latest Dagster run noted materialising the run's label (None: never noted)."""
     promoted_by: str | None = None
     promoted_at: datetime.datetime | None = None
     promotion_reason: str | None = None

@@ -195,6 +195,16 @@ class MatchboxDBAdapter(ABC):
         """Extension: every run with its label, step stages and last promotion (one read)."""
 
     @abstractmethod
+    def record_check_outcomes(self, path: StepPath, outcomes: dict[str, bool]) -> None:
+        """Extension: record whether each named blocking check of a step passed (at once)."""
+
+    @abstractmethod
+    def note_dagster_attempt(
+        self, collection: CollectionName, label: str, dagster_run: str
+    ) -> bool:
+        """Extension: note a Dagster run began materialising ``label`` (False: already noted)."""
+
+    @abstractmethod
     def get_run(self, collection: CollectionName, run_id: RunID) -> Run:
         """A run's flags and steps."""
 

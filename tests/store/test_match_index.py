@@ -212,7 +212,7 @@ def test_migration_0007_indexes_partitions_stored_before_it(settings: MatchboxSe
             assert not _indexes(own, part) & wanted[part]
         assert {k: own.match(k, a, [b], r) for k in before} == before  # by scanning
         migrate.upgrade(engine, schema)
-        assert migrate.current_revision(engine, schema) == "0007"
+        assert migrate.current_revision(engine, schema) == migrate.HEAD
         for part in parts:
             assert _indexes(own, part) >= wanted[part]
         assert {k: own.match(k, a, [b], r) for k in before} == before

@@ -51,6 +51,7 @@ from matchbox_dagster.store.base import MatchboxDBAdapter, Resource
 from matchbox_dagster.store.postgres import migrate
 from matchbox_dagster.store.postgres.audit import Audit
 from matchbox_dagster.store.postgres.auth import Auth
+from matchbox_dagster.store.postgres.check_outcomes import CheckOutcomes
 from matchbox_dagster.store.postgres.core import SYSTEM, Context
 from matchbox_dagster.store.postgres.counts import attach_countables
 from matchbox_dagster.store.postgres.db import Database
@@ -234,6 +235,18 @@ class MatchboxPostgres(MatchboxDBAdapter):
     def run_summaries(self, collection: CollectionName) -> list[RunSummary]:
         """Every run of a collection with its label, step stages and last promotion."""
         return Promotions(self._ctx).run_summaries(collection)
+
+    @operation(WRITE.on_path("path"), retry=IDEMPOTENT)
+    def record_check_outcomes(self, path: StepPath, outcomes: dict[str, bool]) -> None:
+        """Record each named blocking check's outcome for a step (one transaction)."""
+        CheckOutcomes(self._ctx).record_check_outcomes(path, outcomes)
+
+    @operation(WRITE.on("collection"), retry=IDEMPOTENT)
+    def note_dagster_attempt(
+        self, collection: CollectionName, label: str, dagster_run: str
+    ) -> bool:
+        """Note that a Dagster run began materialising ``label`` (False: already noted)."""
+        return CheckOutcomes(self._ctx).note_dagster_attempt(collection, label, dagster_run)
 
     @operation(ADMIN.on("collection"), retry=GONE_IF_DONE)
     def delete_run(self, collection: CollectionName, run_id: RunID, certain: bool) -> None:

@@ -12,7 +12,7 @@ from alembic.config import Config
 from matchbox_dagster.store.postgres.db import compose, quote_ident
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = "0007"
+HEAD = "0008"
 
 
 def upgrade(engine: sa.Engine, schema: str, revision: str = "head") -> None:

@@ -4,7 +4,8 @@ A promotion makes a run immutable and the collection's default and records who d
 and why, in one transaction (table ``run_promotions``, migration 0005). Whether a run *may* be
 promoted (its graph complete, its blocking checks passed) is decided by the caller, which knows
 the graph and the checks; the store records whether the caller overrode that gate (``forced``),
-and a forced promotion needs a reason.
+and a forced promotion needs a reason. A run's summary carries its current check outcomes and
+its label's latest Dagster attempt (:mod:`.check_outcomes`).
 """
 
 from __future__ import annotations
@@ -24,13 +25,21 @@ from matchbox_dagster.store.postgres.core import logger
 _SUMMARIES = """
 SELECT r.run_id, r.is_mutable, r.is_default, r.created_at, l.label,
        COALESCE(s.steps, '{}'::jsonb) AS steps,
+       COALESCE(o.checks, '{}'::jsonb) AS checks, a.dagster_run,
        p.promoted_by, p.promoted_at, p.reason, COALESCE(p.forced, false) AS forced
 FROM runs r
 LEFT JOIN run_labels l ON l.run_id = r.run_id
+LEFT JOIN dagster_attempts a ON a.collection_id = r.collection_id AND a.label = l.label
 LEFT JOIN LATERAL (
     SELECT jsonb_object_agg(st.name, st.upload_stage) AS steps
     FROM steps st WHERE st.run_id = r.run_id
 ) s ON true
+LEFT JOIN LATERAL (
+    SELECT jsonb_object_agg(st.name || ':' || co.check_name, co.passed) AS checks
+    FROM steps st JOIN step_check_outcomes co ON co.step_id = st.step_id
+    WHERE st.run_id = r.run_id AND co.evaluated_at >= st.stage_updated_at
+      AND (a.started_at IS NULL OR co.evaluated_at >= a.started_at)
+) o ON true
 LEFT JOIN LATERAL (
     SELECT promoted_by, promoted_at, reason, forced FROM run_promotions rp
     WHERE rp.run_id = r.run_id ORDER BY rp.promotion_id DESC LIMIT 1
@@ -96,6 +105,8 @@ class Promotions:
                 is_default=row["is_default"],
                 created_at=row["created_at"],
                 steps={name: UploadStage(stage) for name, stage in row["steps"].items()},
+                checks=row["checks"],
+                dagster_run=row["dagster_run"],
                 promoted_by=row["promoted_by"],
                 promoted_at=row["promoted_at"],
                 promotion_reason=row["reason"],
