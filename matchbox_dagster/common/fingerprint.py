@@ -95,10 +95,22 @@ def fingerprint_source(table: pa.Table) -> bytes:
     lengths = pc.list_value_length(keys).to_numpy(zero_copy_only=False)
     if table.num_rows == 0:
         return _summarise(b"source", np.empty(0, dtype=np.uint64))
-    row_digest = xxh3_64(table.column("hash"))
-    key_digest = xxh3_64(pc.list_flatten(keys))
+    row_digest = np.repeat(xxh3_64(table.column("hash")), lengths)
+    return _source_summary(row_digest, xxh3_64(pc.list_flatten(keys)))
+
+
+def fingerprint_source_pairs(
+    hashes: pa.Array | pa.ChunkedArray, keys: pa.Array | pa.ChunkedArray
+) -> bytes:
+    """:func:`fingerprint_source` of rows not yet grouped: ``hashes[i]`` is ``keys[i]``'s row."""
+    if len(hashes) == 0:
+        return _summarise(b"source", np.empty(0, dtype=np.uint64))
+    return _source_summary(xxh3_64(hashes), xxh3_64(keys))
+
+
+def _source_summary(row_digest: np.ndarray, key_digest: np.ndarray) -> bytes:
     with np.errstate(over="ignore"):
-        pair = mix64(np.repeat(row_digest, lengths) * _K + key_digest)
+        pair = mix64(row_digest * _K + key_digest)
     return _summarise(b"source", pair)
 
 

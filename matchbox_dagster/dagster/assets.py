@@ -49,12 +49,13 @@ from matchbox_dagster.dagster.partitions import (
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.dagster.reuse import (
     META_COMPUTED,
+    META_INDEXED,
     META_INPUTS_LOADED,
     code_version,
     reusable_step,
     versioned_output,
 )
-from matchbox_dagster.sources.locations import index_source
+from matchbox_dagster.sources.locations import digest_source
 from matchbox_dagster.specs import (
     CollectionSpec,
     ModelPlan,
@@ -196,22 +197,36 @@ def _source_asset(
     def _source(context: dg.AssetExecutionContext, matchbox: MatchboxResource) -> Iterator[Any]:
         matchbox.run_preflight(preflight, context)  # once per Dagster run, before any write
         started = time.perf_counter()
-        hashes = index_source(
+        digests = digest_source(
             config, batch_size=matchbox.batch_rows, s3_client_factory=matchbox.s3_client_factory
         )
         seconds = time.perf_counter() - started
+        extracted = (digests.num_keys, digests.num_rows)
         context.log.info(
             "Extracted %s keys in %s distinct rows from %s in %.2fs",
-            f"{hashes.num_keys:,}",
-            f"{hashes.num_rows:,}",
+            f"{extracted[0]:,}",
+            f"{extracted[1]:,}",
             redact(config.location_config.name),
             seconds,
         )
-        extracted = (hashes.num_keys, hashes.num_rows)
-        yield versioned_output(hashes, hashes.fingerprint, {"extract_seconds": round(seconds, 3)})
-        del hashes  # stored by now: free it before the check
+        store = matchbox.get_store()
         path = _path(context, matchbox, collection, source.name)
-        yield source_check(context, matchbox.get_store(), path, *extracted)
+        reused = reusable_step(context, store, path, config, [])
+        if reused is not None and store.get_step(reused).fingerprint == digests.fingerprint:
+            # The default run holds these very rows: share them, index nothing.
+            yield _reused_output(
+                store, reused, {"extract_seconds": round(seconds, 3), META_INDEXED: False}
+            )
+        else:
+            hashes = digests.index()
+            yield versioned_output(
+                hashes,
+                hashes.fingerprint,
+                {"extract_seconds": round(seconds, 3), META_INDEXED: True},
+            )
+            del hashes  # stored by now: free it before the check
+        del digests
+        yield source_check(context, store, path, *extracted)
 
     return _source
 
@@ -432,12 +447,14 @@ def _resolver_asset(
     return _resolver
 
 
-def _reused_output(store: Any, reused: StepPath) -> dg.Output:
+def _reused_output(
+    store: Any, reused: StepPath, metadata: dict[str, Any] | None = None
+) -> dg.Output:
     """The output of a step that reuses ``reused``: the IO manager writes it as shared."""
     return versioned_output(
         ReusedStep(from_path=reused),
         store.get_step(reused).fingerprint,
-        {META_COMPUTED: False, META_INPUTS_LOADED: 0},
+        {META_COMPUTED: False, META_INPUTS_LOADED: 0, **(metadata or {})},
     )
 
 

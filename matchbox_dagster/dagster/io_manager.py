@@ -203,8 +203,12 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
             "matchbox/fingerprint": fingerprint.hex(),
             "matchbox/action": action,
             "matchbox/store_seconds": round(time.perf_counter() - started, 3),
-            **(_stored_statistics(store, path) if reused else _statistics(obj, context)),
         }
+        origin_metadata = _origin_metadata(context, store, reused.from_path) if reused else None
+        if reused:
+            metadata.update(_copied_statistics(origin_metadata) or _stored_statistics(store, path))
+        else:
+            metadata.update(_statistics(obj, context))
         if step_type == StepType.SOURCE and action in (WriteOutcome.STORED, WriteOutcome.REPLACED):
             # match's key lookups, after the write's commit (shared data has them already).
             started = time.perf_counter()
@@ -221,7 +225,9 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
                 metadata["matchbox/reused_from_step"] = str(origin)
         if step_type == StepType.RESOLVER:
             try:  # what merged, in the Dagster UI (issue 16); metadata must never fail a run
-                shared = _origin_entities(context, store, origin) if origin else None
+                if origin is not None and origin_metadata is None:
+                    origin_metadata = _origin_metadata(context, store, origin)
+                shared = (origin_metadata or {}).get("entities")
                 metadata["entities"] = shared or dg.MetadataValue.md(entity_tables(store, path))
             except Exception as exc:
                 context.log.warning("Could not tabulate entities for the UI: %s", exc)
@@ -278,21 +284,44 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
         return lambda: store.get_resolver_data(path)
 
 
-def _origin_entities(context: dg.OutputContext, store: Any, origin: Any) -> Any:
-    """The ``entities`` table of the materialisation of the step whose data this one shares.
+def _origin_metadata(context: dg.OutputContext, store: Any, origin: Any) -> dict[str, Any] | None:
+    """The metadata of the materialisation of ``origin``, the step whose data this one shares.
 
-    Same data, same sources (sharing requires their fingerprints equal): the same table, read
-    from the Dagster instance instead of tabulated again (seconds at millions of keys).
+    Same data, same sources (sharing requires their fingerprints equal): the same counts and
+    ``entities`` table, read from the Dagster instance instead of computed again (seconds at
+    millions of keys). None when the origin was not materialised in this instance.
     """
-    label = store.run_labels(origin.collection).get(origin.run)
-    if label is None:
+    try:  # metadata must never fail a run
+        label = store.run_labels(origin.collection).get(origin.run)
+        if label is None:
+            return None
+        records = context.step_context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[label]), limit=1
+        ).records
+    except Exception as exc:
+        context.log.warning("Could not read the metadata of %s: %s", origin, exc)
         return None
-    records = context.step_context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[label]), limit=1
-    ).records
     if not records or records[0].asset_materialization is None:
         return None
-    return records[0].asset_materialization.metadata.get("entities")
+    return dict(records[0].asset_materialization.metadata)
+
+
+_STATISTICS = (
+    "dagster/row_count",
+    "distinct_hashes",
+    "clusters",
+    "largest_cluster_children",
+    "min_score",
+    "max_score",
+    "score_histogram",
+)
+
+
+def _copied_statistics(origin: dict[str, Any] | None) -> dict[str, Any]:
+    """The counts :func:`_statistics` gave the origin step (empty when it has none)."""
+    if not origin or "dagster/row_count" not in origin:
+        return {}
+    return {k: origin[k] for k in _STATISTICS if k in origin}
 
 
 def _stored_statistics(store: Any, path: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Unchanged models and resolvers are not recomputed: they reuse the default run's step.
+"""Unchanged steps are not recomputed: they reuse the default run's step.
 
 Before a model or resolver asset reads its inputs it asks the store
 (:meth:`~matchbox_dagster.store.base.MatchboxDBAdapter.find_reusable_step`) for the collection's
@@ -7,6 +7,10 @@ the default run, the fingerprints they have in this run. When there is one, the 
 :class:`~matchbox_dagster.common.reuse.ReusedStep` — no input is read, nothing is computed —
 and the IO manager writes it with one ``write_step``: the step shares the default run's data
 (outcome ``shared``, metadata ``matchbox/reused_from``). Its checks still run, on the stored step.
+
+A source always re-extracts and re-hashes its rows (the only way to know they did not change),
+then compares their fingerprint with the default run's step before indexing them: when equal,
+it reuses that step the same way (``matchbox/indexed: false``).
 
 Forcing a recompute: tag the Dagster run ``matchbox/recompute=true`` (the launchpad's tags,
 ``dagster job launch --tags '{"matchbox/recompute": "true"}'``, or ``tags=`` of
@@ -31,6 +35,9 @@ RECOMPUTE_TAG = "matchbox/recompute"
 
 META_COMPUTED = "matchbox/computed"
 META_INPUTS_LOADED = "matchbox/inputs_loaded"
+META_INDEXED = "matchbox/indexed"
+"""A source's metadata: whether its rows were indexed for storing (False: the extracted rows'
+fingerprint equals the default run's step, whose data the source shares without indexing)."""
 
 
 def recompute_forced(context: dg.AssetExecutionContext) -> bool:

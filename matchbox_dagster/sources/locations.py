@@ -50,7 +50,7 @@ from matchbox_dagster.common.dtos import LocationConfig, LocationType, SourceCon
 from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.common.redaction import redact, redact_text, resolve_credentials
 from matchbox_dagster.common.settings import DEFAULT_BATCH_SIZE
-from matchbox_dagster.methods.hashing import index_rows
+from matchbox_dagster.methods.hashing import RowDigests, digest_rows
 from matchbox_dagster.sources.roots import (
     allowed_files,
     database_file_allowed,
@@ -105,6 +105,24 @@ def extract(
         yield batch.select(columns).with_columns(pl.col(columns[0]).cast(pl.String))
 
 
+def digest_source(
+    config: SourceConfig,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    s3_client: Any | None = None,
+    s3_client_factory: S3ClientFactory | None = None,
+) -> RowDigests:
+    """Extract a source and hash its rows: enough to fingerprint it (see :class:`RowDigests`)."""
+    batches = extract(
+        config, batch_size=batch_size, s3_client=s3_client, s3_client_factory=s3_client_factory
+    )
+    return digest_rows(
+        batches,
+        key_field=config.key_field.name,
+        index_fields=[f.name for f in config.index_fields],
+    )
+
+
 def index_source(
     config: SourceConfig,
     *,
@@ -113,14 +131,9 @@ def index_source(
     s3_client_factory: S3ClientFactory | None = None,
 ) -> SourceHashes:
     """Extract a source and hash its rows: the data its source step stores."""
-    batches = extract(
+    return digest_source(
         config, batch_size=batch_size, s3_client=s3_client, s3_client_factory=s3_client_factory
-    )
-    return index_rows(
-        batches,
-        key_field=config.key_field.name,
-        index_fields=[f.name for f in config.index_fields],
-    )
+    ).index()
 
 
 def _transform(frame: pl.LazyFrame, sql: str) -> pl.LazyFrame:

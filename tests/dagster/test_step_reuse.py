@@ -55,6 +55,7 @@ from tests.dagster.conftest import (
 
 MODELS = ["dedupe_a", "dedupe_b", "link_ab", "people"]
 """Steps that may reuse the default run's (models and the resolver)."""
+SOURCES = ["febrl_a", "febrl_b"]
 
 _CHANGED_ROWS = 0
 
@@ -156,6 +157,7 @@ def test_first_run_computes_and_stores_everything(runs: Runs) -> None:
         assert meta[step]["matchbox/computed"] is True, step
         assert meta[step]["matchbox/inputs_loaded"] >= 1, step
         assert "matchbox/reused_from" not in meta[step]
+    assert all(meta[source]["matchbox/indexed"] is True for source in SOURCES)
 
 
 def test_unchanged_run_reuses_every_model_and_the_resolver(
@@ -174,8 +176,11 @@ def test_unchanged_run_reuses_every_model_and_the_resolver(
         assert meta[step]["matchbox/fingerprint"] == runs.meta(1)[step]["matchbox/fingerprint"]
         assert meta[step]["dagster/row_count"] == runs.meta(1)[step]["dagster/row_count"]
     # Sources re-extract (the only way to know they did not change) and share run 1's data.
-    for source in ("febrl_a", "febrl_b"):
+    # Their fingerprint, taken before indexing, equals run 1's: nothing is indexed.
+    for source in SOURCES:
         assert meta[source]["matchbox/reused_from"] == runs.reused_from(1)
+        assert meta[source]["matchbox/indexed"] is False, source
+        assert meta[source]["dagster/row_count"] == runs.meta(1)[source]["dagster/row_count"]
     # The resolver's entity table (UI) is the one run 1 tabulated, copied.
     assert meta["people"]["entities"] == runs.meta(1)["people"]["entities"]
     assert "| " in meta["people"]["entities"]
@@ -211,6 +216,10 @@ def test_changed_source_recomputes_only_its_descendants(runs: Runs) -> None:
     }
     assert meta["dedupe_a"]["matchbox/computed"] is False
     assert meta["dedupe_a"]["matchbox/reused_from"] == runs.reused_from(1)
+    assert (meta["febrl_a"]["matchbox/indexed"], meta["febrl_b"]["matchbox/indexed"]) == (
+        False,
+        True,
+    )
     for step in ("dedupe_b", "link_ab", "people"):
         assert meta[step]["matchbox/computed"] is True, step
         assert meta[step]["matchbox/inputs_loaded"] >= 1, step
@@ -221,6 +230,9 @@ def test_recompute_tag_computes_every_model_and_resolver(runs: Runs) -> None:
     result = runs.results[4]
     assert result.success
     meta = runs.meta(4)
+    # Sources index their rows too (then share them: identical data is stored once).
+    assert all(meta[source]["matchbox/indexed"] is True for source in SOURCES)
+    assert all(meta[source]["matchbox/action"] == "shared" for source in SOURCES)
     for step in MODELS:
         assert meta[step]["matchbox/computed"] is True, step
         assert meta[step]["matchbox/inputs_loaded"] >= 1, step

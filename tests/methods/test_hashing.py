@@ -17,7 +17,7 @@ import pytest
 
 from matchbox_dagster.common.arrow import SourceHashes
 from matchbox_dagster.common.errors import MatchboxInvalidData
-from matchbox_dagster.methods.hashing import index_rows, row_hashes
+from matchbox_dagster.methods.hashing import digest_rows, index_rows, row_hashes
 
 
 def hexes(array: pa.Array) -> list[str]:
@@ -271,3 +271,40 @@ def test_categorical_hashes_like_string():
     text = pl.DataFrame({"s": ["a", "b\x1f", None]})
     categorical = text.with_columns(pl.col("s").cast(pl.Categorical))
     assert row_hashes(categorical, ["s"]).equals(row_hashes(text, ["s"]))
+
+
+# --- digest_rows: the fingerprint before indexing ----------------------------------------------
+
+
+def test_row_digests_fingerprint_equals_the_indexed_sources() -> None:
+    """Without sorting or grouping, the fingerprint is the one the indexed hashes have."""
+    frame = pl.DataFrame(
+        {
+            "key": [f"k{i}" for i in range(1000)],
+            "name": [f"n{i % 97}" if i % 13 else None for i in range(1000)],
+            "n": [i % 31 for i in range(1000)],
+        }
+    )
+    batches = [frame.slice(0, 300), frame.slice(300, 700)]
+    digests = digest_rows(batches, key_field="key", index_fields=["name", "n"])
+    indexed = digests.index()
+    assert digests.num_keys == indexed.num_keys == 1000
+    assert digests.num_rows == indexed.num_rows < 1000  # identical rows share a hash
+    assert digests.fingerprint == indexed.fingerprint
+    assert (
+        indexed.fingerprint
+        == index_rows([frame], key_field="key", index_fields=["name", "n"]).fingerprint
+    )
+    moved = frame.with_columns(
+        key=pl.when(pl.col("key") == "k5").then(pl.lit("k5x")).otherwise("key")
+    )
+    other = digest_rows([moved], key_field="key", index_fields=["name", "n"])
+    assert other.fingerprint != digests.fingerprint  # one key changed: another fingerprint
+    distinct = digest_rows([frame], key_field="key", index_fields=["key", "name"])
+    assert distinct.num_rows == distinct.index().num_rows == 1000
+
+
+def test_row_digests_of_nothing() -> None:
+    empty = digest_rows([], key_field="key", index_fields=["name"])
+    assert (empty.num_keys, empty.num_rows) == (0, 0)
+    assert empty.fingerprint == empty.index().fingerprint

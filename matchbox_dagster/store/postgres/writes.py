@@ -174,7 +174,6 @@ class Writes:
             )
         if not isinstance(payload, ReusedStep) and payload.fingerprint != step.fingerprint:
             raise MatchboxFingerprintMismatch(path, step.fingerprint, payload.fingerprint)
-        load = None if isinstance(payload, ReusedStep) else self._loader(payload)
         started = time.perf_counter()
         with self.db.adbc() as conn, conn.cursor() as cur:
             mutable, current = self._lock_path(cur, path)
@@ -202,7 +201,8 @@ class Writes:
                 reuse.share(cur, written, shared)
                 rows = 0
             else:
-                assert load is not None  # a ReusedStep shares or raises
+                assert not isinstance(payload, ReusedStep)  # a ReusedStep shares or raises
+                load = self._loader(payload)  # only now: unchanged or shared data needs none
                 step_rows.set_stage(cur, written.step_id, UploadStage.PROCESSING)
                 rows = self._load_step(cur, written, load)
             conn.commit()
@@ -273,7 +273,7 @@ class Writes:
         return bool(run[0][0]), step_from_row(found[0]) if found else None
 
     def _loader(self, payload: SourceHashes | ModelResults | ResolverClusters) -> Load:
-        """The partition load of a payload (prepared in memory before any transaction)."""
+        """The partition load of a payload (prepared in memory, once the write needs it)."""
         if isinstance(payload, SourceHashes):
             return self._source_loader(payload)
         if isinstance(payload, ModelResults):
