@@ -1,10 +1,12 @@
 """``runs``, ``promote``, ``delete-run`` and ``prune``: a collection's runs and their lifecycle.
 
-``runs`` prints each run's state from the store (flags, label, steps, promotions) and Dagster
-(running, failed at a step, checks passed n/m) with a fixed number of queries
-(:func:`~matchbox_dagster.dagster.lifecycle.run_statuses`); it reads the collection's graph from
-the shape cache (:mod:`.shape_cache`) when the definitions did not change since a command last
-loaded them, so it neither imports the Dagster layer's assets nor builds the definitions.
+``runs`` prints each run's state (flags, label, running, failed at a step, checks passed n/m,
+promotions) with a fixed number of queries. The store settles most runs alone (their steps
+complete and every blocking check's outcome recorded since, or never materialised:
+:meth:`~matchbox_dagster.common.run_status.RunStatus.settled`); only for the others is Dagster
+imported and asked (:func:`~matchbox_dagster.dagster.lifecycle.add_dagster_view`). It reads the
+collection's graph from the shape cache (:mod:`.shape_cache`) when the definitions did not
+change since a command last loaded them, so in the common case it imports no Dagster at all.
 ``promote`` refuses a run whose graph is incomplete or whose blocking checks did not all pass
 unless ``--force --reason``; deleting never touches the default or an immutable run without
 ``--force``.
@@ -20,36 +22,51 @@ from typing import TYPE_CHECKING
 from matchbox_dagster.cli.base import CliError, Graph, instance, run_id_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import dagster as dg
 
-    from matchbox_dagster.dagster.lifecycle import GraphShape, RunStatus
+    from matchbox_dagster.common.run_status import RunShape, RunStatus
+    from matchbox_dagster.dagster.lifecycle import GraphShape
     from matchbox_dagster.store.base import MatchboxDBAdapter
 
 
-def _runs_source(args: argparse.Namespace) -> tuple[MatchboxDBAdapter, GraphShape]:
-    """The store and graph shape: from the shape cache when fresh, else the definitions."""
+def _runs_source(
+    args: argparse.Namespace,
+) -> tuple[MatchboxDBAdapter, RunShape, Callable[[], GraphShape]]:
+    """The store, the plain graph shape and (for Dagster) the full one: cached when fresh."""
     from matchbox_dagster.cli.shape_cache import lookup
 
     cached = None if args.fresh else lookup(args.definitions, args.collection)
     if cached is None:
         graph = Graph.load(args)  # and refreshes the cache
-        return graph.store, graph.shape()
+        shape = graph.shape()
+        return graph.store, shape.plain(), lambda: shape
     from matchbox_dagster.common.settings import MatchboxSettings
     from matchbox_dagster.store.postgres import MatchboxPostgres
 
     store = MatchboxPostgres(MatchboxSettings(**cached.settings))
-    return (store.as_user(cached.user_name) if cached.user_name else store), cached.shape
+    return (
+        (store.as_user(cached.user_name) if cached.user_name else store),
+        cached.plain(),
+        cached.shape,
+    )
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    """List runs with their state, checks and promotions."""
-    from matchbox_dagster.dagster.lifecycle import run_statuses
+    """List runs with their state, checks and promotions (Dagster asked only if needed)."""
+    from matchbox_dagster.common.run_status import store_statuses
 
-    store, shape = _runs_source(args)
-    if shape.collection not in store.list_collections():
-        print(f"collection {shape.collection!r} has no runs yet")
+    store, plain, shape = _runs_source(args)
+    if plain.collection not in store.list_collections():
+        print(f"collection {plain.collection!r} has no runs yet")
         return 0
-    statuses = run_statuses(instance(), store, shape)
+    statuses = store_statuses(store.run_summaries(plain.collection), plain)
+    unsettled = [s for s in statuses if not s.settled()]
+    if unsettled:  # running, failed, or checks the store did not record: Dagster knows
+        from matchbox_dagster.dagster.lifecycle import add_dagster_view
+
+        add_dagster_view(instance(), shape(), unsettled)
     width = max([len(s.label) for s in statuses] + [5])
     print(f"{'run':>5}  {'label':{width}}  {'flags':9} {'state':34} promoted by")
     for status in statuses:

@@ -1,9 +1,9 @@
 """The shape cache: what ``runs`` needs of a collection's definitions, kept between commands.
 
-``runs`` needs a collection's graph shape (its steps and blocking checks, what
-:func:`~matchbox_dagster.dagster.lifecycle.run_statuses` compares runs with) and the store's
-settings. Loading the definitions to learn them imports the whole Dagster layer and builds every
-asset, most of ``runs``' time. So each command that loads them (:meth:`.base.Graph.load`)
+``runs`` needs a collection's graph shape (its steps and blocking checks, what a run's status
+compares it with) and the store's settings; read from the cache, both need no Dagster.
+Loading the definitions to learn them imports the whole Dagster layer and builds every asset,
+most of ``runs``' time. So each command that loads them (:meth:`.base.Graph.load`)
 records the shape in ``$DAGSTER_HOME/matchbox-cli-shapes.json``, with the size and modification
 time of every file the definitions were built from: the definitions file, each Python module
 imported from outside the interpreter's own folders (the project's and this package's) and the
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import dagster as dg
 
+    from matchbox_dagster.common.run_status import RunShape
     from matchbox_dagster.dagster.lifecycle import GraphShape
     from matchbox_dagster.dagster.resources import MatchboxResource
 
@@ -40,12 +41,44 @@ FIELDS = ("postgres_uri", "postgres_schema", "embedded_data_dir", "batch_size", 
 
 @dataclass(frozen=True)
 class Cached:
-    """A collection's shape and the store settings of its definitions, from the cache."""
+    """A collection's shape and the store settings of its definitions, from the cache.
+
+    :meth:`plain` needs no Dagster (what ``runs`` reads for runs the store settles);
+    :meth:`shape` builds Dagster's keys, for the runs it must ask Dagster about.
+    """
 
     collection: str
-    shape: GraphShape
+    entry: dict[str, Any]
     settings: dict[str, Any]
     user_name: str | None
+
+    def plain(self) -> RunShape:
+        """Step names and ``(step, check)`` pairs, without importing Dagster."""
+        from matchbox_dagster.common.run_status import RunShape
+
+        entry = self.entry
+        step_of = {tuple(k): s for k, s in zip(entry["asset_keys"], entry["steps"], strict=True)}
+        return RunShape(
+            collection=self.collection,
+            steps=tuple(entry["steps"]),
+            checks=tuple((step_of.get(tuple(k), k[-1]), name) for k, name in entry["checks"]),
+        )
+
+    def shape(self) -> GraphShape:
+        """The shape with Dagster's asset and check keys (imports Dagster)."""
+        import dagster as dg
+
+        from matchbox_dagster.dagster.lifecycle import GraphShape
+
+        entry = self.entry
+        return GraphShape(
+            collection=entry["collection"],
+            steps=tuple(entry["steps"]),
+            asset_keys=tuple(dg.AssetKey(k) for k in entry["asset_keys"]),
+            checks=tuple(dg.AssetCheckKey(dg.AssetKey(k), name) for k, name in entry["checks"]),
+            resolver_key=dg.AssetKey(entry["resolver_key"]) if entry["resolver_key"] else None,
+            job_name=entry["job_name"],
+        )
 
 
 def _path() -> Path:
@@ -63,9 +96,7 @@ def _system_folders() -> tuple[str, ...]:
     return tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
 
 
-def _files(
-    definitions: str | None, defs: dg.Definitions, collection: str
-) -> dict[str, list[int]]:
+def _files(definitions: str | None, defs: dg.Definitions, collection: str) -> dict[str, list[int]]:
     """Size and modification time of every file the definitions were built from."""
     from matchbox_dagster.specs.preflight import YAML_META
 
@@ -171,18 +202,6 @@ def lookup(definitions: str | None, collection_arg: str | None) -> Cached | None
         return None
     if any(_stat(file) != stat for file, stat in entry["files"].items()):
         return None
-    import dagster as dg
-
-    from matchbox_dagster.dagster.lifecycle import GraphShape
-
-    shape = GraphShape(
-        collection=entry["collection"],
-        steps=tuple(entry["steps"]),
-        asset_keys=tuple(dg.AssetKey(k) for k in entry["asset_keys"]),
-        checks=tuple(dg.AssetCheckKey(dg.AssetKey(k), name) for k, name in entry["checks"]),
-        resolver_key=dg.AssetKey(entry["resolver_key"]) if entry["resolver_key"] else None,
-        job_name=entry["job_name"],
-    )
     settings: dict[str, Any] = {}
     user_name = None
     for name, value in entry["resource"].items():
@@ -194,4 +213,4 @@ def lookup(definitions: str | None, collection_arg: str | None) -> Cached | None
             user_name = value
         else:
             settings[name] = value
-    return Cached(entry["collection"], shape, settings, user_name)
+    return Cached(entry["collection"], entry, settings, user_name)

@@ -17,9 +17,10 @@ Check names (the promotion sensor relies on them only through the asset's check 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import dagster as dg
 import polars as pl
@@ -45,6 +46,9 @@ RESOLVER_QUALITY = "resolver_quality"
 EVALUATION = "evaluation"
 CHURN = "churn"
 
+logger = logging.getLogger(__name__)
+Results = TypeVar("Results", dg.AssetCheckResult, list[dg.AssetCheckResult])
+
 
 def _result(name: str, passed: bool, description: str, **metadata: object) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
@@ -54,6 +58,22 @@ def _result(name: str, passed: bool, description: str, **metadata: object) -> dg
         description=description,
         metadata={"summary": description, **metadata},
     )
+
+
+def record_outcomes(store: MatchboxDBAdapter, path: StepPath, results: Results) -> Results:
+    """``results`` (one or a list), their outcomes also recorded in the store for ``path``.
+
+    ``matchbox-dagster runs`` reads them there without asking Dagster
+    (:meth:`~matchbox_dagster.store.base.MatchboxDBAdapter.record_check_outcomes`). Best
+    effort: a store that cannot record them only makes ``runs`` ask Dagster for this run.
+    """
+    found = [results] if isinstance(results, dg.AssetCheckResult) else list(results)
+    outcomes = {str(r.check_name): bool(r.passed) for r in found if r.check_name}
+    try:
+        store.record_check_outcomes(path, outcomes)
+    except Exception as exc:  # the check's own result stands; Dagster holds it too
+        logger.warning("Check outcomes of %s not recorded in the store: %s", path, exc)
+    return results
 
 
 def resolver_check_names(checks: ResolverChecksSpec) -> list[str]:
@@ -268,9 +288,7 @@ def _evaluation(
         false_positives=scores.fp,
         false_negatives=scores.fn,
         **(
-            {
-                "precision_recall_by_threshold": dg.MetadataValue.md(curve_table(found.curve))
-            }
+            {"precision_recall_by_threshold": dg.MetadataValue.md(curve_table(found.curve))}
             if found.curve
             else {}
         ),

@@ -5,8 +5,9 @@ The store knows a run's flags, label, steps (and their upload stages) and who pr
 whether a run partition is being materialised, where it failed, and how each blocking check of
 each partition ended (the checks are partitioned, so each evaluation names its partition). This
 module joins the two, with a fixed number of queries whatever the number of runs, into a
-:class:`RunStatus` per run: what ``matchbox-dagster runs`` prints and what the promotion gate
-(:func:`promotion_blockers`) reads.
+:class:`~matchbox_dagster.common.run_status.RunStatus` per run (computed without Dagster from the
+store's summary; Dagster's view added here): what ``matchbox-dagster runs`` prints and what the
+promotion gate (``RunStatus.blockers``) reads.
 
 Dagster's per-partition check status is read through the instance's event-log storage
 (``get_asset_check_partition_info``); this is the one module that does.
@@ -15,26 +16,28 @@ Dagster's per-partition check status is read through the instance's event-log st
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dagster as dg
 from dagster._core.storage.asset_check_execution_record import (
     AssetCheckExecutionRecordStatus as CheckStatus,
 )
 
-from matchbox_dagster.common.dtos import UploadStage
-from matchbox_dagster.common.runs import Promotion, RunSummary
+from matchbox_dagster.common.run_status import ENDED_BADLY, RunShape, RunStatus, store_statuses
+from matchbox_dagster.common.runs import Promotion
 from matchbox_dagster.dagster.partitions import dagster_name
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
+__all__ = [
+    "GraphShape",
+    "RunStatus",
+    "graph_shape",
+    "mark_default",
+    "note_attempt",
+    "run_statuses",
+]
+
 PARTITION_TAG = "dagster/partition"
-_UNFINISHED = {
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-}
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,17 @@ class GraphShape:
         if run.asset_selection:
             return bool(run.asset_selection & set(self.asset_keys))
         return run.job_name == self.job_name  # the graph job (whole selection)
+
+    def plain(self) -> RunShape:
+        """The shape without Dagster's keys: step names and ``(step, check)`` pairs."""
+        step_of = dict(zip(self.asset_keys, self.steps, strict=True))
+        return RunShape(
+            collection=self.collection,
+            steps=self.steps,
+            checks=tuple(
+                (step_of.get(k.asset_key, k.asset_key.path[-1]), k.name) for k in self.checks
+            ),
+        )
 
 
 def graph_shape(defs: dg.Definitions, collection: str) -> GraphShape:
@@ -85,109 +99,6 @@ def graph_shape(defs: dg.Definitions, collection: str) -> GraphShape:
 
 def _plain(value: object) -> object:
     return getattr(value, "value", value)
-
-
-@dataclass
-class RunStatus:
-    """One run's state, from the store and from Dagster."""
-
-    summary: RunSummary
-    missing_steps: list[str] = field(default_factory=list)
-    dagster_run: dg.DagsterRun | None = None
-    failed_step: str | None = None
-    failure: str | None = None
-    checks_total: int = 0
-    checks_passed: list[str] = field(default_factory=list)
-    checks_failed: list[str] = field(default_factory=list)
-    checks_pending: list[str] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        """The run's label (its partition key), or ``#<id>`` for an unlabelled run."""
-        return self.summary.label or f"#{self.summary.run_id}"
-
-    @property
-    def running(self) -> bool:
-        """Whether a Dagster run of this partition has not finished."""
-        return self.dagster_run is not None and self.dagster_run.status in _UNFINISHED
-
-    @property
-    def failed(self) -> bool:
-        """Whether the latest Dagster run failed, or any blocking check failed (not running)."""
-        if self.running:
-            return False
-        ended_badly = self.dagster_run is not None and self.dagster_run.status in (
-            dg.DagsterRunStatus.FAILURE,
-            dg.DagsterRunStatus.CANCELED,
-        )
-        return ended_badly or bool(self.checks_failed)
-
-    @property
-    def state(self) -> str:
-        """A short phrase: running, failed at step X, checks failed or passed n/m, incomplete."""
-        done = len(self.checks_passed)
-        if self.running:
-            return f"running ({self.dagster_run.status.value.lower()})"  # type: ignore[union-attr]
-        if self.checks_failed:  # a failed blocking check also fails its step: say which
-            return f"checks failed {done}/{self.checks_total}"
-        if self.failed_step:
-            return f"failed at step {self.failed_step}"
-        if self.dagster_run is not None and self.dagster_run.status in (
-            dg.DagsterRunStatus.FAILURE,
-            dg.DagsterRunStatus.CANCELED,
-        ):
-            return f"{self.dagster_run.status.value.lower()} (no step failed)"
-        if not self.summary.steps:
-            return "empty"
-        if self.missing_steps:
-            return f"incomplete ({len(self.missing_steps)} step(s) missing)"
-        return f"checks passed {done}/{self.checks_total}"
-
-    @property
-    def flags(self) -> str:
-        """``default``, ``promoted``, ``immutable`` or ``mutable``."""
-        if self.summary.is_default:
-            return "default"
-        if self.summary.promoted_by is not None:
-            return "promoted"
-        return "mutable" if self.summary.is_mutable else "immutable"
-
-    @property
-    def promotion(self) -> str:
-        """Who promoted the run last, when, and (forced) why; empty if never promoted."""
-        s = self.summary
-        if s.promoted_by is None:
-            return ""
-        when = s.promoted_at.strftime("%Y-%m-%d %H:%M") if s.promoted_at else ""
-        text = f"{s.promoted_by} {when}"
-        if s.promotion_forced:
-            text += f" FORCED: {s.promotion_reason}"
-        return text
-
-    def blockers(self) -> list[str]:
-        """Why this run may not be promoted (empty: it may)."""
-        found = []
-        if self.running:
-            found.append(f"it is still running (Dagster run {self.dagster_run.run_id})")  # type: ignore[union-attr]
-        if self.missing_steps:
-            found.append(
-                f"its graph is incomplete: step(s) {', '.join(self.missing_steps)} missing or "
-                "not complete"
-            )
-        if self.failed_step and not self.checks_failed:
-            found.append(f"its Dagster run failed at step {self.failed_step}: {self.failure}")
-        if self.checks_failed:
-            found.append(f"blocking check(s) failed: {', '.join(self.checks_failed)}")
-        if self.checks_pending:
-            found.append(
-                "blocking check(s) not passed in Dagster for this partition: "
-                + ", ".join(self.checks_pending)
-            )
-        return found
-
-
-def _check_name(key: dg.AssetCheckKey) -> str:
-    return f"{key.asset_key.path[-1]}:{key.name}"
 
 
 def _failed_step(instance: dg.DagsterInstance, run_id: str) -> tuple[str | None, str | None]:
@@ -225,34 +136,36 @@ def run_statuses(
 ) -> list[RunStatus]:
     """Every run of the collection (or ``run_ids``) with its state, in run order.
 
-    Queries: one to the store, and without ``instance`` none to Dagster; with it, one for the
-    Dagster runs of the labels, one per blocking check, and one per failed Dagster run.
+    Queries: one to the store, and without ``instance`` none to Dagster; with it, those of
+    :func:`add_dagster_view` for every run.
     """
-    summaries = store.run_summaries(shape.collection)
-    if run_ids is not None:
-        wanted = set(run_ids)
-        summaries = [s for s in summaries if s.run_id in wanted]
-    statuses = []
-    for summary in summaries:
-        missing = [
-            step for step in shape.steps if summary.steps.get(step) != UploadStage.COMPLETE
-        ]
-        statuses.append(
-            RunStatus(summary=summary, missing_steps=missing, checks_total=len(shape.checks))
-        )
+    statuses = store_statuses(store.run_summaries(shape.collection), shape.plain(), run_ids)
+    if instance is not None:
+        add_dagster_view(instance, shape, statuses)
+    return statuses
+
+
+def add_dagster_view(
+    instance: dg.DagsterInstance, shape: GraphShape, statuses: Sequence[RunStatus]
+) -> None:
+    """Add Dagster's view to labelled ``statuses``: latest run, failed step, check outcomes.
+
+    Queries: one for the Dagster runs of the labels, one per blocking check, and one per failed
+    Dagster run. A check's finished evaluation in Dagster wins over the store's record; with
+    neither it stays pending.
+    """
     labelled = {s.summary.label: s for s in statuses if s.summary.label}
-    if instance is None or not labelled:
-        for status in statuses:
-            status.checks_pending = [_check_name(k) for k in shape.checks]
-        return statuses
+    if not labelled:
+        return
+    latest: dict[str, dg.DagsterRun] = {}
     for run in instance.get_runs(filters=dg.RunsFilter(tags={PARTITION_TAG: list(labelled)})):
-        status = labelled.get(run.tags.get(PARTITION_TAG))
-        if status is None or status.dagster_run is not None:
-            continue  # runs come newest first: the first is the latest
-        if not shape.ran(run):
-            continue  # a run of another collection's partition with the same label
-        status.dagster_run = run
-        if run.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+        label = run.tags.get(PARTITION_TAG)
+        if label in labelled and label not in latest and shape.ran(run):
+            latest[label] = run  # runs come newest first: the first is the latest
+    for label, run in latest.items():
+        status = labelled[label]
+        status.dagster_run_id, status.dagster_state = run.run_id, run.status.value
+        if run.status.value in ENDED_BADLY:
             status.failed_step, status.failure = _failed_step(instance, run.run_id)
     outcome: dict[tuple[str, dg.AssetCheckKey], CheckStatus] = {}
     if shape.checks:
@@ -262,20 +175,34 @@ def run_statuses(
         for info in infos:
             if info.partition_key is not None:
                 outcome[(info.partition_key, info.check_key)] = info.latest_execution_status
+    names = shape.plain().check_names
     for label, status in labelled.items():
-        for key in shape.checks:
-            found = outcome.get((label, key))
-            name = _check_name(key)
-            if found == CheckStatus.SUCCEEDED:
-                status.checks_passed.append(name)
-            elif found == CheckStatus.FAILED:
-                status.checks_failed.append(name)
-            else:
-                status.checks_pending.append(name)
-    for status in statuses:
-        if not status.summary.label:
-            status.checks_pending = [_check_name(k) for k in shape.checks]
-    return statuses
+        found = dict(status.summary.checks)
+        for key, name in zip(shape.checks, names, strict=True):
+            ended = outcome.get((label, key))
+            if ended in (CheckStatus.SUCCEEDED, CheckStatus.FAILED):
+                found[name] = ended == CheckStatus.SUCCEEDED
+        status.set_checks(names, found)
+
+
+def note_attempt(
+    context: dg.AssetExecutionContext, store: MatchboxDBAdapter, collection: str
+) -> None:
+    """Note in the store that this Dagster run began materialising the asset's partition.
+
+    Once per Dagster run and label (later calls change nothing). Until the run's checks are
+    recorded after it, ``matchbox-dagster runs`` asks Dagster about the run (running, failed at
+    a step). Best effort: a note that cannot be written is logged.
+    """
+    from matchbox_dagster.dagster.partitions import dagster_run_id
+
+    run_id = dagster_run_id(context)
+    if run_id is None or not context.has_partition_key:
+        return
+    try:
+        store.note_dagster_attempt(collection, context.partition_key, run_id)
+    except Exception as exc:  # runs may then miss a failure before any step: say so
+        context.log.warning("Dagster run not noted in the store: %s", exc)
 
 
 def mark_default(
