@@ -7,19 +7,38 @@ Cross-site posts (a foreign ``Origin`` or ``Referer``, or neither), a forged tok
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import polars as pl
 import pytest
 from starlette.testclient import TestClient
 
-from matchbox_dagster.common.dtos import Group, PermissionType, User
+from matchbox_dagster.common.dtos import Group, PermissionType, QueryConfig, User
 from matchbox_dagster.review.app import create_app
 from matchbox_dagster.review.state import ReviewConfig
 from matchbox_dagster.store.postgres import MatchboxPostgres
-from tests.evaluation.test_sampling import _run
+from tests.factories import add_model, add_resolver
+from tests.review.conftest import judgements_within, source_leaves
+from tests.sources.test_inputs import indexed, people
 
 OWN = "http://testserver"
+
+
+def _two_entities(store: MatchboxPostgres, collection: str, run: int, folder: Path) -> None:
+    """Source ``people`` (20 leaves), a deduper and a resolver joining leaves 0–1 and 2–3.
+
+    Leaves are content-addressed across collections, so every name carries a salt: the leaves
+    are this test's own, judged by no other test.
+    """
+    salted = people().with_columns(pl.col("name") + f"-{uuid.uuid4().hex[:8]}")
+    salted.write_parquet(folder / "people.parquet")
+    source = indexed(store, collection, run, folder / "people.parquet")
+    L = sorted(pl.DataFrame(pl.from_arrow(store.query(source))).get_column("id").unique())
+    edges = [(L[0], L[1], 0.95), (L[2], L[3], 0.82), (L[4], L[5], 0.79), (L[6], L[7], 0.5)]
+    add_model(store, collection, run, "dedupe", edges, QueryConfig(sources=["people"]))
+    pairs = [[L[0], L[1]], [L[2], L[3]]]
+    add_resolver(store, collection, run, "resolved", pairs, ("dedupe",), {"dedupe": 0.8})
 
 
 @pytest.fixture
@@ -27,7 +46,7 @@ def client(
     store: MatchboxPostgres, collection: str, run: int, tmp_path: Path
 ) -> tuple[TestClient, str]:
     """The app for ``carol`` (READ on the collection) over a resolver of two entities."""
-    _run(store, collection, run, tmp_path, [0, 1, 2, 3])
+    _two_entities(store, collection, run, tmp_path)
     store.set_run_mutable(collection, run, False)
     store.set_run_default(collection, run, True)
     store.login(User(user_name="carol"))
@@ -46,15 +65,18 @@ def _form(client: TestClient, collection: str) -> dict[str, str]:
 
 
 def _count(store: MatchboxPostgres, collection: str) -> int:
-    table, _ = store.get_collection_judgements(collection)
-    return pl.DataFrame(pl.from_arrow(table)).filter(pl.col("user_name") == "carol").height
+    """carol's judgements of the collection's records (not those of other tests' collections)."""
+    run = store.get_collection(collection).default_run
+    assert run is not None
+    leaves = source_leaves(store, collection, run, "people")
+    return judgements_within(store, collection, leaves, "carol").height
 
 
 def test_posts_from_elsewhere_are_refused(
     store: MatchboxPostgres, client: tuple[TestClient, str]
 ) -> None:
     app, collection = client
-    before = _count(store, collection)
+    assert _count(store, collection) == 0  # the leaves are this test's own
     form = _form(app, collection)
     url = f"/review/{collection}/judge"
     cases = [
@@ -71,20 +93,20 @@ def test_posts_from_elsewhere_are_refused(
     assert answer.status_code == 415
     answer = app.get(f"/review/{collection}", headers={"host": "attacker.example"})
     assert answer.status_code == 400
-    assert _count(store, collection) == before
+    assert _count(store, collection) == 0
 
     answer = app.post(url, data=form, headers={"origin": OWN})  # the real thing
-    assert answer.status_code == 303 and _count(store, collection) == before + 1
+    assert answer.status_code == 303 and _count(store, collection) == 1
     answer = app.post(url, data=form, headers={"referer": f"{OWN}/review/{collection}"})
     assert answer.status_code == 409 and "already submitted" in answer.text
-    assert _count(store, collection) == before + 1
+    assert _count(store, collection) == 1
 
 
 def test_a_missing_record_and_a_bad_strategy_change_nothing(
     store: MatchboxPostgres, client: tuple[TestClient, str]
 ) -> None:
     app, collection = client
-    before = _count(store, collection)  # leaves are content-addressed: shared with other tests
+    assert _count(store, collection) == 0  # the leaves are this test's own
     form = _form(app, collection)
     leaves = [k for k in form if k.startswith("g-")]
     partial = {k: v for k, v in form.items() if k != leaves[0]}
@@ -96,4 +118,4 @@ def test_a_missing_record_and_a_bad_strategy_change_nothing(
         f"/review/{collection}/undo", data={"csrf": form["csrf"]}, headers={"origin": OWN}
     )
     assert answer.status_code == 409 and "no judgement to undo" in answer.text
-    assert _count(store, collection) == before
+    assert _count(store, collection) == 0

@@ -18,13 +18,12 @@ from playwright.sync_api import Browser, Page
 
 from matchbox_dagster.cli import main
 from matchbox_dagster.store.postgres import MatchboxPostgres
-from tests.review.conftest import MIN_JUDGEMENTS, Project, screenshot
+from tests.review.conftest import MIN_JUDGEMENTS, Project, judgements_within, screenshot
 
 
-def _judgements(store: MatchboxPostgres, collection: str, user: str) -> pl.DataFrame:
-    judgements, _ = store.get_collection_judgements(collection)
-    frame = pl.DataFrame(pl.from_arrow(judgements))
-    return frame.filter(pl.col("user_name") == user).select("shown", "endorsed")
+def _judgements(store: MatchboxPostgres, project: Project, user: str) -> pl.DataFrame:
+    """``user``'s judgements of the project's records (not those other tests made elsewhere)."""
+    return judgements_within(store, project.collection, project.leaves, user)
 
 
 def _judge(page: Page, keys: str) -> str:
@@ -98,7 +97,7 @@ def test_judge_ten_entities_with_the_keyboard_and_gate_promotion(
     for i in range(5):
         assert "Recorded: one entity" in _judge(page, "e")
         assert page.inner_text("#progress") == f"{i + 1} of {MIN_JUDGEMENTS}"
-    assert _judgements(store, collection, "alice").height == 5
+    assert _judgements(store, project, "alice").height == 5
     figures = _evaluation(page, base, collection)
     assert figures["pairs"] == "5" and figures["precision"] == "1.000"
 
@@ -111,7 +110,7 @@ def test_judge_ten_entities_with_the_keyboard_and_gate_promotion(
     page.goto(f"{base}/review/{collection}")
     for _ in range(5):
         assert "Recorded" in _judge(page, "e")
-    judged = _judgements(store, collection, "alice")
+    judged = _judgements(store, project, "alice")
     assert judged.get_column("shown").n_unique() == MIN_JUDGEMENTS
     figures = _evaluation(page, base, collection)
     assert figures["pairs"] == str(MIN_JUDGEMENTS)
@@ -131,7 +130,7 @@ def test_judge_ten_entities_with_the_keyboard_and_gate_promotion(
     with page.expect_navigation():
         page.keyboard.press("u")
     assert "Undone" in page.inner_text("[role=status]")
-    assert _judgements(store, collection, "alice").get_column("shown").n_unique() == 10
+    assert _judgements(store, project, "alice").get_column("shown").n_unique() == 10
     assert _evaluation(page, base, collection)["precision"] == "1.000"
 
     # Enough judgements and passing figures: the sensor promotes the run.
@@ -149,7 +148,7 @@ def test_bad_input_is_refused_on_the_page_and_changes_nothing(
     base = start_app("alice")
     page = browser.new_page()
     collection = project.collection
-    before = _judgements(store, collection, "alice").height
+    before = _judgements(store, project, "alice").height
 
     # The uncertain strategy: an edge nearest its threshold, and why it was picked.
     page.goto(f"{base}/review/{collection}")
@@ -172,9 +171,7 @@ def test_bad_input_is_refused_on_the_page_and_changes_nothing(
 
     # A double submit: the same form posted twice.
     page.goto(f"{base}/review/{collection}")
-    form = page.evaluate(
-        "() => Object.fromEntries(new FormData(document.getElementById('judge')))"
-    )
+    form = page.evaluate("() => Object.fromEntries(new FormData(document.getElementById('judge')))")
     assert "Recorded" in _judge(page, "e")
     replay = (
         "(fields) => { const f = document.createElement('form'); f.method = 'post';"
@@ -187,9 +184,7 @@ def test_bad_input_is_refused_on_the_page_and_changes_nothing(
         page.evaluate(replay, form)
     assert "already submitted" in page.inner_text("[role=alert]")
     # A stale sample: the page's sample was skipped in another tab.
-    form = page.evaluate(
-        "() => Object.fromEntries(new FormData(document.getElementById('judge')))"
-    )
+    form = page.evaluate("() => Object.fromEntries(new FormData(document.getElementById('judge')))")
     with page.expect_navigation():
         page.keyboard.press("n")  # skip
     with page.expect_navigation():
@@ -200,7 +195,7 @@ def test_bad_input_is_refused_on_the_page_and_changes_nothing(
         page.evaluate(replay, {**form, "csrf": "forged"})
     assert "security token" in page.inner_text("[role=alert]")
     screenshot(page, "refused")
-    assert _judgements(store, collection, "alice").height == before + 1  # only the real one
+    assert _judgements(store, project, "alice").height == before + 1  # only the real one
     page.close()
 
 
