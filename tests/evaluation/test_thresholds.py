@@ -90,3 +90,29 @@ def test_many_labelled_pairs_resample_in_bounded_chunks():
     assert peak < 200 * 2**20  # 100 resamples at once held about 460 MB
     assert got.threshold == pytest.approx(best_threshold(threshold_curve(edges, labels)))
     assert got.low <= got.threshold <= got.high and got.labelled == 200_000
+
+
+def _per_pair_interval(edges: pl.DataFrame, labels: pl.DataFrame, resamples: int) -> np.ndarray:
+    """The bootstrap by its definition: one Poisson(1) weight per labelled pair."""
+    joined = labels.join(
+        edges.rename({"left_id": "right_id", "right_id": "left_id"}), on=["left_id", "right_id"]
+    ).sort("score", descending=True)
+    match = joined.get_column("match").cast(pl.Float64).to_numpy()
+    score = joined.get_column("score").to_numpy()
+    ends = np.flatnonzero(np.append(score[1:] != score[:-1], True))
+    weights = np.random.default_rng(7).poisson(1.0, (resamples, len(match)))
+    tp = np.cumsum(weights * match, axis=1)[:, ends]
+    kept = np.cumsum(weights, axis=1)[:, ends]
+    f1 = 2 * tp / (kept + (weights @ match)[:, None])
+    return score[ends[np.argmax(f1, axis=1)]]
+
+
+def test_resampling_groups_of_equal_pairs_is_the_per_pair_bootstrap():
+    """Resampling each (score, label) group's count is the bootstrap over its pairs."""
+    edges, labels = model(3000, 0.6, 0.12, seed=4)
+    edges = edges.with_columns(pl.col("score").round(2))  # few distinct scores, big groups
+    got = suggest_threshold(edges, labels, resamples=2000, seed=3)
+    reference = _per_pair_interval(edges, labels, 2000)
+    low, high = np.quantile(reference, [0.025, 0.975])
+    assert (got.low, got.high) == pytest.approx((low, high), abs=0.011)  # within a score step
+    assert got.low < got.high  # a real interval, not a point
