@@ -24,25 +24,19 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from matchbox_dagster.common.dtos import LocationConfig, LocationType, StepPath
+from matchbox_dagster.common.dtos import StepPath
 from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.dagster.assets import IO_MANAGER_KEY, build_collection_assets
 from matchbox_dagster.dagster.io_manager import MatchboxIOManager
 from matchbox_dagster.dagster.partitions import add_run_partition
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.evaluation.metrics import PairwiseScores, score_against_truth
-from matchbox_dagster.examples.febrl import FIELDS
+from matchbox_dagster.examples.febrl import TRUTH
 from matchbox_dagster.methods.models import splink_engines as engines
 from matchbox_dagster.methods.models.splink_engines import SPARK_HINT, spark_api
-from matchbox_dagster.specs import (
-    CollectionSpec,
-    InputSpec,
-    ModelSpec,
-    ResolverChecksSpec,
-    ResolverSpec,
-    SourceSpec,
-)
+from matchbox_dagster.specs import CollectionSpec, InputSpec, ModelSpec, ResolverChecksSpec
 from tests.dagster.conftest import check_evaluations, materializations, unique_collection
+from tests.factories import febrl_source, single_model_collection
 
 THRESHOLD = 0.9
 DATE_FORMAT = {"duckdb": "%Y%m%d", "spark": "yyyyMMdd"}
@@ -117,41 +111,25 @@ def splink_settings(engine: str) -> dict[str, Any]:
 
 def spec(collection: str, engine: str) -> CollectionSpec:
     """FEBRL4 A and B → a Splink linker on ``engine`` → a resolver checked against the truth."""
-    truth = r"regexp_replace(key, '-(org|dup-[0-9]+)$', '')"
-
-    def source(name: str, function: str) -> SourceSpec:
-        location = f"matchbox_dagster.examples.febrl:{function}"
-        return SourceSpec(
-            name=name,
-            location=LocationConfig(type=LocationType.ARROW, name=location),
-            key_field="rec_id",
-            index_fields=FIELDS,
-        )
-
-    return CollectionSpec(
-        collection=collection,
-        sources=[source("febrl_a", "febrl4_a"), source("febrl_b", "febrl4_b")],
-        models=[
-            ModelSpec(
-                name="link_ab",
-                left=InputSpec(step="febrl_a"),
-                right=InputSpec(step="febrl_b"),
-                model_class="Splink",
-                settings=splink_settings(engine),
-            )
-        ],
-        resolvers=[
-            ResolverSpec(
-                name="people",
-                thresholds={"link_ab": THRESHOLD},
-                checks=ResolverChecksSpec(
-                    max_cluster_size=10,
-                    min_precision=0.99,
-                    min_recall=0.99,
-                    truth={"febrl_a": truth, "febrl_b": truth},
-                ),
-            )
-        ],
+    linker = ModelSpec(
+        name="link_ab",
+        left=InputSpec(step="febrl_a"),
+        right=InputSpec(step="febrl_b"),
+        model_class="Splink",
+        settings=splink_settings(engine),
+    )
+    return single_model_collection(
+        collection,
+        [febrl_source("febrl_a", "febrl4_a"), febrl_source("febrl_b", "febrl4_b")],
+        linker,
+        resolver="people",
+        threshold=THRESHOLD,
+        checks=ResolverChecksSpec(
+            max_cluster_size=10,
+            min_precision=0.99,
+            min_recall=0.99,
+            truth={"febrl_a": TRUTH, "febrl_b": TRUTH},
+        ),
         promote=False,
     )
 
