@@ -54,6 +54,7 @@ def client(
     store.create_group(Group(name=group))
     store.add_user_to_group("carol", group)
     store.grant_permission(group, PermissionType.READ, collection)
+    assert _count(store, collection) == 0  # the leaves are this test's own: nothing judged
     config = ReviewConfig(store=store, user="carol", allowed_hosts=("testserver",))
     return TestClient(create_app(config), follow_redirects=False), collection
 
@@ -76,7 +77,6 @@ def test_posts_from_elsewhere_are_refused(
     store: MatchboxPostgres, client: tuple[TestClient, str]
 ) -> None:
     app, collection = client
-    assert _count(store, collection) == 0  # the leaves are this test's own
     form = _form(app, collection)
     url = f"/review/{collection}/judge"
     cases = [
@@ -106,7 +106,6 @@ def test_a_missing_record_and_a_bad_strategy_change_nothing(
     store: MatchboxPostgres, client: tuple[TestClient, str]
 ) -> None:
     app, collection = client
-    assert _count(store, collection) == 0  # the leaves are this test's own
     form = _form(app, collection)
     leaves = [k for k in form if k.startswith("g-")]
     partial = {k: v for k, v in form.items() if k != leaves[0]}
