@@ -62,7 +62,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"collection {plain.collection!r} has no runs yet")
         return 0
     statuses = store_statuses(store.run_summaries(plain.collection), plain)
-    unsettled = [s for s in statuses if not s.settled()]
+    unsettled = [s for s in statuses if s.summary.label and not s.settled()]
     if unsettled:  # running, failed, or checks the store did not record: Dagster knows
         from matchbox_dagster.dagster.lifecycle import add_dagster_view
 
