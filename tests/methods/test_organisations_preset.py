@@ -32,14 +32,14 @@ def registers() -> tuple[pl.DataFrame, pl.DataFrame, dict[int, int]]:
     from companies import generate_companies
 
     a, b, truth = generate_companies(600, seed=3)
-    rename = {
-        "name": "company", "postcode": "pc", "address": "street", "company_number": "crn"
-    }
+    rename = {"name": "company", "postcode": "pc", "address": "street", "company_number": "crn"}
     a = a.rename(rename).with_row_index("id", offset=1)
     b = b.rename(rename).with_row_index("id", offset=100_001)
     ids = pl.concat(
-        [a.select("id", pl.lit("a").alias("source"), "key"),
-         b.select("id", pl.lit("b").alias("source"), "key")]
+        [
+            a.select("id", pl.lit("a").alias("source"), "key"),
+            b.select("id", pl.lit("b").alias("source"), "key"),
+        ]
     ).join(truth, on=["source", "key"])
     return (
         a.with_columns(pl.col("id").cast(pl.Int64)),
@@ -149,3 +149,48 @@ resolvers:
     assert isinstance(resolver.resolver, SplitConflicts)
     assert resolver.config.resolver_class == "SplitConflicts"
     assert resolver.config.resolver_settings["strong"] == {"organisations": 0.99}
+
+
+def _training_step(model, name):
+    return [next(iter(s.values())) for s in model.training if next(iter(s)) == name]
+
+
+def test_training_and_blocking_follow_the_roles_and_the_data():
+    model = OrganisationLinker(roles=ROLES)
+    many = model.splink(records=34_000, shared_numbers=4_000)
+    em = _training_step(many, "estimate_parameters_using_expectation_maximisation")
+    # EM first on pairs sharing a company number (nearly all matches), then on the core name.
+    assert [s["blocking_rule"] for s in em] == [["company_number"], ["core"]]
+    few = model.splink(records=34_000, shared_numbers=10)
+    em = _training_step(few, "estimate_parameters_using_expectation_maximisation")
+    assert [s["blocking_rule"] for s in em] == [["postcode"], ["core"]]
+    # The u sample grows with the records, within bounds, unless max_pairs is set.
+    sizes = [
+        _training_step(m, "estimate_u_using_random_sampling")[0]["max_pairs"]
+        for m in (
+            model.splink(records=1_000),
+            model.splink(records=34_000),
+            model.splink(records=10**7),
+            OrganisationLinker(roles=ROLES, max_pairs=5e4).splink(records=10**7),
+        )
+    ]
+    assert sizes == [2.5e5, 3.4e5, 2e6, 5e4]
+    # No bare postcode or address block: an estate or "1 High Street" is not one block.
+    rules = many.splink_settings["blocking_rules_to_generate_predictions"]
+    assert ["postcode"] not in rules and ["address"] not in rules
+    assert "l.address = r.address and (l.town = r.town or l.district = r.district)" in rules
+    bare = OrganisationLinker(roles={"name": "n", "address": "a"}).splink()
+    assert bare.splink_settings["blocking_rules_to_generate_predictions"] == [
+        ["core"],
+        ["address"],
+    ]
+
+
+def test_shared_company_numbers_are_counted_per_pair():
+    from matchbox_dagster.methods.models.organisation import _shared_numbers
+
+    left = pl.DataFrame({"company_number": ["1", "1", "2", None]})
+    right = pl.DataFrame({"company_number": ["1", "2", "2", None, "3"]})
+    assert _shared_numbers(left, right) == 2 * 1 + 1 * 2
+    assert _shared_numbers(left, None) == 1  # the two "1" records
+    assert _shared_numbers(pl.DataFrame({"core": ["a"]}), None) == 0

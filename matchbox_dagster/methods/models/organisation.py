@@ -43,6 +43,8 @@ from matchbox_dagster.methods.organisations import (
 )
 
 ROLES = ("name", "postcode", "town", "address", "company_number")
+MIN_NUMBER_PAIRS = 500
+"""Candidate pairs sharing a company number needed to train EM on them first."""
 MAX_BLOCK = 200
 """Blocks (records sharing a core name, postcode or address) larger than this on a side are not
 searched for conflicts: a very common value says little."""
@@ -67,7 +69,11 @@ class OrganisationLinker(Model):
     distinguishing: list[str] | None = Field(
         default=None, description="Distinguishing words (default: the module's list)."
     )
-    max_pairs: float = Field(default=1e6, gt=0, description="Pairs sampled to estimate u.")
+    max_pairs: float | None = Field(
+        default=None,
+        gt=0,
+        description="Pairs sampled to estimate u (default: 10 a record, 250,000 to 2,000,000).",
+    )
     seed: int = Field(default=1, description="Seed of Splink's sampling.")
 
     @field_validator("roles")
@@ -114,8 +120,14 @@ class OrganisationLinker(Model):
         named = frame.with_columns(org_words(col["name"], self.abbreviations).alias("__words"))
         return named.select(out)
 
-    def splink(self) -> SplinkModel:
-        """The Splink model over :meth:`prepare`'s columns."""
+    def splink(self, records: int = 0, shared_numbers: int = 0) -> SplinkModel:
+        """The Splink model over :meth:`prepare`'s columns.
+
+        ``records`` (all inputs) sizes the u sample when ``max_pairs`` is not set;
+        ``shared_numbers`` is how many candidate pairs share a company number: with at least
+        :data:`MIN_NUMBER_PAIRS` of them, EM first trains on those pairs (nearly all matches:
+        few pairs, quick convergence) instead of on pairs sharing a postcode.
+        """
         roles = self.roles
         comparisons: list[dict[str, Any]] = [
             {
@@ -126,6 +138,8 @@ class OrganisationLinker(Model):
             },
             {"comparison": "ExactMatch", "col_name": "tokens"},
         ]
+        # Blocking: every rule an equi-join on a cleaned value; a bare postcode or address
+        # would compare every pair of an industrial estate or of "1 High Street" in all towns.
         blocking: list[Any] = [["core"]]
         em: list[Any] = []
         if "postcode" in roles:
@@ -137,10 +151,9 @@ class OrganisationLinker(Model):
                 }
             )
             blocking += [
-                ["postcode"],
                 "l.district = r.district and substr(l.core, 1, 4) = substr(r.core, 1, 4)",
+                "l.postcode = r.postcode and substr(l.core, 1, 1) = substr(r.core, 1, 1)",
             ]
-            em.append(["postcode"])
         if "town" in roles:
             comparisons.append(
                 {"comparison": "ExactMatch", "col_name": "town", "term_frequency_adjustments": True}
@@ -153,13 +166,25 @@ class OrganisationLinker(Model):
                     "term_frequency_adjustments": True,
                 }
             )
-            blocking.append(["address"])
+            places = [
+                f"l.{column} = r.{column}"
+                for role, column in (("town", "town"), ("postcode", "district"))
+                if role in roles
+            ]
+            blocking.append(
+                f"l.address = r.address and ({' or '.join(places)})" if places else ["address"]
+            )
         if "company_number" in roles:
             comparisons.append({"comparison": "ExactMatch", "col_name": "company_number"})
             blocking.append(["company_number"])
+            if shared_numbers >= MIN_NUMBER_PAIRS:
+                em.append(["company_number"])
+        if not em and "postcode" in roles:
+            em.append(["postcode"])
         em.append(["core"])
         if "postcode" not in roles and "town" in roles:
             em.append(["town"])
+        max_pairs = self.max_pairs or min(2e6, max(2.5e5, 10.0 * records))
         training: list[dict[str, dict[str, Any]]] = [
             {
                 "estimate_probability_two_random_records_match": {
@@ -171,12 +196,7 @@ class OrganisationLinker(Model):
                     "recall": 0.7,
                 }
             },
-            {
-                "estimate_u_using_random_sampling": {
-                    "max_pairs": self.max_pairs,
-                    "seed": self.seed,
-                }
-            },
+            {"estimate_u_using_random_sampling": {"max_pairs": max_pairs, "seed": self.seed}},
             *(
                 {"estimate_parameters_using_expectation_maximisation": {"blocking_rule": rule}}
                 for rule in em
@@ -196,14 +216,16 @@ class OrganisationLinker(Model):
         """Pairs of distinct ids within ``data``, and conflicts scoring 0."""
         require_columns(data, self.fields, "OrganisationLinker")
         rows = self.prepare(data)
-        return self._with_conflicts(self.splink().dedupe(rows), rows, None)
+        model = self.splink(rows.height, _shared_numbers(rows, None))
+        return self._with_conflicts(model.dedupe(rows), rows, None)
 
     def link(self, left: pl.DataFrame, right: pl.DataFrame) -> ModelResults:
         """Pairs (left id, right id), and conflicts scoring 0."""
         require_columns(left, self.fields, "OrganisationLinker left")
         require_columns(right, self.fields, "OrganisationLinker right")
         a, b = self.prepare(left), self.prepare(right)
-        return self._with_conflicts(self.splink().link(a, b), a, b)
+        model = self.splink(a.height + b.height, _shared_numbers(a, b))
+        return self._with_conflicts(model.link(a, b), a, b)
 
     def _with_conflicts(
         self, scored: ModelResults, left: pl.DataFrame, right: pl.DataFrame | None
@@ -265,6 +287,20 @@ def conflict_pairs(left: pl.DataFrame, right: pl.DataFrame | None) -> pl.DataFra
     if not parts:
         return pl.DataFrame(schema={"left_id": pl.Int64, "right_id": pl.Int64})
     return pl.concat(parts).unique()
+
+
+def _shared_numbers(left: pl.DataFrame, right: pl.DataFrame | None) -> int:
+    """Pairs of distinct records (across the inputs when linking) sharing a company number."""
+    if "company_number" not in left.columns:
+        return 0
+    counts = [
+        f.get_column("company_number").drop_nulls().value_counts(name="n")
+        for f in (left, left if right is None else right)
+    ]
+    if right is None:
+        return int(counts[0].select((pl.col("n") * (pl.col("n") - 1) // 2).sum()).item())
+    both = counts[0].join(counts[1], on="company_number")
+    return int(both.select((pl.col("n") * pl.col("n_right")).sum()).item())
 
 
 def _small_blocks(frame: pl.DataFrame, key: str) -> pl.DataFrame:
