@@ -628,8 +628,18 @@ def _row(dataset: str, method: str, scores: Scores, seconds: float) -> str:
     )
 
 
-def one_side(load: Any, side: str) -> None:
-    """Run one side on one dataset in this (fresh) process; print a JSON line of figures."""
+def write_sources(load: Any, workdir: Path) -> None:
+    """Write a dataset's sources as Parquet into ``workdir`` (the files ours indexes)."""
+    for name, frame in load().sources.items():
+        frame.write_parquet(workdir / f"{name}.parquet")
+
+
+def one_side(load: Any, side: str, workdir: Path | None = None) -> None:
+    """Run one side on one dataset in this (fresh) process; print a JSON line of figures.
+
+    Ours indexes the Parquet files in ``workdir`` when given (written by another process, as a
+    pipeline's sources exist before it runs), else writes them first.
+    """
     data = load()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     loaded, cpu = usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
@@ -648,7 +658,7 @@ def one_side(load: Any, side: str) -> None:
         try:
             with tempfile.TemporaryDirectory(prefix="mbacc-") as tmp:
                 scores, times = run_ours(
-                    store, data, model, Path(tmp), label, THRESHOLD, data.resolver
+                    store, data, model, workdir or Path(tmp), label, THRESHOLD, data.resolver
                 )
         finally:
             store.close()
@@ -680,15 +690,19 @@ def isolate(count: int) -> None:
     rows = []
     for index in range(count):
         figures = {}
-        for side in ("standalone", "ours"):
-            out = subprocess.run(
-                [sys.executable, __file__, *sys.argv[1:], "--side", side, "--index", str(index)],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            figures[side] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{side}: {figures[side]}", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="mbacc-") as workdir:
+            # The source files are written by a process of their own: neither side measures it.
+            for side in ("write", "standalone", "ours"):
+                side_args = ["--side", side, "--index", str(index), "--workdir", workdir]
+                out = subprocess.run(
+                    [sys.executable, __file__, *sys.argv[1:], *side_args],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                if side != "write":
+                    figures[side] = json.loads(out.stdout.strip().splitlines()[-1])
+                    print(f"{side}: {figures[side]}", file=sys.stderr)
         ours, alone = figures["ours"], figures["standalone"]
         rows.append(
             f"| {ours['dataset']} | {ours['records']:,} | {ours['seconds']:.1f} | "
@@ -729,8 +743,9 @@ def main() -> None:
         help="only ours (Splink) against standalone Splink, each in a fresh process: seconds and "
         "peak RSS side by side",
     )
-    parser.add_argument("--side", choices=["ours", "standalone"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["write", "ours", "standalone"], help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -744,8 +759,11 @@ def main() -> None:
         datasets["synthetic"].append(lambda: synthetic(666_667))
     default = ["febrl3", "febrl4", "synthetic"]
     chosen = [load for name in (args.only or default) for load in datasets[name]]
+    if args.side == "write":
+        write_sources(chosen[args.index], args.workdir)
+        return
     if args.side:
-        one_side(chosen[args.index], args.side)
+        one_side(chosen[args.index], args.side, args.workdir)
         return
     if args.isolate:
         isolate(len(chosen))
@@ -777,7 +795,12 @@ def main() -> None:
                 )
                 if data.preset is not None:
                     ours, times = run_ours(
-                        store, data, data.preset, workdir, "organisations", THRESHOLD,
+                        store,
+                        data,
+                        data.preset,
+                        workdir,
+                        "organisations",
+                        THRESHOLD,
                         data.resolver,
                     )
                     lines.append(_row(data.name, "ours: preset + split", ours, times["total"]))
