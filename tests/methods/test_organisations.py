@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from matchbox_dagster.methods.organisations import (
+    address_clean,
     cleaning_expr,
     company_number_clean,
     org_legal_form,
@@ -44,6 +45,20 @@ def test_abbreviations_expand_from_a_configurable_dictionary():
     assert apply(custom, ["Acme Wdgt Intl"]) == ["acme widgets intl"]
 
 
+def test_adjacent_words_are_mapped_and_a_word_mapped_to_nothing_goes():
+    assert apply(org_name("x"), ["Intl Mfg Eng Ltd Ltd"]) == [
+        "international manufacturing engineering ltd ltd"
+    ]
+    assert apply(address_clean("x"), ["Unit 1, Ind. Est.", "No 5 The Sq", "st st", "No", None]) == [
+        "unit 1 industrial estate",
+        "5 the square",
+        "street street",
+        None,
+        None,
+    ]
+    assert apply(address_clean("x", words={"rd": "road"}), ["1 Mill Rd St"]) == ["1 mill road st"]
+
+
 def test_core_tokens_and_legal_form_split_the_name():
     names = ["The Acme Holdings Limited", "Acme Trading & Services Ltd", "Acme", "Holdings Ltd"]
     assert apply(org_name_core("x"), names) == ["acme", "acme", "acme", "holdings ltd"]
@@ -61,7 +76,13 @@ def test_core_tokens_and_legal_form_split_the_name():
 def test_postcodes_and_districts():
     raw = ["sw1a1aa", " m1 1ae", "EC1A-1BB", "B338TH", "not a postcode", None, "12345"]
     assert apply(postcode_clean("x"), raw) == [
-        "SW1A 1AA", "M1 1AE", "EC1A 1BB", "B33 8TH", None, None, None
+        "SW1A 1AA",
+        "M1 1AE",
+        "EC1A 1BB",
+        "B33 8TH",
+        None,
+        None,
+        None,
     ]
     assert apply(postcode_district("x"), raw) == ["SW1A", "M1", "EC1A", "B33", None, None, None]
     assert apply(postcode_area("x"), raw[:4]) == ["SW", "M", "EC", "B"]
@@ -69,10 +90,16 @@ def test_postcodes_and_districts():
 
 def test_company_numbers_and_towns():
     assert apply(company_number_clean("x"), ["1234567", "sc 123456", "00000000", "", None]) == [
-        "01234567", "SC123456", None, None, None
+        "01234567",
+        "SC123456",
+        None,
+        None,
+        None,
     ]
     assert apply(town_clean("x"), ["The  Wirral", "Stoke-on-Trent", " "]) == [
-        "wirral", "stoke on trent", None
+        "wirral",
+        "stoke on trent",
+        None,
     ]
 
 
