@@ -189,6 +189,10 @@ def ids_of(store: MatchboxDBAdapter, source: StepPath, resolver: StepPath | None
     return dict(zip(table.column("key").to_pylist(), table.column("id").to_pylist(), strict=True))
 
 
+RUN_BOOKKEEPING = ("dagster_attempts", "step_check_outcomes")
+"""Tables recording what Dagster did (attempts, check outcomes), not what the store holds."""
+
+
 def store_state(store: MatchboxDBAdapter) -> dict[str, str]:
     """A digest of every table in the store's schema (partitions included), for 'unchanged'."""
     import psycopg

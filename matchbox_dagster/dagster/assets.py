@@ -40,8 +40,8 @@ from matchbox_dagster.dagster.io_manager import (
     LazyInput,
     step_metadata,
 )
+from matchbox_dagster.dagster.lifecycle import note_attempt
 from matchbox_dagster.dagster.partitions import (
-    dagster_name,
     dagster_run_id,
     run_partitions,
     step_path,
@@ -55,6 +55,7 @@ from matchbox_dagster.dagster.reuse import (
     reusable_step,
     versioned_output,
 )
+from matchbox_dagster.dagster.translator import MatchboxTranslator, PrefixTranslator
 from matchbox_dagster.sources.locations import digest_source
 from matchbox_dagster.specs import (
     CollectionSpec,
@@ -75,38 +76,6 @@ IO_MANAGER_KEY = "matchbox_io_manager"
 """Resource key under which :class:`MatchboxIOManager` must be bound."""
 
 
-class MatchboxTranslator:
-    """How steps become assets: override ``get_*`` to customise keys, groups, descriptions."""
-
-    def get_asset_key(self, collection: str, step: str) -> dg.AssetKey:
-        """Asset key of a step (default ``[collection, step]``)."""
-        return dg.AssetKey([collection, step])
-
-    def get_group_name(self, collection: str, step: str) -> str:
-        """Asset group of a step (default: the collection)."""
-        return dagster_name(collection)
-
-    def get_description(self, collection: str, step: str, kind: str, given: str | None) -> str:
-        """Description shown in the UI."""
-        return given or f"matchbox {kind} {step!r} of collection {collection!r}."
-
-    def get_tags(self, collection: str, step: str, kind: str) -> dict[str, str]:
-        """Asset tags."""
-        return {"matchbox/collection": collection, "matchbox/step_type": kind}
-
-
-class _PrefixTranslator(MatchboxTranslator):
-    def __init__(self, prefix: Sequence[str], group: str | None) -> None:
-        self.prefix = list(prefix)
-        self.group = group
-
-    def get_asset_key(self, collection: str, step: str) -> dg.AssetKey:
-        return dg.AssetKey([*self.prefix, step])
-
-    def get_group_name(self, collection: str, step: str) -> str:
-        return self.group or super().get_group_name(collection, step)
-
-
 def _fail(argument: str, message: str) -> dg.DagsterInvalidDefinitionError:
     return dg.DagsterInvalidDefinitionError(f"Argument {argument!r}: {message}")
 
@@ -121,15 +90,20 @@ def spec_errors() -> Iterator[None]:
 
 
 def _path(
-    context: dg.AssetExecutionContext, matchbox: MatchboxResource, collection: str, name: str
+    context: dg.AssetExecutionContext,
+    matchbox: MatchboxResource,
+    collection: str,
+    name: str,
+    *,
+    create: bool = False,
 ) -> StepPath:
-    """The step path of this asset's partition (for its checks, after the IO manager wrote)."""
+    """The step path of this asset's partition (``create``: its run too, when it has none)."""
     return step_path(
         matchbox.get_store(),
         collection,
         context.partition_key,
         name,
-        create=False,
+        create=create,
         dagster_run=dagster_run_id(context),
     )
 
@@ -195,7 +169,7 @@ def _source_asset(
         code_version=code_version(config),
     )
     def _source(context: dg.AssetExecutionContext, matchbox: MatchboxResource) -> Iterator[Any]:
-        matchbox.run_preflight(preflight, context)  # once per Dagster run, before any write
+        store = _begin(context, matchbox, preflight, collection)
         started = time.perf_counter()
         digests = digest_source(
             config, batch_size=matchbox.batch_rows, s3_client_factory=matchbox.s3_client_factory
@@ -209,23 +183,23 @@ def _source_asset(
             redact(config.location_config.name),
             seconds,
         )
-        store = matchbox.get_store()
-        path = _path(context, matchbox, collection, source.name)
+        # A source may be the first step of its run: the run is created if need be.
+        path = _path(context, matchbox, collection, source.name, create=True)
         reused = reusable_step(context, store, path, config, [])
         if reused is not None and store.get_step(reused).fingerprint == digests.fingerprint:
-            # The default run holds these very rows: share them, index nothing.
+            del digests  # the default run holds these very rows: share them, index nothing
             yield _reused_output(
                 store, reused, {"extract_seconds": round(seconds, 3), META_INDEXED: False}
             )
         else:
-            hashes = digests.index()
+            hashes = digests.index()  # takes the rows over
+            del digests
             yield versioned_output(
                 hashes,
                 hashes.fingerprint,
                 {"extract_seconds": round(seconds, 3), META_INDEXED: True},
             )
             del hashes  # stored by now: free it before the check
-        del digests
         yield source_check(context, store, path, *extracted)
 
     return _source
@@ -298,8 +272,7 @@ def _model_asset(
     def _model(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: LazyInput
     ) -> Iterator[Any]:
-        matchbox.run_preflight(preflight, context)  # once per Dagster run, before any write
-        store = matchbox.get_store()
+        store = _begin(context, matchbox, preflight, collection)
         path = _path(context, matchbox, collection, model.name)
         reused = reusable_step(context, store, path, plan.config, sorted(read))
         if reused is not None:  # nothing read, nothing computed
@@ -328,14 +301,12 @@ def _model_asset(
             seconds,
         )
         produced = results.num_rows
-        yield versioned_output(
+        yield _computed_output(
             results,
-            results.fingerprint,
+            inputs,
             {
                 "model_seconds": round(seconds, 3),
                 "load_seconds": round(loaded - started, 3),
-                META_COMPUTED: True,
-                META_INPUTS_LOADED: sum(h.loaded for h in inputs.values()),
                 **{f"{k}_records": v for k, v in rows.items()},
                 **(use.metadata() if use else {}),
             },
@@ -399,8 +370,7 @@ def _resolver_asset(
     def _resolver(
         context: dg.AssetExecutionContext, matchbox: MatchboxResource, **inputs: LazyInput
     ) -> Iterator[Any]:
-        matchbox.run_preflight(preflight, context)  # once per Dagster run, before any write
-        store = matchbox.get_store()
+        store = _begin(context, matchbox, preflight, collection)
         path = _path(context, matchbox, collection, resolver.name)
         reused = reusable_step(context, store, path, plan.config, [*models, *plan.sources])
         if reused is not None:  # nothing read, nothing computed
@@ -419,15 +389,10 @@ def _resolver_asset(
                 f"{clusters.num_clusters:,}",
                 seconds,
             )
-            yield versioned_output(
+            yield _computed_output(
                 clusters,
-                clusters.fingerprint,
-                {
-                    "resolve_seconds": round(seconds, 3),
-                    "load_seconds": round(loaded - started, 3),
-                    META_COMPUTED: True,
-                    META_INPUTS_LOADED: sum(h.loaded for h in inputs.values()),
-                },
+                inputs,
+                {"resolve_seconds": round(seconds, 3), "load_seconds": round(loaded - started, 3)},
             )
             # Stored by now; the checks read the store, so free the payloads first (at 10M
             # keys they are gigabytes the checks would otherwise sit on).
@@ -445,6 +410,38 @@ def _resolver_asset(
         )
 
     return _resolver
+
+
+def _begin(
+    context: dg.AssetExecutionContext,
+    matchbox: MatchboxResource,
+    preflight: RunPreflight | None,
+    collection: str,
+) -> Any:
+    """Start a step: run the preflight, note the Dagster run for ``runs``; return the store.
+
+    The preflight runs once per Dagster run, before any write: a run it refuses leaves the
+    store as it was (the Dagster UI shows why), so the note comes after it.
+    """
+    matchbox.run_preflight(preflight, context)
+    store = matchbox.get_store()
+    note_attempt(context, store, collection)
+    return store
+
+
+def _computed_output(
+    payload: Any, inputs: Mapping[str, LazyInput], metadata: dict[str, Any]
+) -> dg.Output:
+    """The output of a step that computed ``payload`` from ``inputs``, with its timings."""
+    return versioned_output(
+        payload,
+        payload.fingerprint,
+        {
+            **metadata,
+            META_COMPUTED: True,
+            META_INPUTS_LOADED: sum(h.loaded for h in inputs.values()),
+        },
+    )
 
 
 def _reused_output(
@@ -473,7 +470,7 @@ def build_collection_assets(
         plan = plan_collection(spec)
     if translator is None:
         translator = (
-            _PrefixTranslator(spec.key_prefix, spec.group_name)
+            PrefixTranslator(spec.key_prefix, spec.group_name)
             if spec.key_prefix is not None or spec.group_name
             else MatchboxTranslator()
         )

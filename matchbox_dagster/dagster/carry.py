@@ -17,7 +17,9 @@ description and metadata, plus ``matchbox/carried_over_from: run N (label)``.
 * ``churn``: the step shares the default run's data, so no key changed entity: 0 by
   construction, stated without reading anything.
 
-Anything missing or different, and the check is computed as usual.
+Anything missing or different, and the check is computed as usual. Either way the outcomes are
+also recorded in the store (:func:`~matchbox_dagster.dagster.checks.record_outcomes`), where
+``matchbox-dagster runs`` reads them without Dagster.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from matchbox_dagster.dagster.checks import (
     RESOLVER_QUALITY,
     SCORES_IN_RANGE,
     SOURCE_QUALITY,
+    record_outcomes,
     resolver_check_names,
     resolver_checks,
     scores_in_range,
@@ -185,8 +188,10 @@ def source_check(
         expected = {"extracted_keys": extracted_keys, "distinct_hashes": distinct_hashes}
         carried = carry_over(context, store, origin, {SOURCE_QUALITY: expected})
         if SOURCE_QUALITY in carried:
-            return carried[SOURCE_QUALITY]
-    return source_quality(store, path, extracted_keys, distinct_hashes)
+            return record_outcomes(store, path, carried[SOURCE_QUALITY])
+    return record_outcomes(
+        store, path, source_quality(store, path, extracted_keys, distinct_hashes)
+    )
 
 
 def model_check(
@@ -201,9 +206,10 @@ def model_check(
     if reused is not None:
         carried = carry_over(context, store, reused, {SCORES_IN_RANGE: {}})
         if SCORES_IN_RANGE in carried:
-            return carried[SCORES_IN_RANGE]
+            return record_outcomes(store, path, carried[SCORES_IN_RANGE])
         produced_pairs = store.step_statistics(reused)["rows"]
-    return scores_in_range(store, path, int(produced_pairs or 0), trained=trained)
+    found = scores_in_range(store, path, int(produced_pairs or 0), trained=trained)
+    return record_outcomes(store, path, found)
 
 
 def resolver_check_results(
@@ -231,11 +237,14 @@ def resolver_check_results(
             if CHURN in names:
                 keys = _plain(carried[RESOLVER_QUALITY].metadata.get("keys"))
                 found.append(no_churn(reused, store, keys))
-            return found
+            return record_outcomes(store, path, found)
     computed = resolver_checks(
         store, path, sources=sources, models=models, checks=checks, batch_size=batch_size
     )
-    return [with_inputs(r, inputs[r.check_name]) if r.check_name in inputs else r for r in computed]
+    results = [
+        with_inputs(r, inputs[r.check_name]) if r.check_name in inputs else r for r in computed
+    ]
+    return record_outcomes(store, path, results)
 
 
 def _digest(*parts: str) -> str:
