@@ -20,7 +20,7 @@ Identical rows therefore share a hash, and :func:`index_rows` gathers their keys
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -111,13 +111,14 @@ def row_hashes(frame: pl.DataFrame, fields: Sequence[str]) -> pa.Array:
     return _binary(_digests(frame, fields))
 
 
-@dataclass(frozen=True)
+@dataclass
 class RowDigests:
     """Each extracted row's 128-bit hash (in extraction order) and key, not yet indexed.
 
     Enough to fingerprint a source (the fingerprint mixes each (hash, key) pair, so it needs
     neither sorting nor grouping): a source step whose data the store already holds is known
-    without building :class:`SourceHashes`. :meth:`index` builds them when they are stored.
+    without building :class:`SourceHashes`. :meth:`index` builds them when they are stored,
+    taking the rows over (so memory never holds them twice): afterwards this is empty.
     """
 
     digests: np.ndarray
@@ -125,10 +126,11 @@ class RowDigests:
     keys: pl.Series
     """Each row's key, as text."""
 
-    @property
-    def num_keys(self) -> int:
-        """Number of extracted rows (each has one key)."""
-        return len(self.digests)
+    num_keys: int = field(init=False)
+    """Number of extracted rows (each has one key)."""
+
+    def __post_init__(self) -> None:
+        self.num_keys = len(self.digests)
 
     @cached_property
     def num_rows(self) -> int:
@@ -156,6 +158,7 @@ class RowDigests:
 
         Identical rows are found by sorting the digests, so memory holds about three copies of
         the keys and digests, never the source's other columns. Hashes come out in digest order.
+        Take :attr:`fingerprint` and :attr:`num_rows` first: this leaves no rows behind.
         """
         if not len(self.digests):
             return SourceHashes(
@@ -166,7 +169,9 @@ class RowDigests:
                     }
                 )
             )
-        digest = self.digests
+        # Taken over: the sorted copies below replace these, not add to them.
+        digest, keys = self.digests, self.keys
+        self.digests, self.keys = np.empty((0, 2), dtype=np.uint64), keys.clear()
         order = (
             pl.DataFrame({"hi": digest[:, 0], "lo": digest[:, 1]})
             .select(pl.arg_sort_by("hi", "lo"))
@@ -179,8 +184,8 @@ class RowDigests:
         offsets = pa.array(np.append(starts, len(digest)).astype(np.int64))
         hashes = _binary(digest[starts])
         del digest, first
-        ordered = self.keys.gather(order)
-        del order
+        ordered = keys.gather(order)
+        del keys, order
         flat = ordered.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(pa.large_string())
         del ordered
         return SourceHashes(
