@@ -175,6 +175,8 @@ def test_training_and_blocking_follow_the_roles_and_the_data():
         )
     ]
     assert sizes == [2.5e5, 3.4e5, 2e6, 5e4]
+    u = _training_step(many, "estimate_u_using_random_sampling")[0]
+    assert u["num_chunks"] == 1  # one pass a comparison, not a probe and ten chunks
     # No bare postcode or address block: an estate or "1 High Street" is not one block.
     rules = many.splink_settings["blocking_rules_to_generate_predictions"]
     assert ["postcode"] not in rules and ["address"] not in rules
