@@ -11,8 +11,10 @@ import polars as pl
 import pytest
 
 from matchbox_dagster.cli import main
+from matchbox_dagster.cli.base import load_defs
 from matchbox_dagster.common.settings import MatchboxSettings
 from matchbox_dagster.dagster.partitions import add_run_partition, next_run_label, partitions_name
+from matchbox_dagster.dagster.resources import PREFLIGHT_TAG
 from matchbox_dagster.store.postgres import MatchboxPostgres
 
 STRICT = """
@@ -231,21 +233,100 @@ def test_runs_with_100_runs(
     assert sum("empty" in row for row in rows) == 98
     assert [row.split()[1] for row in rows if "run-" in row][-1] == "run-0098"
 
-    processes = []
-    for _ in range(2):  # the first refreshes the shape cache (definitions edited above)
+    # As a new process: loading the definitions (--fresh), then with the graph from the cache.
+    # Every run is settled by the store (complete with its checks recorded, or never run), so
+    # the second imports no Dagster at all.
+    processes, dagster = [], []
+    for fresh in (["--fresh"], []):
         started = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "matchbox_dagster.cli", "runs", "--definitions", hundred],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+        output, imported = _runs_in_a_new_process(hundred, *fresh)
         processes.append(time.perf_counter() - started)
-        assert done.stdout == listing  # every run, with the same status, either way
+        dagster.append(imported)
+        assert output == listing  # every run, with the same status, either way
+    assert dagster == [True, False]
     with capsys.disabled():
         print(
             f"\n[timing] `runs` with 100 runs: in process {min(timings):.2f}s warm "
-            f"(first {timings[0]:.2f}s); as a new process {processes[1]:.2f}s "
-            f"(loading the definitions: {processes[0]:.2f}s)"
+            f"(first {timings[0]:.2f}s); as a new process {processes[1]:.2f}s, no Dagster "
+            f"imported (loading the definitions: {processes[0]:.2f}s)"
         )
+
+
+PROBE = """
+import sys
+from matchbox_dagster.cli import main
+code = main(sys.argv[1:])
+print("dagster imported" if "dagster" in sys.modules else "no dagster", file=sys.stderr)
+raise SystemExit(code)
+"""
+
+
+def _runs_in_a_new_process(definitions: str, *more: str) -> tuple[str, bool]:
+    """``runs`` in a new Python process: its listing, and whether it imported Dagster."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, "runs", "--definitions", definitions, *more],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout, "dagster imported" in done.stderr
+
+
+BROKEN = """
+from matchbox_dagster.dagster.collection import build_collection_defs
+from matchbox_dagster.examples.febrl import febrl4_spec
+
+spec = febrl4_spec(collection="cli_unsettled", min_precision=0.9, min_recall=0.9)
+unreadable = {"name": "no_such_module:table"}
+sources = [
+    s.model_copy(update={"location": s.location.model_copy(update=unreadable)})
+    for s in spec.sources
+]
+defs = build_collection_defs(spec.model_copy(update={"sources": sources}))
+"""
+"""The unsettled collection with its sources unreadable: a run fails before storing any step."""
+
+
+def test_runs_asks_dagster_only_about_the_runs_the_store_cannot_settle(
+    cli_env: Path, store: MatchboxPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that failed before storing any step still reads "failed at step X" (Dagster is
+    asked); once only settled runs remain, ``runs`` imports no Dagster.
+
+    (A run the preflight refuses writes nothing, so it reads "empty": the Dagster UI says why.)
+    """
+    good, broken = str(cli_env / "good.py"), str(cli_env / "broken.py")
+    (cli_env / "good.py").write_text(LENIENT.replace("cli_lenient", "cli_unsettled"))
+    (cli_env / "broken.py").write_text(BROKEN)
+    assert _run(capsys, "check", "--definitions", good, "--label", "good")[0] == 0
+    (summary,) = [s for s in store.run_summaries("cli_unsettled") if s.label == "good"]
+    assert len(summary.checks) == 8 and all(summary.checks.values())  # recorded by the checks
+    instance = dg.DagsterInstance.get()
+    add_run_partition(instance, store, "cli_unsettled", "idle")  # never materialised
+    add_run_partition(instance, store, "cli_unsettled", "broken")
+    # The preflight passed (as if the sources went away after it): the run fails extracting.
+    job = load_defs(broken).resolve_job_def("cli_unsettled_graph")
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key="broken",
+        raise_on_error=False,
+        run_config=quiet,
+        tags={PREFLIGHT_TAG: "passed"},
+    )
+    assert not result.success
+    (summary,) = [s for s in store.run_summaries("cli_unsettled") if s.label == "broken"]
+    assert summary.steps == {} and summary.dagster_run == result.run_id  # no step stored
+
+    code, listing, _ = _run(capsys, "runs", "--definitions", good)
+    assert code == 0
+    assert "checks passed 8/8" in _line(listing, "good")
+    assert "empty" in _line(listing, "idle")
+    assert "failed at step febrl_" in _line(listing, "broken")
+    assert _runs_in_a_new_process(good) == (listing, True)  # the broken run needs Dagster
+
+    assert _run(capsys, "delete-run", "--definitions", good, "--label", "broken")[0] == 0
+    listing, dagster = _runs_in_a_new_process(good)
+    assert not dagster and "broken" not in listing
+    assert "checks passed 8/8" in _line(listing, "good") and "empty" in _line(listing, "idle")
 
 
 def test_runs_reads_the_graph_from_the_cache_until_the_definitions_change(
