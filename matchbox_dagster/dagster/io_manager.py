@@ -58,7 +58,7 @@ from matchbox_dagster.common.errors import MatchboxInvalidData, MatchboxRunNotWr
 from matchbox_dagster.common.reuse import ReusedStep
 from matchbox_dagster.dagster.partitions import dagster_run_id, step_path
 from matchbox_dagster.dagster.resources import MatchboxResource
-from matchbox_dagster.evaluation.sampling import entity_tables
+from matchbox_dagster.evaluation.entity_tables import entity_tables
 from matchbox_dagster.sources.inputs import query_frame
 
 META_COLLECTION = "matchbox/collection"

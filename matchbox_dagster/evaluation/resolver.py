@@ -24,6 +24,7 @@ from matchbox_dagster.common.dtos import ModelConfig, QueryConfig, ResolverConfi
 from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.evaluation.metrics import (
     PairwiseScores,
+    _collect,
     judged_pairs,
     score_against_judgements,
     score_against_truth,
@@ -88,6 +89,7 @@ def evaluate_resolver(
                     model, edges, labels, in_use.get(model, 0.0), total_positives=positives
                 )
             )
+            del edges, labels  # one model's edges in memory at a time
         return ResolverEvaluation(
             scores=scores, against="ground truth", curve=curve, thresholds=suggested
         )
@@ -162,10 +164,16 @@ def model_truth(
         if config.right_query is not None
         else None
     )
-    both = left if right is None else pl.concat([left, right]).unique(["id", "key"])
+    positives = true_pairs(left, right)
+    if right is None:
+        truth = left.select("id", "entity")
+    else:
+        truth = _collect(
+            pl.concat([left.lazy(), right.lazy()]).unique(["id", "key"]).select("id", "entity")
+        )
+    del left, right  # before the edges are read: at 10M keys each is hundreds of MB
     edges = store.get_model_data(model)
-    labels = truth_labels(edges, both.select("id", "entity"))
-    return edges, labels, true_pairs(left, right)
+    return edges, truth_labels(edges, truth), positives
 
 
 def _input_truth(
@@ -204,31 +212,41 @@ def true_pairs(left: pl.DataFrame, right: pl.DataFrame | None = None) -> float:
     ``Σ_e (Σ_left w[i,e] · Σ_right w[j,e] − Σ_both w[i,e]²)`` (one id on each side, never an id
     with itself). For leaves of one record each it is the number of true record pairs.
     """
-    both = left if right is None else pl.concat([left, right]).unique(["id", "key"])
-    shares = (
+    sides = [left] if right is None else [left, right]
+    both = pl.concat([f.lazy().select("id", "key", "entity") for f in sides])
+    if right is not None:
+        both = both.unique(["id", "key"])  # a record on both sides counts once
+    # Streamed (bounded memory): at 10M keys the eager groupings held gigabytes.
+    shares = _collect(
         both.group_by("id", "entity")
         .agg(pl.len().alias("n"))
         .with_columns((pl.col("n") / pl.col("n").sum().over("id")).alias("w"))
         .select("id", "entity", "w")
     )
     if right is None:
-        per_entity = shares.group_by("entity").agg(
-            (pl.col("w").sum() ** 2 - (pl.col("w") ** 2).sum()).alias("p")
+        per_entity = _collect(
+            shares.lazy()
+            .group_by("entity")
+            .agg((pl.col("w").sum() ** 2 - (pl.col("w") ** 2).sum()).alias("p"))
+            .select(pl.col("p").sum())
         )
-        return float(per_entity.get_column("p").sum() or 0.0) / 2
+        return float(per_entity.item() or 0.0) / 2
 
-    def side(frame: pl.DataFrame) -> pl.DataFrame:
-        return shares.join(frame.select("id").unique(), on="id", how="semi")
+    def side(frame: pl.DataFrame) -> pl.LazyFrame:
+        ids = frame.lazy().select("id").unique()
+        return shares.lazy().join(ids, on="id", how="semi")
 
-    lw, rw = side(left), side(right)
-    cross = (
-        lw.group_by("entity")
-        .agg(pl.col("w").sum().alias("l"))
-        .join(rw.group_by("entity").agg(pl.col("w").sum().alias("r")), on="entity")
+    def per_entity(frame: pl.DataFrame, name: str) -> pl.LazyFrame:
+        return side(frame).group_by("entity").agg(pl.col("w").sum().alias(name))
+
+    cross = _collect(
+        per_entity(left, "l")
+        .join(per_entity(right, "r"), on="entity")
         .select((pl.col("l") * pl.col("r")).sum())
-        .item()
-    )
-    self_pairs = lw.join(rw.select("id", "entity"), on=["id", "entity"], how="semi").select(
-        (pl.col("w") ** 2).sum()
-    )
-    return float(cross or 0.0) - float(self_pairs.item() or 0.0)
+    ).item()
+    self_pairs = _collect(
+        side(left)
+        .join(side(right).select("id", "entity"), on=["id", "entity"], how="semi")
+        .select((pl.col("w") ** 2).sum())
+    ).item()
+    return float(cross or 0.0) - float(self_pairs or 0.0)

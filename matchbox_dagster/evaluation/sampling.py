@@ -25,14 +25,14 @@ import polars as pl
 
 from matchbox_dagster.common.dtos import ModelConfig, ResolverConfig, StepPath
 from matchbox_dagster.common.errors import MatchboxInvalidData, MatchboxNotFoundError
-from matchbox_dagster.sources.inputs import source_records
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
 MAX_RECORDS = 50
 """Largest set of records a strategy offers at once (a page a person can read)."""
 
 TABLE_MAX_KEYS = 200_000
-"""Sources with more keys show only keys in :func:`entity_tables` (no full re-read)."""
+"""Sources with more keys show only keys in the resolver's ``entities`` table (no full re-read,
+:mod:`~matchbox_dagster.evaluation.entity_tables`)."""
 
 
 class Strategy(StrEnum):
@@ -135,72 +135,6 @@ def judgement_count(store: MatchboxDBAdapter, collection: str, leaves: pl.Series
         if set(row["leaves"]) <= known
     }
     return shown.filter(pl.col("shown").is_in(list(inside))).height
-
-
-def _md(value: object) -> str:
-    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def entity_tables(
-    store: MatchboxDBAdapter, path: StepPath, n: int = 5, max_keys: int = TABLE_MAX_KEYS
-) -> str:
-    """Markdown: a resolver's ``n`` largest entities and ``n`` edges nearest each threshold.
-
-    One row per record with its fields, re-read from sources of at most ``max_keys`` keys
-    (larger sources show their keys only), for the resolver's materialisation metadata.
-    """
-    found = lineage(store, path)
-    records = resolver_records(store, path, found.sources)
-    counts = records.group_by("source").len()
-    for name, keys in counts.iter_rows():
-        if keys <= max_keys:
-            fields = source_records(store, path.model_copy(update={"name": name})).drop("id")
-            text = fields.select(
-                pl.col("key").cast(pl.String),
-                pl.concat_str(
-                    [pl.format(f"{c}={{}}", pl.col(c).cast(pl.String)) for c in fields.columns[1:]],
-                    separator="; ",
-                    ignore_nulls=True,
-                ).alias("fields"),
-            )
-            part = records.filter(pl.col("source") == name).join(text, on="key", how="left")
-            records = pl.concat([records.filter(pl.col("source") != name), part], how="diagonal")
-    if "fields" not in records.columns:
-        records = records.with_columns(pl.lit(None, dtype=pl.String).alias("fields"))
-    sizes = records.group_by("entity").len().filter(pl.col("len") > 1)
-    largest = sizes.sort(["len", "entity"], descending=[True, False]).head(n)
-    lines = ["### Largest entities", "", "| entity | records | source | key | fields |"]
-    lines.append("|---|---|---|---|---|")
-    for entity, size in largest.iter_rows():
-        rows = records.filter(pl.col("entity") == entity).sort("source", "key").head(10)
-        for row in rows.iter_rows(named=True):
-            lines.append(
-                f"| {entity} | {size} | {_md(row['source'])} | {_md(row['key'])} | "
-                f"{_md(row['fields'])} |"
-            )
-    lines += ["", "### Edges nearest each threshold", ""]
-    lines += [
-        "| model | score | threshold | kept | source | key | fields |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for model, threshold in found.thresholds.items():
-        edges = pl.DataFrame(
-            pl.from_arrow(store.get_model_data(path.model_copy(update={"name": model})))
-        )
-        if edges.is_empty():
-            continue
-        ids = _input_ids(store, path, model, records)
-        edges = edges.with_columns((pl.col("score") - threshold).abs().alias("d")).sort("d")
-        for row in edges.head(n).iter_rows(named=True):
-            kept = "yes" if row["score"] >= threshold else "no"
-            ends = ids.filter(pl.col("id").is_in([row["left_id"], row["right_id"]]))
-            shown = records.join(ends.select("leaf"), on="leaf").sort("source", "key").head(6)
-            for rec in shown.iter_rows(named=True):
-                lines.append(
-                    f"| {_md(model)} | {row['score']:.3f} | {threshold} | {kept} | "
-                    f"{_md(rec['source'])} | {_md(rec['key'])} | {_md(rec['fields'])} |"
-                )
-    return "\n".join(lines)
 
 
 def draw(
@@ -348,7 +282,6 @@ __all__ = [
     "Lineage",
     "Strategy",
     "draw",
-    "entity_tables",
     "judged_sets",
     "judgement_count",
     "lineage",

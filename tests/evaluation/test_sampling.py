@@ -22,11 +22,11 @@ from matchbox_dagster.common.dtos import (
     User,
 )
 from matchbox_dagster.common.errors import MatchboxNotFoundError, MatchboxPermissionDenied
+from matchbox_dagster.evaluation.entity_tables import entity_tables
 from matchbox_dagster.evaluation.intervals import wilson
 from matchbox_dagster.evaluation.sampling import (
     Strategy,
     draw,
-    entity_tables,
     judgement_count,
     lineage,
     resolver_records,

@@ -1,0 +1,155 @@
+"""The ``entities`` table of a resolver's materialisation: what merged, for the Dagster UI.
+
+Two passes keep memory bounded by the shown rows, not by the resolver's size: the first reads
+each source's leaves and entities as integers only (sizes, and the ids of the edges nearest
+each threshold); the second reads keys (and, for sources of at most ``max_keys`` keys, their
+fields) only for the leaves shown.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from matchbox_dagster.common.dtos import ModelConfig, StepPath
+from matchbox_dagster.evaluation.sampling import TABLE_MAX_KEYS, lineage
+from matchbox_dagster.sources.inputs import source_records
+from matchbox_dagster.store.base import MatchboxDBAdapter
+
+_SHOWN_PER_ENTITY = 10
+_SHOWN_PER_EDGE = 6
+
+
+def _md(value: object) -> str:
+    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _leaves(store: MatchboxDBAdapter, path: StepPath, source: str) -> pl.DataFrame:
+    """``leaf``, ``entity`` of each key of ``source`` under the resolver at ``path``."""
+    table = store.query(path.model_copy(update={"name": source}), path, return_leaf_id=True)
+    return pl.DataFrame(pl.from_arrow(table.select(["leaf_id", "id"]))).select(
+        pl.col("leaf_id").cast(pl.Int64).alias("leaf"), pl.col("id").cast(pl.Int64).alias("entity")
+    )
+
+
+def _id_leaves(
+    store: MatchboxDBAdapter, path: StepPath, model: str, ids: list[int], leaves: pl.Series
+) -> pl.DataFrame:
+    """``id``, ``leaf``: the leaves behind ``ids`` of ``model``'s id space.
+
+    An id is a leaf itself, or a cluster of one of the model's input resolvers.
+    """
+    wanted = pl.Series(ids, dtype=pl.Int64)
+    parts = [leaves.filter(leaves.is_in(wanted.implode())).to_frame("id").with_columns(leaf="id")]
+    config = store.get_step(path.model_copy(update={"name": model})).config
+    assert isinstance(config, ModelConfig)
+    for query in (config.left_query, config.right_query):
+        if query is None or not query.resolver:
+            continue
+        resolver = path.model_copy(update={"name": query.resolver})
+        for name in query.sources:
+            table = store.query(
+                path.model_copy(update={"name": name}), resolver, return_leaf_id=True
+            )
+            parts.append(
+                pl.DataFrame(pl.from_arrow(table.select(["id", "leaf_id"])))
+                .select(pl.col("id").cast(pl.Int64), pl.col("leaf_id").cast(pl.Int64).alias("leaf"))
+                .filter(pl.col("id").is_in(wanted.implode()))
+            )
+    return pl.concat(parts).unique()
+
+
+def _shown_records(
+    store: MatchboxDBAdapter, path: StepPath, sources: list[str], leaves: pl.Series, max_keys: int
+) -> pl.DataFrame:
+    """``source``, ``key``, ``leaf``, ``entity``, ``fields`` of the keys of ``leaves``."""
+    wanted = leaves.unique().implode()
+    parts = []
+    for name in sources:
+        source = path.model_copy(update={"name": name})
+        table = store.query(source, path, return_leaf_id=True)
+        keys = table.num_rows
+        part = (
+            pl.DataFrame(pl.from_arrow(table))
+            .select(
+                pl.lit(name).alias("source"),
+                pl.col("key").cast(pl.String),
+                pl.col("leaf_id").cast(pl.Int64).alias("leaf"),
+                pl.col("id").cast(pl.Int64).alias("entity"),
+            )
+            .filter(pl.col("leaf").is_in(wanted))
+        )
+        del table
+        if keys <= max_keys and part.height:
+            fields = source_records(store, source).drop("id")
+            text = fields.select(
+                pl.col("key").cast(pl.String),
+                pl.concat_str(
+                    [pl.format(f"{c}={{}}", pl.col(c).cast(pl.String)) for c in fields.columns[1:]],
+                    separator="; ",
+                    ignore_nulls=True,
+                ).alias("fields"),
+            )
+            part = part.join(text, on="key", how="left")
+        parts.append(part)
+    records = pl.concat(parts, how="diagonal") if parts else pl.DataFrame()
+    if "fields" not in records.columns:
+        records = records.with_columns(pl.lit(None, dtype=pl.String).alias("fields"))
+    return records
+
+
+def entity_tables(
+    store: MatchboxDBAdapter, path: StepPath, n: int = 5, max_keys: int = TABLE_MAX_KEYS
+) -> str:
+    """Markdown: a resolver's ``n`` largest entities and ``n`` edges nearest each threshold.
+
+    One row per record with its fields, re-read from sources of at most ``max_keys`` keys
+    (larger sources show their keys only), for the resolver's materialisation metadata.
+    """
+    found = lineage(store, path)
+    ints = pl.concat([_leaves(store, path, name) for name in found.sources])
+    sizes = ints.group_by("entity").len().filter(pl.col("len") > 1)
+    largest = sizes.sort(["len", "entity"], descending=[True, False]).head(n)
+    shown = [ints.filter(pl.col("entity").is_in(largest.get_column("entity").implode()))]
+    near: list[tuple[str, float, pl.DataFrame, pl.DataFrame]] = []
+    for model, threshold in found.thresholds.items():
+        edges = pl.DataFrame(
+            pl.from_arrow(store.get_model_data(path.model_copy(update={"name": model})))
+        )
+        if edges.is_empty():
+            continue
+        edges = edges.with_columns((pl.col("score") - threshold).abs().alias("d")).sort("d")
+        edges = edges.head(n)
+        ids = pl.concat([edges.get_column("left_id"), edges.get_column("right_id")])
+        behind = _id_leaves(store, path, model, ids.cast(pl.Int64).to_list(), ints["leaf"])
+        near.append((model, threshold, edges, behind))
+        shown.append(ints.join(behind.select("leaf"), on="leaf", how="semi"))
+    records = _shown_records(
+        store, path, found.sources, pl.concat(shown).get_column("leaf"), max_keys
+    )
+    del ints, shown
+
+    lines = ["### Largest entities", "", "| entity | records | source | key | fields |"]
+    lines.append("|---|---|---|---|---|")
+    for entity, size in largest.iter_rows():
+        rows = records.filter(pl.col("entity") == entity).sort("source", "key")
+        for row in rows.head(_SHOWN_PER_ENTITY).iter_rows(named=True):
+            lines.append(
+                f"| {entity} | {size} | {_md(row['source'])} | {_md(row['key'])} | "
+                f"{_md(row['fields'])} |"
+            )
+    lines += ["", "### Edges nearest each threshold", ""]
+    lines += [
+        "| model | score | threshold | kept | source | key | fields |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, threshold, edges, behind in near:
+        for row in edges.iter_rows(named=True):
+            kept = "yes" if row["score"] >= threshold else "no"
+            ends = behind.filter(pl.col("id").is_in([row["left_id"], row["right_id"]]))
+            rows = records.join(ends.select("leaf"), on="leaf").sort("source", "key")
+            for rec in rows.head(_SHOWN_PER_EDGE).iter_rows(named=True):
+                lines.append(
+                    f"| {_md(model)} | {row['score']:.3f} | {threshold} | {kept} | "
+                    f"{_md(rec['source'])} | {_md(rec['key'])} | {_md(rec['fields'])} |"
+                )
+    return "\n".join(lines)
