@@ -196,3 +196,30 @@ def test_shared_company_numbers_are_counted_per_pair():
     assert _shared_numbers(left, right) == 2 * 1 + 1 * 2
     assert _shared_numbers(left, None) == 1  # the two "1" records
     assert _shared_numbers(pl.DataFrame({"core": ["a"]}), None) == 0
+
+
+def test_conflicts_between_two_registers_either_way():
+    model = OrganisationLinker(roles={"name": "n", "postcode": "p", "company_number": "c"})
+    left = model.prepare(
+        pl.DataFrame(
+            {
+                "id": [1, 2, 3],
+                "n": ["Acme Ltd", "Bolt Holdings Ltd", "Crane Ltd"],
+                "p": ["AB1 2CD", "EF3 4GH", "JK5 6LM"],
+                "c": [None, None, "00000001"],
+            }
+        )
+    )
+    right = model.prepare(
+        pl.DataFrame(
+            {
+                "id": [11, 12, 13, 14],
+                "n": ["Acme Trading Ltd", "Bolt Ltd", "Crane Limited", "Acme Ltd"],
+                "p": ["ZZ9 9ZZ", "EF3 4GH", "JK5 6LM", "AB1 2CD"],
+                "c": [None, None, "2", None],
+            }
+        )
+    )
+    got = {tuple(p) for p in conflict_pairs(left, right).rows()}
+    # tokens on the right only (1-11), on the left only (2-12), numbers differ (3-13); 1-14 agree
+    assert got == {(1, 11), (2, 12), (3, 13)}
