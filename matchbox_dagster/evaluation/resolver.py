@@ -214,39 +214,32 @@ def true_pairs(left: pl.DataFrame, right: pl.DataFrame | None = None) -> float:
     """
     sides = [left] if right is None else [left, right]
     both = pl.concat([f.lazy().select("id", "key", "entity") for f in sides])
-    if right is not None:
-        both = both.unique(["id", "key"])  # a record on both sides counts once
-    # Streamed (bounded memory): at 10M keys the eager groupings held gigabytes.
-    shares = _collect(
-        both.group_by("id", "entity")
-        .agg(pl.len().alias("n"))
-        .with_columns((pl.col("n") / pl.col("n").sum().over("id")).alias("w"))
-        .select("id", "entity", "w")
+    # Records per (id, entity), a record on both sides once: distinct keys, streamed (a key
+    # has one entity). Measured at 5M keys a side: +1 MB, where unique() then a count held
+    # +0.4 GB and the eager version with a window function +1.5 GB.
+    count = pl.col("key").n_unique() if right is not None else pl.len()
+    counts = _collect(both.group_by("id", "entity").agg(count.cast(pl.Float64).alias("n")))
+    totals = counts.group_by("id").agg(pl.col("n").sum().alias("t"))
+    shares = counts.join(totals, on="id").select(
+        "id", "entity", (pl.col("n") / pl.col("t")).alias("w")
     )
+    del counts, totals
     if right is None:
-        per_entity = _collect(
-            shares.lazy()
-            .group_by("entity")
-            .agg((pl.col("w").sum() ** 2 - (pl.col("w") ** 2).sum()).alias("p"))
-            .select(pl.col("p").sum())
+        per_entity = shares.group_by("entity").agg(
+            (pl.col("w").sum() ** 2 - (pl.col("w") ** 2).sum()).alias("p")
         )
-        return float(per_entity.item() or 0.0) / 2
-
-    def side(frame: pl.DataFrame) -> pl.LazyFrame:
-        ids = frame.lazy().select("id").unique()
-        return shares.lazy().join(ids, on="id", how="semi")
-
-    def per_entity(frame: pl.DataFrame, name: str) -> pl.LazyFrame:
-        return side(frame).group_by("entity").agg(pl.col("w").sum().alias(name))
-
-    cross = _collect(
-        per_entity(left, "l")
-        .join(per_entity(right, "r"), on="entity")
+        return float(per_entity.get_column("p").sum() or 0.0) / 2
+    lw = shares.join(left.select("id").unique(), on="id", how="semi")
+    rw = shares.join(right.select("id").unique(), on="id", how="semi")
+    del shares
+    cross = (
+        lw.group_by("entity")
+        .agg(pl.col("w").sum().alias("l"))
+        .join(rw.group_by("entity").agg(pl.col("w").sum().alias("r")), on="entity")
         .select((pl.col("l") * pl.col("r")).sum())
-    ).item()
-    self_pairs = _collect(
-        side(left)
-        .join(side(right).select("id", "entity"), on=["id", "entity"], how="semi")
-        .select((pl.col("w") ** 2).sum())
-    ).item()
-    return float(cross or 0.0) - float(self_pairs or 0.0)
+        .item()
+    )
+    self_pairs = lw.join(rw.select("id", "entity"), on=["id", "entity"], how="semi").select(
+        (pl.col("w") ** 2).sum()
+    )
+    return float(cross or 0.0) - float(self_pairs.item() or 0.0)
