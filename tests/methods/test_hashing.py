@@ -17,7 +17,7 @@ import pytest
 
 from matchbox_dagster.common.arrow import SourceHashes
 from matchbox_dagster.common.errors import MatchboxInvalidData
-from matchbox_dagster.methods.hashing import digest_rows, index_rows, row_hashes
+from matchbox_dagster.methods.hashing import RowDigests, digest_rows, index_rows, row_hashes
 
 
 def hexes(array: pa.Array) -> list[str]:
@@ -311,3 +311,11 @@ def test_row_digests_of_nothing() -> None:
     empty = digest_rows([], key_field="key", index_fields=["name"])
     assert (empty.num_keys, empty.num_rows) == (0, 0)
     assert empty.fingerprint == empty.index().fingerprint
+
+
+def test_row_digests_count_hashes_sharing_a_high_half_apart() -> None:
+    """Identical rows count once; two hashes with one high half and two low halves twice."""
+    digests = np.array([[5, 1], [5, 1], [5, 2], [7, 3], [5, 1]], dtype=np.uint64)
+    keys = pl.Series("key", ["a", "b", "c", "d", "e"])
+    assert RowDigests(digests, keys).num_rows == 3
+    assert RowDigests(digests[[0, 1, 3, 4]], keys[:4]).num_rows == 2
