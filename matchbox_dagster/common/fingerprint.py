@@ -49,9 +49,9 @@ def mix64(values: np.ndarray) -> np.ndarray:
     return z
 
 
-def xxh3_64(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """XXH3 64-bit digests of a binary or string Arrow array, as ``uint64``."""
-    series = pl.from_arrow(values)
+def xxh3_64(values: pa.Array | pa.ChunkedArray | pl.Series) -> np.ndarray:
+    """XXH3 64-bit digests of binary or string values (Arrow or polars), as ``uint64``."""
+    series = values if isinstance(values, pl.Series) else pl.from_arrow(values)
     assert isinstance(series, pl.Series)
     hashed = pl.DataFrame({"v": series}).select(plh.col("v").nchash.xxh3_64())
     return hashed.get_column("v").to_numpy().astype(np.uint64, copy=False)
@@ -100,7 +100,7 @@ def fingerprint_source(table: pa.Table) -> bytes:
 
 
 def fingerprint_source_pairs(
-    hashes: pa.Array | pa.ChunkedArray, keys: pa.Array | pa.ChunkedArray
+    hashes: pa.Array | pa.ChunkedArray, keys: pa.Array | pa.ChunkedArray | pl.Series
 ) -> bytes:
     """:func:`fingerprint_source` of rows not yet grouped: ``hashes[i]`` is ``keys[i]``'s row."""
     if len(hashes) == 0:

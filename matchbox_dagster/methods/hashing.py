@@ -155,8 +155,7 @@ class RowDigests:
         Keys are assumed distinct, as :meth:`index` checks; data whose fingerprint equals a
         stored step's was checked when that step was stored.
         """
-        keys = self.keys.to_arrow(compat_level=pl.CompatLevel.oldest())
-        return fingerprint_source_pairs(_binary(self.digests).cast(pa.binary()), keys)
+        return fingerprint_source_pairs(_binary(self.digests).cast(pa.binary()), self.keys)
 
     def index(self) -> SourceHashes:
         """Gather the keys of identical rows under one hash: the data a source step stores.
