@@ -1,9 +1,8 @@
 """The ``entities`` table of a resolver's materialisation: what merged, for the Dagster UI.
 
-Two passes keep memory bounded by the shown rows, not by the resolver's size: the first reads
-each source's leaves and entities as integers only (sizes, and the ids of the edges nearest
-each threshold); the second reads keys (and, for sources of at most ``max_keys`` keys, their
-fields) only for the leaves shown.
+Each source is read once (keys, leaves, entities); sizes and the edges nearest each threshold
+(``bottom_k``, no sort of every edge) are found on integers, and only the shown keys get
+fields, re-read from sources of at most ``max_keys`` keys.
 """
 
 from __future__ import annotations
@@ -23,11 +22,13 @@ def _md(value: object) -> str:
     return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _leaves(store: MatchboxDBAdapter, path: StepPath, source: str) -> pl.DataFrame:
-    """``leaf``, ``entity`` of each key of ``source`` under the resolver at ``path``."""
+def _keys(store: MatchboxDBAdapter, path: StepPath, source: str) -> pl.DataFrame:
+    """``key``, ``leaf``, ``entity`` of each key of ``source`` under the resolver at ``path``."""
     table = store.query(path.model_copy(update={"name": source}), path, return_leaf_id=True)
-    return pl.DataFrame(pl.from_arrow(table.select(["leaf_id", "id"]))).select(
-        pl.col("leaf_id").cast(pl.Int64).alias("leaf"), pl.col("id").cast(pl.Int64).alias("entity")
+    return pl.DataFrame(pl.from_arrow(table)).select(
+        pl.col("key").cast(pl.String),
+        pl.col("leaf_id").cast(pl.Int64).alias("leaf"),
+        pl.col("id").cast(pl.Int64).alias("entity"),
     )
 
 
@@ -59,28 +60,19 @@ def _id_leaves(
 
 
 def _shown_records(
-    store: MatchboxDBAdapter, path: StepPath, sources: list[str], leaves: pl.Series, max_keys: int
+    store: MatchboxDBAdapter,
+    path: StepPath,
+    keys: dict[str, pl.DataFrame],
+    leaves: pl.Series,
+    max_keys: int,
 ) -> pl.DataFrame:
     """``source``, ``key``, ``leaf``, ``entity``, ``fields`` of the keys of ``leaves``."""
     wanted = leaves.unique().implode()
     parts = []
-    for name in sources:
-        source = path.model_copy(update={"name": name})
-        table = store.query(source, path, return_leaf_id=True)
-        keys = table.num_rows
-        part = (
-            pl.DataFrame(pl.from_arrow(table))
-            .select(
-                pl.lit(name).alias("source"),
-                pl.col("key").cast(pl.String),
-                pl.col("leaf_id").cast(pl.Int64).alias("leaf"),
-                pl.col("id").cast(pl.Int64).alias("entity"),
-            )
-            .filter(pl.col("leaf").is_in(wanted))
-        )
-        del table
-        if keys <= max_keys and part.height:
-            fields = source_records(store, source).drop("id")
+    for name, frame in keys.items():
+        part = frame.filter(pl.col("leaf").is_in(wanted)).with_columns(source=pl.lit(name))
+        if frame.height <= max_keys and part.height:
+            fields = source_records(store, path.model_copy(update={"name": name})).drop("id")
             text = fields.select(
                 pl.col("key").cast(pl.String),
                 pl.concat_str(
@@ -106,7 +98,8 @@ def entity_tables(
     (larger sources show their keys only), for the resolver's materialisation metadata.
     """
     found = lineage(store, path)
-    ints = pl.concat([_leaves(store, path, name) for name in found.sources])
+    keys = {name: _keys(store, path, name) for name in found.sources}
+    ints = pl.concat([frame.select("leaf", "entity") for frame in keys.values()])
     sizes = ints.group_by("entity").len().filter(pl.col("len") > 1)
     largest = sizes.sort(["len", "entity"], descending=[True, False]).head(n)
     shown = [ints.filter(pl.col("entity").is_in(largest.get_column("entity").implode()))]
@@ -117,16 +110,16 @@ def entity_tables(
         )
         if edges.is_empty():
             continue
-        edges = edges.with_columns((pl.col("score") - threshold).abs().alias("d")).sort("d")
-        edges = edges.head(n)
+        # The n nearest without sorting every edge.
+        distance = (pl.col("score") - threshold).abs()
+        edges = edges.with_columns(d=distance).bottom_k(n, by="d").sort("d", "left_id", "right_id")
         ids = pl.concat([edges.get_column("left_id"), edges.get_column("right_id")])
         behind = _id_leaves(store, path, model, ids.cast(pl.Int64).to_list(), ints["leaf"])
         near.append((model, threshold, edges, behind))
         shown.append(ints.join(behind.select("leaf"), on="leaf", how="semi"))
-    records = _shown_records(
-        store, path, found.sources, pl.concat(shown).get_column("leaf"), max_keys
-    )
-    del ints, shown
+    del ints
+    records = _shown_records(store, path, keys, pl.concat(shown).get_column("leaf"), max_keys)
+    del keys, shown
 
     lines = ["### Largest entities", "", "| entity | records | source | key | fields |"]
     lines.append("|---|---|---|---|---|")
