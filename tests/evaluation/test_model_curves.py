@@ -124,3 +124,16 @@ def test_true_pairs_of_ids_standing_for_several_records() -> None:
     # Linker: left ids 1, 2; right id 3: (1,3): 1/2, (2,3): 1/2.
     left, right = frame.filter(pl.col("id") < 3), frame.filter(pl.col("id") == 3)
     assert true_pairs(left, right) == pytest.approx(1.0)
+    assert true_pairs(left, right, shared=False) == pytest.approx(1.0)  # no record on both sides
+
+
+def test_true_pairs_count_a_record_on_both_sides_once() -> None:
+    """Left reads source a, right a and b: id 1's record of a is on both sides, counted once."""
+    schema = {"id": pl.Int64, "key": pl.UInt64, "entity": pl.UInt64}
+    left = pl.DataFrame({"id": [1], "key": [1], "entity": [7]}, schema=schema)
+    right = pl.DataFrame({"id": [1, 1, 3], "key": [1, 2, 4], "entity": [7, 8, 7]}, schema=schema)
+    # id 1 = {7, 8} (shares 1/2 each), id 3 = {7}: cross 1/2·(1/2 + 1) + 1/2·1/2 = 1, minus id 1
+    # with itself (1/4 + 1/4) = 1/2.
+    assert true_pairs(left, right) == pytest.approx(0.5)
+    # Counted twice, id 1 would be 2/3 entity 7: another (wrong) figure.
+    assert true_pairs(left, right, shared=False) == pytest.approx(2 / 3)
