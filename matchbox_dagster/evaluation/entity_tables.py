@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from matchbox_dagster.common.dtos import ModelConfig, StepPath
-from matchbox_dagster.evaluation.sampling import TABLE_MAX_KEYS, lineage
+from matchbox_dagster.common.dtos import StepPath
+from matchbox_dagster.evaluation.sampling import TABLE_MAX_KEYS, input_ids, lineage
 from matchbox_dagster.sources.inputs import source_records
 from matchbox_dagster.store.base import MatchboxDBAdapter
 
@@ -30,33 +30,6 @@ def _keys(store: MatchboxDBAdapter, path: StepPath, source: str) -> pl.DataFrame
         pl.col("leaf_id").cast(pl.Int64).alias("leaf"),
         pl.col("id").cast(pl.Int64).alias("entity"),
     )
-
-
-def _id_leaves(
-    store: MatchboxDBAdapter, path: StepPath, model: str, ids: list[int], leaves: pl.Series
-) -> pl.DataFrame:
-    """``id``, ``leaf``: the leaves behind ``ids`` of ``model``'s id space.
-
-    An id is a leaf itself, or a cluster of one of the model's input resolvers.
-    """
-    wanted = pl.Series(ids, dtype=pl.Int64)
-    parts = [leaves.filter(leaves.is_in(wanted.implode())).to_frame("id").with_columns(leaf="id")]
-    config = store.get_step(path.model_copy(update={"name": model})).config
-    assert isinstance(config, ModelConfig)
-    for query in (config.left_query, config.right_query):
-        if query is None or not query.resolver:
-            continue
-        resolver = path.model_copy(update={"name": query.resolver})
-        for name in query.sources:
-            table = store.query(
-                path.model_copy(update={"name": name}), resolver, return_leaf_id=True
-            )
-            parts.append(
-                pl.DataFrame(pl.from_arrow(table.select(["id", "leaf_id"])))
-                .select(pl.col("id").cast(pl.Int64), pl.col("leaf_id").cast(pl.Int64).alias("leaf"))
-                .filter(pl.col("id").is_in(wanted.implode()))
-            )
-    return pl.concat(parts).unique()
 
 
 def _shown_records(
@@ -114,7 +87,7 @@ def entity_tables(
         distance = (pl.col("score") - threshold).abs()
         edges = edges.with_columns(d=distance).bottom_k(n, by="d").sort("d", "left_id", "right_id")
         ids = pl.concat([edges.get_column("left_id"), edges.get_column("right_id")])
-        behind = _id_leaves(store, path, model, ids.cast(pl.Int64).to_list(), ints["leaf"])
+        behind = input_ids(store, path, model, ints.get_column("leaf"), ids.cast(pl.Int64))
         near.append((model, threshold, edges, behind))
         shown.append(ints.join(behind.select("leaf"), on="leaf", how="semi"))
     del ints

@@ -200,7 +200,7 @@ def _uncertain(
         ).with_columns((pl.col("score") - threshold).abs().alias("distance"))
         # An edge's ids are leaves, or clusters of an input resolver: map each through any of
         # its leaves to this resolver's entity (a cluster's leaves share one entity here).
-        ids = _input_ids(store, path, model, records)
+        ids = input_ids(store, path, model, records.get_column("leaf"))
         ends = ids.join(of_leaf, on="leaf").select("id", "entity").unique("id")
         edges = edges.join(ends, left_on="left_id", right_on="id").join(
             ends, left_on="right_id", right_on="id", suffix="_r"
@@ -217,13 +217,27 @@ def _uncertain(
     return [(leaves, reason) for _, leaves, reason in found]
 
 
-def _input_ids(
-    store: MatchboxDBAdapter, path: StepPath, model: str, records: pl.DataFrame
+def input_ids(
+    store: MatchboxDBAdapter,
+    path: StepPath,
+    model: str,
+    leaves: pl.Series,
+    ids: pl.Series | None = None,
 ) -> pl.DataFrame:
-    """``id`` (in the model's id space), ``leaf``: the model's input ids and their leaves."""
+    """``id`` (in the model's id space), ``leaf``: the model's input ids and their leaves.
+
+    An id is one of ``leaves`` itself, or a cluster of one of the model's input resolvers;
+    with ``ids``, only those.
+    """
     config = store.get_step(path.model_copy(update={"name": model})).config
     assert isinstance(config, ModelConfig)
-    parts = [records.select(pl.col("leaf").alias("id"), "leaf")]
+
+    def kept(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame if ids is None else frame.filter(pl.col("id").is_in(ids.implode()))
+
+    parts = [
+        kept(leaves.cast(pl.Int64).to_frame("leaf").select(pl.col("leaf").alias("id"), "leaf"))
+    ]
     for query in (config.left_query, config.right_query):
         if query is None or not query.resolver:
             continue
@@ -232,9 +246,12 @@ def _input_ids(
             table = store.query(
                 path.model_copy(update={"name": name}), resolver, return_leaf_id=True
             )
+            frame = pl.DataFrame(pl.from_arrow(table.select(["id", "leaf_id"])))
             parts.append(
-                pl.DataFrame(pl.from_arrow(table)).select(
-                    pl.col("id").cast(pl.Int64), pl.col("leaf_id").cast(pl.Int64).alias("leaf")
+                kept(
+                    frame.select(
+                        pl.col("id").cast(pl.Int64), pl.col("leaf_id").cast(pl.Int64).alias("leaf")
+                    )
                 )
             )
     return pl.concat(parts).unique()
