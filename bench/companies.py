@@ -193,9 +193,7 @@ def generate_companies(
     rates = rates or Rates()
     rng = np.random.default_rng(seed)
     n_towns = max(20, n_entities // 150)
-    towns = [
-        f"{rng.choice(WORDS).capitalize()}{rng.choice(SUFFIXES)}" for _ in range(n_towns)
-    ]
+    towns = [f"{rng.choice(WORDS).capitalize()}{rng.choice(SUFFIXES)}" for _ in range(n_towns)]
     districts = [
         f"{rng.choice(list(LETTERS))}{rng.choice(list(LETTERS))}{i % 99 + 1}"
         for i in range(n_towns)

@@ -255,14 +255,20 @@ BROKEN = [
         "dagster",
     ),
     ("specs.py", "from dagster import Definitions", "dagster"),
-    ("examples/febrl.py", "from matchbox_dagster.dagster.collection import build",
-     f"{MB}.dagster.collection"),
+    (
+        "examples/febrl.py",
+        "from matchbox_dagster.dagster.collection import build",
+        f"{MB}.dagster.collection",
+    ),
     ("examples/febrl.py", "from matchbox_dagster.store import base", f"{MB}.store.base"),
     ("examples/febrl.py", "import dagster", "dagster"),
     ("__init__.py", "__import__('matchbox_dagster.dagster')", f"{MB}.dagster"),
     ("newroom/commands.py", "import dagster as dg", "dagster"),
-    ("review/app.py", "from matchbox_dagster.dagster.resources import R",
-     f"{MB}.dagster.resources"),
+    (
+        "review/app.py",
+        "from matchbox_dagster.dagster.resources import R",
+        f"{MB}.dagster.resources",
+    ),
 ]
 
 

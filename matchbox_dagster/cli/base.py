@@ -56,9 +56,7 @@ def load_defs(path: str | None) -> dg.Definitions:
         spec.loader.exec_module(module)
     except Exception as exc:
         cause = explain(exc)
-        raise CliError(
-            f"loading {path!r} failed: {cause.cause}", cause.hint, cause.code
-        ) from exc
+        raise CliError(f"loading {path!r} failed: {cause.cause}", cause.hint, cause.code) from exc
     defs = getattr(module, "defs", None)
     if not isinstance(defs, dg.Definitions):
         raise CliError(f"{path!r} has no `defs = Definitions(...)` attribute", hint)
@@ -168,7 +166,5 @@ def run_id_of(store: MatchboxDBAdapter, collection: str, args: argparse.Namespac
         return store.run_for_label(collection, args.label, create=False).run_id
     default = store.get_collection(collection).default_run
     if default is None:
-        raise CliError(
-            f"collection {collection!r} has no default run", "pass --run N or --label L"
-        )
+        raise CliError(f"collection {collection!r} has no default run", "pass --run N or --label L")
     return default

@@ -297,9 +297,7 @@ def _sequential(
     group[:] = into[group]
 
 
-def _union(
-    x: int, y: int, find: Any, parent: list[int], blocked: dict[int, set[int]]
-) -> None:
+def _union(x: int, y: int, find: Any, parent: list[int], blocked: dict[int, set[int]]) -> None:
     """Join the groups of ``x`` and ``y`` unless a conflict lies between them."""
     rx, ry = find(x), find(y)
     if rx == ry:

@@ -202,9 +202,7 @@ def _compile(expression: str, columns: Sequence[str]) -> str | None:
     return None
 
 
-def _check_sources(
-    plan: CollectionPlan, found: _Found, s3: dict[str, Any]
-) -> dict[str, list[str]]:
+def _check_sources(plan: CollectionPlan, found: _Found, s3: dict[str, Any]) -> dict[str, list[str]]:
     """Each readable source's columns; problems for unreadable ones and missing fields."""
     columns: dict[str, list[str]] = {}
     for i, spec in enumerate(plan.spec.sources):

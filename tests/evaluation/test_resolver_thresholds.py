@@ -116,7 +116,11 @@ def test_the_check_shows_the_suggested_and_the_used_threshold(
     table = evaluation.metadata["suggested_thresholds"].value
     cells = next(line for line in table.splitlines() if line.startswith("| dedupe"))
     assert [c.strip() for c in cells.split("|")][1:6] == [
-        "dedupe", "0.8000", "0.6667", "0.6500", "0.7500"
+        "dedupe",
+        "0.8000",
+        "0.6667",
+        "0.6500",
+        "0.7500",
     ]
 
 

@@ -162,8 +162,9 @@ def _kruskal(n: int, rows: list[tuple[int, int, float]], conflicts: list[tuple[i
     for a, b, _ in sorted(rows, key=lambda r: -r[2]):  # sorted is stable
         if sets[a] is sets[b]:
             continue
-        if any((x in sets[a] and y in sets[b]) or (y in sets[a] and x in sets[b])
-               for x, y in conflicts):
+        if any(
+            (x in sets[a] and y in sets[b]) or (y in sets[a] and x in sets[b]) for x, y in conflicts
+        ):
             continue
         joined = sets[a] | sets[b]
         for node in joined:
@@ -193,8 +194,10 @@ def test_rounds_give_the_sequential_greedy_result(monkeypatch, to_python):
             np.array([r[0] for r in rows]),
             np.array([r[1] for r in rows]),
             np.array([r[2] for r in rows], dtype=np.float32),
-            (np.array([c[0] for c in conflicts], dtype=np.int64),
-             np.array([c[1] for c in conflicts], dtype=np.int64)),
+            (
+                np.array([c[0] for c in conflicts], dtype=np.int64),
+                np.array([c[1] for c in conflicts], dtype=np.int64),
+            ),
             n,
         )
         found = {}

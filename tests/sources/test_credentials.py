@@ -108,9 +108,7 @@ def people_table() -> Iterator[str]:
         )
         with conn.cursor() as cur:
             cur.executemany(
-                sql.SQL("INSERT INTO {}.people VALUES (%s, %s, %s)").format(
-                    sql.Identifier(schema)
-                ),
+                sql.SQL("INSERT INTO {}.people VALUES (%s, %s, %s)").format(sql.Identifier(schema)),
                 [(f"p{i}", f"name{i % 30}", f"town{i % 30}") for i in range(60)],
             )
     try:
@@ -291,9 +289,15 @@ def test_materialising_an_rdbms_source_never_persists_or_shows_the_password(
     ("uri", "shown"),
     [
         ("postgresql://u:pw@h:1/db", "postgresql://u:***@h:1/db"),
-        ("postgresql://u:p%40ss%2Fx@h/db?sslmode=require", "postgresql://u:***@h/db?sslmode=require"),
+        (
+            "postgresql://u:p%40ss%2Fx@h/db?sslmode=require",
+            "postgresql://u:***@h/db?sslmode=require",
+        ),
         ("postgresql://u:p@ss/w0rd@h/db", "postgresql://u:***@h/db"),  # written unencoded
-        ("postgresql://h/db?user=u&Password=x%20y&a=b#f", "postgresql://h/db?user=u&Password=***&a=b#f"),
+        (
+            "postgresql://h/db?user=u&Password=x%20y&a=b#f",
+            "postgresql://h/db?user=u&Password=***&a=b#f",
+        ),
         ("mssql+pyodbc:///?odbc_connect=DSN%3Dx%3BPWD%3Dabc", "mssql+pyodbc:///?odbc_connect=***"),
         ("sqlite:///relative.db", "sqlite:///relative.db"),
         ("duckdb:////abs/file.duckdb", "duckdb:////abs/file.duckdb"),

@@ -160,4 +160,3 @@ def test_ui_marks_the_default_run_and_shows_a_checks_partition(
         except Exception:
             page.screenshot(path=str(defs.parent / "failure.png"))
             raise
-

@@ -103,9 +103,10 @@ def inherit(
         nearest.filter(partial).select(pl.col("root_id").alias("parent_id"), "leaf_id")
     )
     inherited = pl.concat(
-        [nearest.filter(~partial).select("leaf_id", "root_id"), readdressed.select(
-            "leaf_id", "root_id"
-        )]
+        [
+            nearest.filter(~partial).select("leaf_id", "root_id"),
+            readdressed.select("leaf_id", "root_id"),
+        ]
     ).with_columns(pl.lit(False).alias("own"))
     return pl.concat([rows, inherited]).sort("leaf_id"), parents
 

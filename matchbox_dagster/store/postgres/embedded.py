@@ -270,4 +270,3 @@ def _forget_failed_start(data_dir: Path) -> None:
     failed = PostgresServer._instances.pop(data_dir, None)
     if failed is not None:
         atexit.unregister(failed._cleanup)
-
