@@ -16,17 +16,17 @@ from matchbox_dagster.common.errors import MatchboxCollectionNotFoundError
 from matchbox_dagster.store.postgres import core
 
 _RECORD = """
-INSERT INTO step_check_outcomes (step_id, check_name, passed)
-VALUES (%s, %s, %s)
+INSERT INTO step_check_outcomes (step_id, check_name, passed, evaluated_at)
+VALUES (%s, %s, %s, clock_timestamp())
 ON CONFLICT (step_id, check_name)
-DO UPDATE SET passed = EXCLUDED.passed, evaluated_at = now()
+DO UPDATE SET passed = EXCLUDED.passed, evaluated_at = clock_timestamp()
 """
 
 _NOTE = """
-INSERT INTO dagster_attempts (collection_id, label, dagster_run)
-VALUES (%s, %s, %s)
+INSERT INTO dagster_attempts (collection_id, label, dagster_run, started_at)
+VALUES (%s, %s, %s, clock_timestamp())
 ON CONFLICT (collection_id, label) DO UPDATE
-SET dagster_run = EXCLUDED.dagster_run, started_at = now()
+SET dagster_run = EXCLUDED.dagster_run, started_at = clock_timestamp()
 WHERE dagster_attempts.dagster_run IS DISTINCT FROM EXCLUDED.dagster_run
 """
 

@@ -155,7 +155,7 @@ def share(cur: Any, step: StepRow, data_id: int) -> None:
         check_inputs_complete(cur, step)
     fetch(
         cur,
-        "UPDATE steps SET data_id = $1, upload_stage = $2, stage_updated_at = now() "
+        "UPDATE steps SET data_id = $1, upload_stage = $2, stage_updated_at = clock_timestamp() "
         "WHERE step_id = $3 RETURNING step_id",
         int(data_id),
         UploadStage.COMPLETE.value,

@@ -235,7 +235,8 @@ def set_stage(cur: Cursor, step_id: int, stage: UploadStage) -> None:
     """Set a step's upload stage (and when it changed)."""
     execute(
         cur,
-        "UPDATE steps SET upload_stage = $1, stage_updated_at = now() WHERE step_id = $2",
+        "UPDATE steps SET upload_stage = $1, stage_updated_at = clock_timestamp() "
+        "WHERE step_id = $2",
         stage.value,
         step_id,
     )

@@ -422,7 +422,8 @@ class Steps:
     @staticmethod
     def _set_stage(conn: psycopg.Connection, step_id: int, stage: UploadStage) -> None:
         conn.execute(
-            "UPDATE steps SET upload_stage = %s, stage_updated_at = now() WHERE step_id = %s",
+            "UPDATE steps SET upload_stage = %s, stage_updated_at = clock_timestamp() "
+            "WHERE step_id = %s",
             (stage.value, step_id),
         )
 
