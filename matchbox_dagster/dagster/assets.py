@@ -185,12 +185,12 @@ def _source_asset(
         )
         # A source may be the first step of its run: the run is created if need be.
         path = _path(context, matchbox, collection, source.name, create=True)
-        reused = reusable_step(context, store, path, config, [])
-        if reused is not None and store.get_step(reused).fingerprint == digests.fingerprint:
+        fingerprint = digests.fingerprint
+        reused = reusable_step(context, store, path, config, [], fingerprint=fingerprint)
+        if reused is not None:
             del digests  # the default run holds these very rows: share them, index nothing
-            yield _reused_output(
-                store, reused, {"extract_seconds": round(seconds, 3), META_INDEXED: False}
-            )
+            meta = {"extract_seconds": round(seconds, 3), META_INDEXED: False}
+            yield _reused_output(store, reused, meta, fingerprint)
         else:
             hashes = digests.index()  # takes the rows over
             del digests
@@ -445,12 +445,12 @@ def _computed_output(
 
 
 def _reused_output(
-    store: Any, reused: StepPath, metadata: dict[str, Any] | None = None
+    store: Any, reused: StepPath, metadata: dict[str, Any] | None = None, fingerprint: bytes = b""
 ) -> dg.Output:
-    """The output of a step that reuses ``reused``: the IO manager writes it as shared."""
+    """The output of a step reusing ``reused`` (``fingerprint``: its data's, when known)."""
     return versioned_output(
         ReusedStep(from_path=reused),
-        store.get_step(reused).fingerprint,
+        fingerprint or store.get_step(reused).fingerprint,
         {META_COMPUTED: False, META_INPUTS_LOADED: 0, **(metadata or {})},
     )
 

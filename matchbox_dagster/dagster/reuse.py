@@ -55,14 +55,22 @@ def reusable_step(
     path: StepPath,
     config: Any,
     inputs: list[str],
+    fingerprint: bytes | None = None,
 ) -> StepPath | None:
-    """The default run's step this step may reuse, or None (also when a recompute is forced)."""
+    """The default run's step this step may reuse, or None (also when a recompute is forced).
+
+    ``fingerprint``: this step's data is already known (a source's extracted rows); only a step
+    holding the same data is reused.
+    """
     if recompute_forced(context):
         context.log.info("Run tag %s=true: computing %s anew", RECOMPUTE_TAG, path)
         return None
     found = store.find_reusable_step(path, config.model_dump(mode="json"), sorted(set(inputs)))
     if found is not None and found.run == path.run:
         return None  # this run is the default one: its own step is rewritten as usual
+    if found is not None and fingerprint is not None:
+        if store.get_step(found).fingerprint != fingerprint:
+            return None  # same config, other data (a source whose rows changed)
     if found is not None:
         context.log.info(
             "%s: config and inputs unchanged since the default run; reusing %s", path, found
