@@ -57,11 +57,8 @@ class Cached:
         from matchbox_dagster.common.run_status import RunShape
 
         entry = self.entry
-        step_of = {tuple(k): s for k, s in zip(entry["asset_keys"], entry["steps"], strict=True)}
-        return RunShape(
-            collection=self.collection,
-            steps=tuple(entry["steps"]),
-            checks=tuple((step_of.get(tuple(k), k[-1]), name) for k, name in entry["checks"]),
+        return RunShape.from_keys(
+            self.collection, entry["steps"], entry["asset_keys"], entry["checks"]
         )
 
     def shape(self) -> GraphShape:

@@ -37,6 +37,22 @@ class RunShape:
     steps: tuple[str, ...]
     checks: tuple[tuple[str, str], ...]
 
+    @classmethod
+    def from_keys(
+        cls,
+        collection: str,
+        steps: Sequence[str],
+        asset_keys: Sequence[Sequence[str]],
+        checks: Sequence[tuple[Sequence[str], str]],
+    ) -> RunShape:
+        """From each step's asset key path and each check's ``(asset key path, name)``."""
+        step_of = {tuple(k): s for k, s in zip(asset_keys, steps, strict=True)}
+        return cls(
+            collection=collection,
+            steps=tuple(steps),
+            checks=tuple((step_of.get(tuple(k), k[-1]), name) for k, name in checks),
+        )
+
     @property
     def check_names(self) -> list[str]:
         """Each blocking check as ``step:check``."""

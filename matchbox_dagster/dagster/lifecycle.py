@@ -59,13 +59,11 @@ class GraphShape:
 
     def plain(self) -> RunShape:
         """The shape without Dagster's keys: step names and ``(step, check)`` pairs."""
-        step_of = dict(zip(self.asset_keys, self.steps, strict=True))
-        return RunShape(
-            collection=self.collection,
-            steps=self.steps,
-            checks=tuple(
-                (step_of.get(k.asset_key, k.asset_key.path[-1]), k.name) for k in self.checks
-            ),
+        return RunShape.from_keys(
+            self.collection,
+            self.steps,
+            [k.path for k in self.asset_keys],
+            [(k.asset_key.path, k.name) for k in self.checks],
         )
 
 
