@@ -35,6 +35,7 @@ from matchbox_dagster.dagster.checks import (
 )
 from matchbox_dagster.dagster.io_manager import (
     META_FIELDS,
+    META_FINGERPRINT,
     META_LAZY,
     META_QUERY,
     LazyInput,
@@ -448,11 +449,10 @@ def _reused_output(
     store: Any, reused: StepPath, metadata: dict[str, Any] | None = None, fingerprint: bytes = b""
 ) -> dg.Output:
     """The output of a step reusing ``reused`` (``fingerprint``: its data's, when known)."""
-    return versioned_output(
-        ReusedStep(from_path=reused),
-        fingerprint or store.get_step(reused).fingerprint,
-        {META_COMPUTED: False, META_INPUTS_LOADED: 0, **(metadata or {})},
-    )
+    fingerprint = fingerprint or store.get_step(reused).fingerprint
+    # The fingerprint in the metadata: the IO manager need not read it again.
+    flags = {META_COMPUTED: False, META_INPUTS_LOADED: 0, META_FINGERPRINT: fingerprint.hex()}
+    return versioned_output(ReusedStep(from_path=reused), fingerprint, flags | (metadata or {}))
 
 
 def build_collection_assets(

@@ -69,6 +69,7 @@ META_QUERY = "matchbox/query"
 META_FIELDS = "matchbox/fields"
 META_LAZY = "matchbox/lazy"
 META_REUSED_FROM = "matchbox/reused_from"
+META_FINGERPRINT = "matchbox/fingerprint"
 
 _PAYLOADS: dict[StepType, type] = {
     StepType.SOURCE: SourceHashes,
@@ -182,7 +183,7 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
         )
         description = _plain((context.definition_metadata or {}).get("matchbox/description"))
         reused = obj if isinstance(obj, ReusedStep) else None
-        fingerprint = store.get_step(reused.from_path).fingerprint if reused else obj.fingerprint
+        fingerprint = _reused_fingerprint(context, store, reused) if reused else obj.fingerprint
         step = Step(
             step_type=step_type, fingerprint=fingerprint, config=config, description=description
         )
@@ -200,7 +201,7 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
         metadata = {
             "matchbox/step_path": str(path),
             "matchbox/run": dg.MetadataValue.text(str(path.run)),  # an id: shown, not plotted
-            "matchbox/fingerprint": fingerprint.hex(),
+            META_FINGERPRINT: fingerprint.hex(),
             "matchbox/action": action,
             "matchbox/store_seconds": round(time.perf_counter() - started, 3),
         }
@@ -232,8 +233,17 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
             except Exception as exc:
                 context.log.warning("Could not tabulate entities for the UI: %s", exc)
         context.add_output_metadata(metadata)
-        rows = metadata.get("dagster/row_count", "?")
-        context.log.info("%s %s step %s (%s rows)", action.capitalize(), step_type, path, rows)
+        rows = _plain(metadata.get("dagster/row_count", "?"))
+        if origin is not None:  # one line says it all (nothing was computed or copied)
+            context.log.info(
+                "Shared %s step %s with %s: config and inputs unchanged (%s rows)",
+                step_type,
+                path,
+                metadata[META_REUSED_FROM],
+                rows,
+            )
+        else:
+            context.log.info("%s %s step %s (%s rows)", action.capitalize(), step_type, path, rows)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -282,6 +292,12 @@ class MatchboxIOManager(dg.ConfigurableIOManager):
         if step_type == StepType.SOURCE:
             return lambda: store.get_source_data(path)
         return lambda: store.get_resolver_data(path)
+
+
+def _reused_fingerprint(context: dg.OutputContext, store: Any, reused: ReusedStep) -> bytes:
+    """The fingerprint of the data a reused step shares: from the output, else the store."""
+    known = _plain((context.output_metadata or {}).get(META_FINGERPRINT))
+    return bytes.fromhex(known) if known else store.get_step(reused.from_path).fingerprint
 
 
 def _origin_metadata(context: dg.OutputContext, store: Any, origin: Any) -> dict[str, Any] | None:

@@ -188,19 +188,25 @@ def note_attempt(
 ) -> None:
     """Note in the store that this Dagster run began materialising the asset's partition.
 
-    Once per Dagster run and label (later calls change nothing). Until the run's checks are
-    recorded after it, ``matchbox-dagster runs`` asks Dagster about the run (running, failed at
-    a step). Best effort: a note that cannot be written is logged.
+    Once per Dagster run and label: a process asks the store once (later notes would change
+    nothing). Until the run's checks are recorded after it, ``matchbox-dagster runs`` asks
+    Dagster about the run (running, failed at a step). Best effort: a note that cannot be
+    written is logged (and tried again by the next asset).
     """
-    from matchbox_dagster.dagster.partitions import dagster_run_id
+    from matchbox_dagster.dagster.partitions import (
+        dagster_run_id,
+        first_in_dagster_run,
+        seen_in_dagster_run,
+    )
 
-    run_id = dagster_run_id(context)
-    if run_id is None or not context.has_partition_key:
+    if not first_in_dagster_run(context, store, collection):
         return
     try:
-        store.note_dagster_attempt(collection, context.partition_key, run_id)
+        store.note_dagster_attempt(collection, context.partition_key, dagster_run_id(context))
     except Exception as exc:  # runs may then miss a failure before any step: say so
         context.log.warning("Dagster run not noted in the store: %s", exc)
+    else:
+        seen_in_dagster_run(context, store, collection)
 
 
 def mark_default(

@@ -116,9 +116,29 @@ def add_run_partition(
     return label, run
 
 
-_RUNS: OrderedDict[tuple[str, ...], int] = OrderedDict()
-_RUNS_LOCK = threading.Lock()
-_RUNS_KEPT = 256
+class _Memo:
+    """A small thread-safe LRU map of facts that never change once true (a label's run id)."""
+
+    def __init__(self, kept: int = 256) -> None:
+        self._found: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._kept = kept
+
+    def get(self, key: tuple[Any, ...]) -> Any:
+        with self._lock:
+            return self._found.get(key)
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
+        with self._lock:
+            self._found[key] = value
+            while len(self._found) > self._kept:
+                self._found.popitem(last=False)
+
+
+_RUNS = _Memo()
+"""(Dagster run, store, collection, label) → run id."""
+_NOTED = _Memo()
+"""(Dagster run, store, collection, label) → True once the attempt is noted in the store."""
 
 
 def dagster_run_id(context: Any) -> str | None:
@@ -165,8 +185,7 @@ def step_path(
     within one Dagster run.
     """
     key = (dagster_run, _store_identity(store), collection, label) if dagster_run else None
-    with _RUNS_LOCK:
-        run_id = _RUNS.get(key) if key else None
+    run_id = _RUNS.get(key) if key else None
     if run_id is None:
         try:
             run_id = store.run_for_label(collection, label, create=create).run_id
@@ -176,8 +195,29 @@ def step_path(
             ensure_collection(store, collection)  # the collection's first write
             run_id = store.run_for_label(collection, label, create=create).run_id
         if key:
-            with _RUNS_LOCK:
-                _RUNS[key] = run_id
-                while len(_RUNS) > _RUNS_KEPT:
-                    _RUNS.popitem(last=False)
+            _RUNS.put(key, run_id)
     return StepPath(collection=collection, run=run_id, name=name)
+
+
+def first_in_dagster_run(context: Any, store: MatchboxDBAdapter, collection: str) -> bool:
+    """Whether this process has not yet seen this Dagster run write ``collection``'s partition.
+
+    False outside a Dagster run or a partition. Call :func:`seen_in_dagster_run` once the
+    first-time work succeeded.
+    """
+    key = _dagster_run_key(context, store, collection)
+    return key is not None and _NOTED.get(key) is None
+
+
+def seen_in_dagster_run(context: Any, store: MatchboxDBAdapter, collection: str) -> None:
+    """Remember that this Dagster run's first-time work on the partition is done."""
+    key = _dagster_run_key(context, store, collection)
+    if key is not None:
+        _NOTED.put(key, True)
+
+
+def _dagster_run_key(context: Any, store: MatchboxDBAdapter, collection: str) -> tuple | None:
+    run_id = dagster_run_id(context)
+    if run_id is None or not context.has_partition_key:
+        return None
+    return (run_id, _store_identity(store), collection, context.partition_key)

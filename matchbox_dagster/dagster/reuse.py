@@ -71,11 +71,7 @@ def reusable_step(
     if found is not None and fingerprint is not None:
         if store.get_step(found).fingerprint != fingerprint:
             return None  # same config, other data (a source whose rows changed)
-    if found is not None:
-        context.log.info(
-            "%s: config and inputs unchanged since the default run; reusing %s", path, found
-        )
-    return found
+    return found  # the IO manager's log line and metadata say it was reused
 
 
 def code_version(config: Any) -> str:

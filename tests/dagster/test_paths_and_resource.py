@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -10,6 +11,7 @@ from matchbox_dagster.common.errors import (
     MatchboxCollectionNotFoundError,
     MatchboxRunLabelNotFound,
 )
+from matchbox_dagster.dagster.lifecycle import note_attempt
 from matchbox_dagster.dagster.partitions import step_path
 from matchbox_dagster.dagster.resources import MatchboxResource
 from matchbox_dagster.store.postgres import MatchboxPostgres
@@ -41,6 +43,57 @@ def test_step_path_asks_the_store_once_per_dagster_run(mb_store: MatchboxPostgre
     for other in (uuid.uuid4().hex, None):
         with pytest.raises(MatchboxCollectionNotFoundError):
             step_path(mb_store, collection, "r1", "a", create=False, dagster_run=other)
+
+
+def _asset_context(dagster_run: str, label: str) -> SimpleNamespace:
+    """What note_attempt reads of an asset's context: its Dagster run, its partition, its log."""
+    warnings: list[str] = []
+    return SimpleNamespace(
+        run=SimpleNamespace(run_id=dagster_run),
+        has_partition_key=True,
+        partition_key=label,
+        log=SimpleNamespace(warning=lambda *a: warnings.append(a[0] % a[1:])),
+        warnings=warnings,
+    )
+
+
+def test_an_attempt_is_noted_once_per_dagster_run_and_again_after_a_failed_note(
+    mb_store: MatchboxPostgres,
+) -> None:
+    collection = unique_collection("attempt")
+    mb_store.create_collection(collection)
+    mb_store.run_for_label(collection, "r1")
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+
+    def last_attempt() -> str | None:
+        (summary,) = mb_store.run_summaries(collection)
+        return summary.dagster_run
+
+    note_attempt(_asset_context(first, "r1"), mb_store, collection)
+    assert last_attempt() == first
+    # A later asset of another Dagster run on the same label is noted...
+    note_attempt(_asset_context(second, "r1"), mb_store, collection)
+    assert last_attempt() == second
+    # ...while the first run's later assets are not noted again (this process knows).
+    note_attempt(_asset_context(first, "r1"), mb_store, collection)
+    assert last_attempt() == second
+    # A note that fails is logged, remembered as not done, and tried by the next asset.
+    third = uuid.uuid4().hex
+    missing = _asset_context(third, "r1")
+    note_attempt(missing, MatchboxPostgresWithoutRuns(mb_store), collection)
+    assert missing.warnings and "not noted" in missing.warnings[0]
+    note_attempt(_asset_context(third, "r1"), mb_store, collection)
+    assert last_attempt() == third
+
+
+class MatchboxPostgresWithoutRuns:
+    """A store whose attempt notes fail (as when the database is briefly unreachable)."""
+
+    def __init__(self, store: MatchboxPostgres) -> None:
+        self.settings = store.settings
+
+    def note_dagster_attempt(self, *args: object) -> None:
+        raise ConnectionError("the store is unreachable")
 
 
 def test_resource_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
