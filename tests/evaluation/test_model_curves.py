@@ -8,6 +8,7 @@ where a model keeps none.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -137,3 +138,60 @@ def test_true_pairs_count_a_record_on_both_sides_once() -> None:
     assert true_pairs(left, right) == pytest.approx(0.5)
     # Counted twice, id 1 would be 2/3 entity 7: another (wrong) figure.
     assert true_pairs(left, right, shared=False) == pytest.approx(2 / 3)
+
+
+def _true_pairs_by_hand(left: pl.DataFrame, right: pl.DataFrame | None, shared: bool) -> float:
+    """The docstring's sums, written out over Python dicts (small inputs only)."""
+    sides = [left] if right is None else [left, right]
+    records: dict[int, dict[int, int]] = {}  # id → key → entity, a key once per id if shared
+    counts: dict[int, dict[int, float]] = {}
+    for frame in sides:
+        for i, k, e in frame.select("id", "key", "entity").iter_rows():
+            if shared and right is not None:
+                records.setdefault(i, {})[k] = e
+            else:
+                counts.setdefault(i, {}).setdefault(e, 0.0)
+                counts[i][e] += 1
+    for i, keys in records.items():
+        for e in keys.values():
+            counts.setdefault(i, {}).setdefault(e, 0.0)
+            counts[i][e] += 1
+    w = {i: {e: n / sum(c.values()) for e, n in c.items()} for i, c in counts.items()}
+    entities = {e for c in w.values() for e in c}
+    if right is None:
+        return sum(
+            (sum(w[i].get(e, 0) for i in w) ** 2 - sum(w[i].get(e, 0) ** 2 for i in w)) / 2
+            for e in entities
+        )
+    on_left, on_right = set(left.get_column("id")), set(right.get_column("id"))
+    return sum(
+        sum(w[i].get(e, 0) for i in on_left) * sum(w[j].get(e, 0) for j in on_right)
+        - sum(w[i].get(e, 0) ** 2 for i in on_left & on_right)
+        for e in entities
+    )
+
+
+@pytest.mark.parametrize("part_rows", [3, 10_000_000])
+def test_true_pairs_a_part_of_the_entities_at_a_time_equal_the_sums(
+    part_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ids on both sides, ids of several entities, a key on both sides: parts or not, the same."""
+    import matchbox_dagster.evaluation.resolver as resolver
+
+    monkeypatch.setattr(resolver, "_TRUE_PAIRS_PART_ROWS", part_rows)
+    rng = np.random.default_rng(11)
+    entity_of = rng.integers(0, 5, 40).astype(np.uint64)  # a key has one entity
+    schema = {"id": pl.Int64, "key": pl.UInt64, "entity": pl.UInt64}
+
+    def side(n: int) -> pl.DataFrame:
+        keys = rng.integers(0, 40, n)
+        return pl.DataFrame(
+            {"id": rng.integers(0, 12, n), "key": keys, "entity": entity_of[keys]}, schema=schema
+        )
+
+    for _ in range(20):
+        left, right = side(int(rng.integers(1, 30))), side(int(rng.integers(1, 30)))
+        assert true_pairs(left) == pytest.approx(_true_pairs_by_hand(left, None, False))
+        for shared in (True, False):
+            expected = _true_pairs_by_hand(left, right, shared)
+            assert true_pairs(left, right, shared=shared) == pytest.approx(expected)
