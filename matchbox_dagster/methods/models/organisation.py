@@ -96,7 +96,7 @@ class OrganisationLinker(Model):
     max_pairs: float | None = Field(
         default=None,
         gt=0,
-        description="Pairs sampled to estimate u (default: 10 a record, 250,000 to 2,000,000).",
+        description="Pairs sampled to estimate u (default: 3 a record, 250,000 to 2,000,000).",
     )
     seed: int = Field(default=1, description="Seed of Splink's sampling.")
     unique_names: float | None = Field(
@@ -221,7 +221,7 @@ class OrganisationLinker(Model):
         em.append(["core"])
         if "postcode" not in roles and "town" in roles:
             em.append(["town"])
-        max_pairs = self.max_pairs or min(2e6, max(2.5e5, 10.0 * records))
+        max_pairs = self.max_pairs or min(2e6, max(2.5e5, 3.0 * records))
         training: list[dict[str, dict[str, Any]]] = [
             {
                 "estimate_probability_two_random_records_match": {
