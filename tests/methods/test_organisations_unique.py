@@ -36,7 +36,9 @@ def test_unique_names_pair_only_unmatched_records_whose_name_no_other_holds():
 
 
 def test_unique_names_in_one_register_pair_exactly_two_records():
-    rows = _prepared([1, 2, 3, 4, 5, 6], ["Acme Ltd", "ACME LIMITED", "Bolt", "Bolt", "Eagle", "Eagle"])
+    rows = _prepared(
+        [1, 2, 3, 4, 5, 6], ["Acme Ltd", "ACME LIMITED", "Bolt", "Bolt", "Eagle", "Eagle"]
+    )
     scored = pl.DataFrame({"left_id": [5], "right_id": [9], "score": [0.7]})
     got = {tuple(r) for r in unique_name_pairs(rows, None, scored).rows()}
     assert got == {(1, 2), (3, 4)}  # Eagle 5 is scored already: 5-6 is no pair
