@@ -136,6 +136,33 @@ DISTINGUISHING: frozenset[str] = frozenset(
 """Default words that distinguish companies sharing a core name (sister companies)."""
 
 _DROP_FROM_CORE = ("and", "the", "of")
+REAL_WORDS: frozenset[str] = frozenset({"capita", "fiance", "holing", "lasing"})
+"""Words that are one-letter misspellings of a default distinguishing word, never read as it."""
+
+
+def typo_variants(
+    words: Collection[str], min_length: int = 7, avoid: Collection[str] = ()
+) -> dict[str, str]:
+    """Misspellings by one letter → the word, for each of ``words`` of ``min_length`` or more.
+
+    A misspelling drops a letter or swaps two neighbours, after the first letter (a first
+    letter is seldom mistyped, and changing it makes words: "leasing" → "easing"); a replaced
+    letter is not one (it too makes words: "trading" → "grading"). A misspelling that is one
+    of ``words``, one of two of them, in ``avoid`` or in :data:`REAL_WORDS` is left out.
+    Passed with the abbreviations, it lets ``Acme Holdngs`` keep its distinguishing word.
+    """
+    found: dict[str, set[str]] = {}
+    for word in words:
+        if len(word) < min_length:
+            continue
+        variants = {word[:i] + word[i + 1 :] for i in range(1, len(word))}
+        variants |= {
+            word[:i] + word[i + 1] + word[i] + word[i + 2 :] for i in range(1, len(word) - 1)
+        }
+        for variant in variants - {word}:
+            found.setdefault(variant, set()).add(word)
+    blocked = set(words) | set(avoid) | REAL_WORDS
+    return {v: next(iter(w)) for v, w in found.items() if len(w) == 1 and v not in blocked}
 
 
 def _col(column: ColumnLike) -> pl.Expr:

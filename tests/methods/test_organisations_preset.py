@@ -72,7 +72,11 @@ def test_conflicts_of_sisters_and_company_numbers():
     pairs = conflict_pairs(model.prepare(frame), None)
     got = {tuple(p) for p in pairs.select("left_id", "right_id").rows()}
     # 1-2 sisters (tokens, numbers), 1-5 and 3-5 (numbers), 2-3, 2-5; 1-3 agree (same number);
-    # 4's typo leaves its core "acme holdngs": no conflict on tokens, and it has no number.
+    # 4's "Holdngs" is read as "holdings": a sister of 1, 3 and 5, and the same firm as 2.
+    assert got == {(1, 2), (1, 5), (2, 3), (2, 5), (3, 5), (1, 4), (3, 4), (4, 5)}
+    # Without typos read as the word, 4's core stays "acme holdngs": no conflict on tokens.
+    plain = model.model_copy(update={"typos": False})
+    got = {tuple(p) for p in conflict_pairs(plain.prepare(frame), None).rows()}
     assert got == {(1, 2), (1, 5), (2, 3), (2, 5), (3, 5)}
 
 

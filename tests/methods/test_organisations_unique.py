@@ -13,6 +13,7 @@ from matchbox_dagster.methods.models.organisation import (
     OrganisationLinker,
     unique_name_pairs,
 )
+from matchbox_dagster.methods.organisations import typo_variants
 
 ROLES = {"name": "n", "postcode": "p", "town": "t", "address": "s", "company_number": "c"}
 
@@ -122,3 +123,26 @@ def test_a_typo_or_a_missing_place_still_blocks_on_the_address():
         .splink_settings["blocking_rules_to_generate_predictions"]
     )
     assert "l.address = r.address and substr(l.core, 1, 4) = substr(r.core, 1, 4)" in rules
+
+
+def test_distinguishing_words_misspelt_by_one_letter_are_read_as_the_word():
+    variants = typo_variants(["holdings", "trading", "group"], avoid={"tradng"})
+    assert variants["holdngs"] == variants["hodlings"] == "holdings"  # dropped, swapped
+    assert variants["tradig"] == "trading"
+    assert "tradng" not in variants  # avoided
+    assert "group" not in variants.values()  # shorter than 7 letters
+    assert "rading" not in variants and "grading" not in variants  # first letter, replaced
+    assert "holding" not in variants or variants["holding"] == "holdings"
+    assert "capita" not in typo_variants(["capital"])  # a word of its own
+    model = OrganisationLinker(roles={"name": "n"})
+    rows = model.prepare(
+        pl.DataFrame({"id": [1, 2, 3], "n": ["Acme Holdngs Ltd", "ACME TRDAING", "Acme Grading"]})
+    )
+    assert rows.select("core", "tokens").rows() == [
+        ("acme", "holdings"),
+        ("acme", "trading"),
+        ("acme grading", None),
+    ]
+    plain = model.model_copy(update={"typos": False})
+    off = plain.prepare(pl.DataFrame({"id": [1], "n": ["Acme Holdngs Ltd"]}))
+    assert off.select("core", "tokens").rows() == [("acme holdngs", None)]

@@ -36,6 +36,9 @@ from matchbox_dagster.common.arrow import SCHEMA_MODEL_EDGES, ModelResults
 from matchbox_dagster.methods.models.base import ID, Model, require_columns
 from matchbox_dagster.methods.models.splink import SplinkModel
 from matchbox_dagster.methods.organisations import (
+    ABBREVIATIONS,
+    DISTINGUISHING,
+    LEGAL_FORMS,
     address_clean,
     company_number_clean,
     core_of,
@@ -44,6 +47,7 @@ from matchbox_dagster.methods.organisations import (
     postcode_district,
     tokens_of,
     town_clean,
+    typo_variants,
 )
 
 ROLES = ("name", "postcode", "town", "address", "company_number")
@@ -99,6 +103,10 @@ class OrganisationLinker(Model):
         description="Pairs sampled to estimate u (default: 3 a record, 250,000 to 2,000,000).",
     )
     seed: int = Field(default=1, description="Seed of Splink's sampling.")
+    typos: bool = Field(
+        default=True,
+        description="Read a distinguishing word of 7+ letters misspelt by one letter as the word.",
+    )
     unique_names: float | None = Field(
         default=0.9,
         gt=0,
@@ -148,8 +156,17 @@ class OrganisationLinker(Model):
         if "company_number" in col:
             out.append(company_number_clean(col["company_number"]).alias("company_number"))
         # The name's words once (the costliest step), then core and tokens from them.
-        named = frame.with_columns(org_words(col["name"], self.abbreviations).alias("__words"))
+        named = frame.with_columns(org_words(col["name"], self._words()).alias("__words"))
         return named.select(out)
+
+    def _words(self) -> dict[str, str]:
+        """The abbreviations, and distinguishing words misspelt by one letter."""
+        abbreviations = ABBREVIATIONS if self.abbreviations is None else self.abbreviations
+        if not self.typos:
+            return dict(abbreviations)
+        words = DISTINGUISHING if self.distinguishing is None else self.distinguishing
+        avoid = {*abbreviations, *abbreviations.values(), *LEGAL_FORMS, *LEGAL_FORMS.values()}
+        return {**typo_variants(words, avoid=avoid), **abbreviations}
 
     def splink(self, records: int = 0, shared_numbers: int = 0) -> SplinkModel:
         """The Splink model over :meth:`prepare`'s columns.
