@@ -238,9 +238,9 @@ def true_pairs(
             (pl.col("side").max() == 1).alias("in_right"),
         )
     ).lazy()
-    # ...then each id's share of each entity, entities a part at a time (a key has one
-    # entity, so no (id, entity) spans two parts): at 5M keys a side the (id, entity)
-    # group-by held ~0.5 GB on top of its input in one part.
+    # ...then each id's share of each entity, the entities a part at a time (a part holds
+    # every row of its entities, so every (id, entity) and every record of one, as a key has
+    # one entity): at 5M keys a side the (id, entity) group-by held ~0.5 GB in one part.
     parts = max(1, -(-sum(f.height for f in sides) // _TRUE_PAIRS_PART_ROWS))
     w = pl.col("w")
     total = 0.0
@@ -253,13 +253,15 @@ def true_pairs(
             .with_columns(w=pl.col("n") / pl.col("t"))
         )
         if right is None:
-            found = shares.group_by("entity").agg((w.sum() ** 2 - (w**2).sum()) / 2)
+            found = shares.group_by("entity").agg(((w.sum() ** 2 - (w**2).sum()) / 2).alias("p"))
         else:
             left_w, right_w = w.filter(pl.col("in_left")), w.filter(pl.col("in_right"))
             # Pairs across the sides, less an id paired with itself (on both sides).
             found = shares.group_by("entity").agg(
-                left_w.sum() * right_w.sum()
-                - (w**2).filter(pl.col("in_left") & pl.col("in_right")).sum()
+                (
+                    left_w.sum() * right_w.sum()
+                    - (w**2).filter(pl.col("in_left") & pl.col("in_right")).sum()
+                ).alias("p")
             )
-        total += float(_collect(found.select(pl.col("w").sum())).item() or 0.0)
+        total += float(_collect(found.select(pl.col("p").sum())).item() or 0.0)
     return total
