@@ -45,6 +45,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +230,40 @@ def dagster_floor(asset_graph: Any, instance: Any, quiet: dict[str, Any], rounds
     return best
 
 
-def scenario(rows: int, model: str, runs: int) -> dict[str, Any]:
+@contextmanager
+def dagster_instance(storage: str) -> Iterator[Any]:
+    """A throwaway Dagster instance: SQLite files (as ``dagster dev``) or, with ``postgres``,
+    dagster-postgres storage in a database of its own on the store's server (as a deployment)."""
+    import dagster as dg
+
+    if storage == "sqlite":
+        with dg.instance_for_test() as instance:
+            yield instance
+        return
+    database = f"mbinc_dagster_{uuid.uuid4().hex[:8]}"
+    server = psycopg.conninfo.conninfo_to_dict(URI)
+    # psycopg2 (not 3): dagster-postgres 0.29's event log binds NOTIFY's payload client-side.
+    url = "postgresql+psycopg2://{user}{password}@{host}:{port}/{database}".format(
+        user=server.get("user", "postgres"),
+        password=f":{server['password']}" if server.get("password") else "",
+        host=server.get("host", "127.0.0.1"),
+        port=server.get("port", 5432),
+        database=database,
+    )
+    with psycopg.connect(URI, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    try:
+        with dg.instance_for_test(
+            overrides={"storage": {"postgres": {"postgres_url": url}}}
+        ) as instance:
+            yield instance
+    finally:
+        with psycopg.connect(URI, autocommit=True) as conn:
+            drop = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            conn.execute(drop.format(sql.Identifier(database)))
+
+
+def scenario(rows: int, model: str, runs: int, storage: str = "sqlite") -> dict[str, Any]:
     """Full run, ``runs - 1`` unchanged re-runs, a 1%-change re-run; figures per run."""
     import dagster as dg
 
@@ -256,7 +291,7 @@ def scenario(rows: int, model: str, runs: int) -> dict[str, Any]:
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
         cursor = None
         try:
-            with dg.instance_for_test() as instance:
+            with dagster_instance(storage) as instance:
                 store = res.get_store()
                 plan = ["full"] + ["unchanged"] * (runs - 1) + ["1% of a changed"]
                 for i, change in enumerate(plan):
@@ -358,6 +393,7 @@ def scenario(rows: int, model: str, runs: int) -> dict[str, Any]:
         "runs": figures,
         "splink_by_hand": by_hand,
         "dagster_floor": floor,
+        "dagster_storage": storage,
         "expected_new": sorted(expected_new),
         "all_steps": sorted(k.path[-1] for k in graph.get_all_asset_keys()),
     }
@@ -545,11 +581,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke sizes: 20k rules, 10k Splink")
     parser.add_argument("--only", choices=["rules", "splink"])
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--dagster-storage",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="the Dagster instance's storage: SQLite files (default, as `dagster dev`) or "
+        "dagster-postgres (as a deployment)",
+    )
     parser.add_argument("--scenario", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scenario:
         model, rows, runs = args.scenario
-        print(json.dumps(scenario(int(rows), model, int(runs))))
+        print(json.dumps(scenario(int(rows), model, int(runs), args.dagster_storage)))
         return
     if args.quick:
         args.rows, args.splink_rows, args.runs = 20_000, 10_000, 3
@@ -560,7 +603,16 @@ def main() -> None:
             continue
         print(f"{model} at {rows:,} source rows, {runs} unchanged runs…", file=sys.stderr)
         out = subprocess.run(
-            [sys.executable, __file__, "--scenario", model, str(rows), str(max(runs, 2))],
+            [
+                sys.executable,
+                __file__,
+                "--scenario",
+                model,
+                str(rows),
+                str(max(runs, 2)),
+                "--dagster-storage",
+                args.dagster_storage,
+            ],
             check=True,
             stdout=subprocess.PIPE,
             text=True,
@@ -575,7 +627,10 @@ def main() -> None:
         text=True,
         check=False,
     ).stdout.strip()
-    print(f"\n== goals (issue 17 item 3), commit {commit or '?'}")
+    print(
+        f"\n== goals (issue 17 item 3), commit {commit or '?'}, "
+        f"Dagster storage {args.dagster_storage}"
+    )
     for goal, passed, figures in goals:
         print(f"{'PASS' if passed else 'FAIL'}  {goal}: {figures}")
 
