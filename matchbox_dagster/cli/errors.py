@@ -82,6 +82,4 @@ _STORE_HINT = (
 
 def _is_database_error(exc: BaseException) -> bool:
     module = type(exc).__module__
-    return module.startswith(("sqlalchemy", "psycopg")) and "OperationalError" in type(
-        exc
-    ).__name__
+    return module.startswith(("sqlalchemy", "psycopg")) and "OperationalError" in type(exc).__name__

@@ -61,8 +61,7 @@ def attach_countables(store: Any, db: Database) -> None:
     )
     store.creates = Count(
         db,
-        "SELECT count(*) FROM (SELECT DISTINCT step_id, root_id FROM resolver_leaves "
-        "WHERE own) c",
+        "SELECT count(*) FROM (SELECT DISTINCT step_id, root_id FROM resolver_leaves WHERE own) c",
     )
     store.merges = Count(
         db,

@@ -57,4 +57,3 @@ def release(cur: Cursor, schema: str, held: list[tuple[int, StepType]]) -> list[
         execute(cur, compose("DROP TABLE IF EXISTS {s}.{t}", s=schema, t=name))
         dropped.append(int(data_id))
     return dropped
-
