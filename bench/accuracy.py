@@ -678,7 +678,8 @@ def one_side(load: Any, side: str, workdir: Path | None = None, schema: str | No
     ``schema`` when given (created by that process: a pipeline's steps run against an
     initialised store, whose schema is at the latest migration, so no step imports Alembic or
     migrates; creating the store held ~11 MB more in the measured process), else creates one.
-    The schema is dropped at the end either way.
+    Side ``sources`` only writes the source steps (their run in ``workdir``'s ``STORED`` file)
+    for the ``ours`` process after it; every other side drops the schema at the end.
     """
     data = load()
     usage = resource.getrusage(resource.RUSAGE_SELF)
