@@ -184,7 +184,7 @@ def step_path(
     Dagster run and process; a label never moves to another run, so the answer cannot go stale
     within one Dagster run.
     """
-    key = (dagster_run, _store_identity(store), collection, label) if dagster_run else None
+    key = _run_key(dagster_run, store, collection, label)
     run_id = _RUNS.get(key) if key else None
     if run_id is None:
         try:
@@ -217,7 +217,14 @@ def seen_in_dagster_run(context: Any, store: MatchboxDBAdapter, collection: str)
 
 
 def _dagster_run_key(context: Any, store: MatchboxDBAdapter, collection: str) -> tuple | None:
-    run_id = dagster_run_id(context)
-    if run_id is None or not context.has_partition_key:
+    label = context.partition_key if context.has_partition_key else None
+    return _run_key(dagster_run_id(context), store, collection, label)
+
+
+def _run_key(
+    dagster_run: str | None, store: MatchboxDBAdapter, collection: str, label: str | None
+) -> tuple | None:
+    """What the per-Dagster-run memos are keyed by; None outside a Dagster run or partition."""
+    if dagster_run is None or label is None:
         return None
-    return (run_id, _store_identity(store), collection, context.partition_key)
+    return (dagster_run, _store_identity(store), collection, label)
