@@ -217,9 +217,28 @@ def plan_collection(spec: CollectionSpec, *, yaml_path: Path | None = None) -> C
         attempt(("models", i), lambda m=m: models.append(plan_model(m, read_through)))
     for i, r in enumerate(spec.resolvers):
         attempt(("resolvers", i), lambda r=r: resolvers.append(plan_resolver(r, under[r.name])))
+    scoped = {m.spec.name for m in models if _linked_conflicts(m.methodology)}
+    for i, r in enumerate(spec.resolvers):
+        inputs = list(r.thresholds)
+        narrow = sorted(scoped.intersection(inputs))
+        if r.method == "split_conflicts" and len(inputs) > 1 and narrow:
+            reason = (
+                f"{r.name!r} splits conflicts across models {inputs}, but model(s) {narrow} find "
+                "conflicts only between records their own pairs join: set conflict_scope: all "
+                "in their settings, so records joined through another model's edges are kept "
+                "apart too"
+            )
+            problems.append(SpecProblem(("resolvers", i), str(SpecError("resolver", reason))))
     if problems:
         raise SpecError.of(problems, yaml_path)
     return CollectionPlan(spec=spec, sources=sources, models=models, resolvers=resolvers)
+
+
+def _linked_conflicts(model: Model) -> bool:
+    """Whether a model marks conflicts only between records its own pairs join."""
+    return bool(getattr(model, "conflicts", False)) and (
+        getattr(model, "conflict_scope", None) == "linked"
+    )
 
 
 def final_resolver(spec: CollectionSpec) -> str | None:

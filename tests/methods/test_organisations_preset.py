@@ -227,3 +227,93 @@ def test_conflicts_between_two_registers_either_way():
     got = {tuple(p) for p in conflict_pairs(left, right).rows()}
     # tokens on the right only (1-11), on the left only (2-12), numbers differ (3-13); 1-14 agree
     assert got == {(1, 11), (2, 12), (3, 13)}
+
+
+def _entities(clusters) -> set[frozenset[int]]:
+    frame = pl.DataFrame(pl.from_arrow(clusters.table))
+    return {frozenset(g) for g in frame.group_by("parent_id").agg("child_id")["child_id"]}
+
+
+def test_linked_conflicts_are_those_within_a_component_and_change_no_entity():
+    from matchbox_dagster.methods.models.organisation import _shared_numbers
+    from matchbox_dagster.methods.resolvers import components
+
+    a, b, _ = registers()
+    model = OrganisationLinker(roles=ROLES, max_pairs=2e5)
+    left, right = model.prepare(a), model.prepare(b)
+    scored = model.splink(left.height + right.height, _shared_numbers(left, right)).link(
+        left, right
+    )  # one Splink run for both scopes
+    linked = pl.DataFrame(pl.from_arrow(model._finish(scored, left, right).table))
+    wide = model.model_copy(update={"conflict_scope": "all"})
+    every = pl.DataFrame(pl.from_arrow(wide._finish(scored, left, right).table))
+
+    def zero(frame: pl.DataFrame) -> set[tuple[int, int]]:
+        return {
+            tuple(p)
+            for p in frame.filter(pl.col("score") == 0).select("left_id", "right_id").rows()
+        }
+
+    positive = linked.filter(pl.col("score") > 0).sort("left_id", "right_id")
+    assert positive.equals(every.filter(pl.col("score") > 0).sort("left_id", "right_id"))
+    labels = dict(
+        pl.DataFrame(pl.from_arrow(components(positive).table))
+        .select("child_id", "parent_id")
+        .rows()
+    )
+    # Every conflict inside an entity's reach is kept; those between unlinked records go.
+    same = {(x, y) for x, y in zero(every) if x in labels and labels.get(y) == labels[x]}
+    assert same <= zero(linked) <= zero(every)
+    assert len(zero(linked)) < len(zero(every)) / 2
+    settings = organisation_resolver("orgs")
+    resolver = SplitConflicts(thresholds=settings["thresholds"], **settings["settings"])
+    assert _entities(resolver.resolve({"orgs": linked.to_arrow()})) == _entities(
+        resolver.resolve({"orgs": every.to_arrow()})
+    )
+
+
+def test_splitting_conflicts_across_models_needs_every_conflict():
+    from matchbox_dagster.specs import CollectionSpec, SpecError, plan_collection
+
+    def spec(scope: str | None) -> CollectionSpec:
+        settings = {"roles": {"name": "name"}} | ({"conflict_scope": scope} if scope else {})
+        return CollectionSpec.model_validate(
+            {
+                "collection": "orgs",
+                "sources": [
+                    {
+                        "name": "register_a",
+                        "key_field": "key",
+                        "index_fields": ["name"],
+                        "location": {"type": "parquet", "name": "a.parquet"},
+                    }
+                ],
+                "models": [
+                    {
+                        "name": "organisations",
+                        "model_class": "OrganisationLinker",
+                        "left": {"step": "register_a"},
+                        "settings": settings,
+                    },
+                    {
+                        "name": "exact",
+                        "model_class": "DeterministicRules",
+                        "left": {"step": "register_a"},
+                        "settings": {"rules": [["name"]]},
+                    },
+                ],
+                "resolvers": [
+                    {
+                        "name": "firms",
+                        "thresholds": {"organisations": 0.9, "exact": 1.0},
+                        "method": "split_conflicts",
+                    }
+                ],
+            }
+        )
+
+    with pytest.raises(SpecError, match="conflict_scope: all") as caught:
+        plan_collection(spec(None))
+    assert "'organisations'" in str(caught.value) and "firms" in str(caught.value)
+    plan = plan_collection(spec("all"))
+    assert plan.models[0].methodology.conflict_scope == "all"

@@ -19,14 +19,16 @@ register without its company number) are paired with the score ``unique_names``
 Records that must never share an entity are marked with an edge scoring 0 (a *conflict*): two
 records brought together by a shared core name, postcode or address but holding different
 company numbers or different distinguishing tokens (``Acme Holdings`` and ``Acme Services``).
-Connected components ignore these edges (any threshold above 0 drops them); the matching
+Only conflicts between records the model's own pairs join (directly or through others) are kept
+unless ``conflict_scope="all"``. Connected components ignore these edges (any threshold above 0
+drops them); the matching
 resolver, :class:`~matchbox_dagster.methods.clustering.SplitConflicts`
 (:func:`organisation_resolver`), keeps conflicting records apart and cuts weak links.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -49,6 +51,7 @@ from matchbox_dagster.methods.organisations import (
     town_clean,
     typo_variants,
 )
+from matchbox_dagster.methods.resolvers import components
 
 ROLES = ("name", "postcode", "town", "address", "company_number")
 MIN_NUMBER_PAIRS = 500
@@ -90,6 +93,12 @@ class OrganisationLinker(Model):
     threshold: float = Field(default=0.5, ge=0, le=1, description="Minimum match probability.")
     conflicts: bool = Field(
         default=True, description="Emit score-0 edges for records that must not share an entity."
+    )
+    conflict_scope: Literal["linked", "all"] = Field(
+        default="linked",
+        description="linked: conflicts only between records this model's pairs join, directly "
+        "or through others (no other conflict can change its entities); all: every one, for a "
+        "resolver that also reads another model's edges.",
     )
     abbreviations: dict[str, str] | None = Field(
         default=None, description="Abbreviation → word (default: the module's dictionary)."
@@ -295,12 +304,20 @@ class OrganisationLinker(Model):
         self, scored: ModelResults, left: pl.DataFrame, right: pl.DataFrame | None
     ) -> ModelResults:
         """Splink's pairs, with unique-name pairs, and conflicts scoring 0."""
-        clash = conflict_pairs(left, right) if self.conflicts else None
-        if self.unique_names is None and (clash is None or clash.height == 0):
+        if self.unique_names is None and not self.conflicts:
             return scored
         pairs = pl.DataFrame(pl.from_arrow(scored.table)).select("left_id", "right_id", "score")
+        found = None
         if self.unique_names is not None:
             found = unique_name_pairs(left, right, pairs.filter(pl.col("score") > 0))
+        clash = None
+        if self.conflicts:
+            within = None
+            if self.conflict_scope == "linked":
+                linked = pairs.filter(pl.col("score") > 0).select("left_id", "right_id")
+                within = _components(linked if found is None else pl.concat([linked, found]))
+            clash = conflict_pairs(left, right, within)
+        if found is not None:
             if clash is not None:
                 found = found.join(clash, on=["left_id", "right_id"], how="anti")
             pairs = pl.concat(
@@ -319,7 +336,15 @@ class OrganisationLinker(Model):
         return ModelResults(table.cast(SCHEMA_MODEL_EDGES))
 
 
-def conflict_pairs(left: pl.DataFrame, right: pl.DataFrame | None) -> pl.DataFrame:
+def _components(pairs: pl.DataFrame) -> pl.DataFrame:
+    """(``id``, ``_comp``): the connected component of each record that ``pairs`` hold."""
+    labels = pl.DataFrame(pl.from_arrow(components(pairs).table))
+    return labels.select(pl.col("child_id").alias(ID), pl.col("parent_id").alias("_comp"))
+
+
+def conflict_pairs(
+    left: pl.DataFrame, right: pl.DataFrame | None, within: pl.DataFrame | None = None
+) -> pl.DataFrame:
     """(``left_id``, ``right_id``) of records that must not share an entity.
 
     Records sharing a core name, postcode or address (blocks of at most :data:`MAX_BLOCK` a
@@ -329,25 +354,35 @@ def conflict_pairs(left: pl.DataFrame, right: pl.DataFrame | None) -> pl.DataFra
     left its core "acme holdngs"). Each rule joins only the records it can apply to (a
     record without a company number is never joined on numbers), so the joins stay small:
     joining whole blocks and filtering after held ~140 MB at 85k records.
+
+    ``within`` (``id``, ``_comp``): only pairs of records in one component (records it does
+    not hold have none), a subset of the conflicts found without it.
     """
     keys = [k for k in ("core", "postcode", "address") if k in left.columns]
     checks = [c for c in ("company_number", "tokens") if c in left.columns]
+    scope = [] if within is None else ["_comp"]
+
+    def blocks(frame: pl.DataFrame, key: str) -> pl.DataFrame:
+        columns = [ID, key, pl.col("core").alias("_core"), *checks]
+        small = _small_blocks(frame.select(columns), key)  # block sizes before the scope
+        return small if within is None else small.join(within, on=ID)
+
     parts: list[pl.DataFrame] = []
     for key in keys:
-        columns = [ID, key, pl.col("core").alias("_core"), *checks]
-        a = _small_blocks(left.select(columns), key)
-        b = a if right is None else _small_blocks(right.select(columns), key)
+        on = [key, *scope]
+        a = blocks(left, key)
+        b = a if right is None else blocks(right, key)
         for check in checks:  # both present and different
-            has_a = a.select(ID, key, check).drop_nulls(check)
-            has_b = has_a if right is None else b.select(ID, key, check).drop_nulls(check)
-            joined = has_a.join(has_b, on=key, suffix="_r")
+            has_a = a.select(ID, *on, check).drop_nulls(check)
+            has_b = has_a if right is None else b.select(ID, *on, check).drop_nulls(check)
+            joined = has_a.join(has_b, on=on, suffix="_r")
             parts.append(_ids(joined.filter(pl.col(check) != pl.col(f"{check}_r"))))
         if "tokens" in checks:  # equal cores, tokens on one side only
             sides = [(a, b)] if right is None else [(a, b), (b, a)]
             for one, two in sides:
-                named = one.filter(pl.col("tokens").is_not_null()).select(ID, key, "_core")
-                plain = two.filter(pl.col("tokens").is_null()).select(ID, key, "_core")
-                joined = _ids(named.join(plain, on=[key, "_core"], suffix="_r"))
+                named = one.filter(pl.col("tokens").is_not_null()).select(ID, *on, "_core")
+                plain = two.filter(pl.col("tokens").is_null()).select(ID, *on, "_core")
+                joined = _ids(named.join(plain, on=[*on, "_core"], suffix="_r"))
                 if one is not a:  # found right → left: put the left record first
                     joined = joined.select(
                         pl.col("right_id").alias("left_id"), pl.col("left_id").alias("right_id")
