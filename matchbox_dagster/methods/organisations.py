@@ -285,12 +285,32 @@ def postcode_clean(column: ColumnLike) -> pl.Expr:
 
 def postcode_district(column: ColumnLike) -> pl.Expr:
     """The outward code (district) of a UK-style postcode (``SW1A 1AA`` → ``SW1A``), else null."""
-    return postcode_clean(column).str.split(" ").list.first()
+    return district_of(postcode_clean(column))
+
+
+def postcode_sector(column: ColumnLike) -> pl.Expr:
+    """The sector of a UK-style postcode (``SW1A 1AA`` → ``SW1A 1``), else null."""
+    return sector_of(postcode_clean(column))
 
 
 def postcode_area(column: ColumnLike) -> pl.Expr:
     """The postcode area, its leading letters (``SW1A 1AA`` → ``SW``), else null."""
-    return postcode_clean(column).str.extract(r"^([A-Z]{1,2})")
+    return area_of(postcode_clean(column))
+
+
+def district_of(clean: pl.Expr) -> pl.Expr:
+    """:func:`postcode_district` of a postcode already cleaned by :func:`postcode_clean`."""
+    return clean.str.slice(0, clean.str.len_chars() - 4)
+
+
+def sector_of(clean: pl.Expr) -> pl.Expr:
+    """:func:`postcode_sector` of a postcode already cleaned by :func:`postcode_clean`."""
+    return clean.str.slice(0, clean.str.len_chars() - 2)
+
+
+def area_of(clean: pl.Expr) -> pl.Expr:
+    """:func:`postcode_area` of a postcode already cleaned by :func:`postcode_clean`."""
+    return clean.str.extract(r"^([A-Z]{1,2})")
 
 
 def company_number_clean(column: ColumnLike) -> pl.Expr:
@@ -346,6 +366,7 @@ BUILDING_BLOCKS: dict[str, Callable[[ColumnLike], pl.Expr]] = {
     "org_legal_form": org_legal_form,
     "postcode_clean": postcode_clean,
     "postcode_district": postcode_district,
+    "postcode_sector": postcode_sector,
     "postcode_area": postcode_area,
     "company_number_clean": company_number_clean,
     "town_clean": town_clean,

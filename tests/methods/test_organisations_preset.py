@@ -163,11 +163,16 @@ def test_training_and_blocking_follow_the_roles_and_the_data():
     model = OrganisationLinker(roles=ROLES)
     many = model.splink(records=34_000, shared_numbers=4_000)
     em = _training_step(many, "estimate_parameters_using_expectation_maximisation")
-    # EM first on pairs sharing a company number (nearly all matches), then on the core name.
-    assert [s["blocking_rule"] for s in em] == [["company_number"], ["core"]]
+    # EM first on pairs sharing a company number (nearly all matches), then on the core name
+    # within a town (the first session trained town's m).
+    assert [s["blocking_rule"] for s in em] == [["company_number"], ["core", "town"]]
     few = model.splink(records=34_000, shared_numbers=10)
     em = _training_step(few, "estimate_parameters_using_expectation_maximisation")
-    assert [s["blocking_rule"] for s in em] == [["postcode"], ["core"]]
+    assert [s["blocking_rule"] for s in em] == [["postcode"], ["core", "town"]]
+    # Without a first session the core name alone, then the town.
+    townish = OrganisationLinker(roles={"name": "n", "town": "t"}).splink(records=1_000)
+    em = _training_step(townish, "estimate_parameters_using_expectation_maximisation")
+    assert [s["blocking_rule"] for s in em] == [["core"], ["town"]]
     # The u sample grows with the records, within bounds, unless max_pairs is set.
     sizes = [
         _training_step(m, "estimate_u_using_random_sampling")[0]["max_pairs"]
@@ -317,3 +322,33 @@ def test_splitting_conflicts_across_models_needs_every_conflict():
     assert "'organisations'" in str(caught.value) and "firms" in str(caught.value)
     plan = plan_collection(spec("all"))
     assert plan.models[0].methodology.conflict_scope == "all"
+
+
+def test_postcode_levels_on_cut_parts_equal_splinks_postcode_comparison():
+    import duckdb
+    import splink.comparison_library as cl
+
+    from matchbox_dagster.methods.models.organisation import POSTCODE_COMPARISON
+
+    model = OrganisationLinker(roles={"name": "n", "postcode": "p"})
+    codes = ["SW1A 1AA", "sw1a1ab", "SW1A 2AA", "SW1B 1AA", "SE1 9SG", "B1 1AA", "B11 1AA"]
+    codes += ["B1 2AA", "W1A 0AX", "EC1A 1BB", "M1 1AE", "CR2 6XH", "DN55 1PT", None, "bad"]
+    frame = model.prepare(pl.DataFrame({"id": range(len(codes)), "n": "x", "p": codes}))
+    parts = ["postcode", "sector", "district", "area"]
+    pairs = frame.select(parts).join(frame.select(parts), how="cross", suffix="_r")
+    connection = duckdb.connect()
+    connection.register("pairs", pairs.rename({c: f"{c}_l" for c in parts}).to_arrow())
+
+    def levels(comparison: dict) -> list[int]:
+        cases = " ".join(
+            f"WHEN {level['sql_condition']} THEN {i}"
+            for i, level in enumerate(comparison["comparison_levels"])
+            if level["sql_condition"] != "ELSE"
+        )
+        rows = connection.sql(f"SELECT CASE {cases} ELSE -1 END FROM pairs").fetchall()
+        return [row[0] for row in rows]
+
+    splinks = cl.PostcodeComparison("postcode").get_comparison("duckdb").as_dict()
+    ours = levels(POSTCODE_COMPARISON)
+    assert ours == levels(splinks)
+    assert set(ours) == {-1, 0, 1, 2, 3, 4}  # every level met

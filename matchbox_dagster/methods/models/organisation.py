@@ -10,8 +10,8 @@ Every role but ``name`` is optional; with ``left`` only it deduplicates. The rec
 with the building blocks of :mod:`matchbox_dagster.methods.organisations` (core name,
 distinguishing tokens, postcode and district, town, company number) and scored by Splink
 (:class:`~matchbox_dagster.methods.models.splink.SplinkModel`: Jaro-Winkler levels on the core
-name with term frequencies, distinguishing tokens, Splink's postcode comparison, town, address,
-company number; trained by EM). Pairs scoring at least ``threshold`` are kept. Two records
+name with term frequencies, distinguishing tokens, postcode levels (exact, sector, district,
+area), town, address, company number; trained by EM). Pairs scoring at least ``threshold`` are kept. Two records
 left without any such pair whose cleaned name no other record holds (a firm that moved, in a
 register without its company number) are paired with the score ``unique_names``
 (:func:`unique_name_pairs`).
@@ -21,8 +21,7 @@ records brought together by a shared core name, postcode or address but holding 
 company numbers or different distinguishing tokens (``Acme Holdings`` and ``Acme Services``).
 Only conflicts between records the model's own pairs join (directly or through others) are kept
 unless ``conflict_scope="all"``. Connected components ignore these edges (any threshold above 0
-drops them); the matching
-resolver, :class:`~matchbox_dagster.methods.clustering.SplitConflicts`
+drops them); the matching resolver, :class:`~matchbox_dagster.methods.clustering.SplitConflicts`
 (:func:`organisation_resolver`), keeps conflicting records apart and cuts weak links.
 """
 
@@ -42,11 +41,13 @@ from matchbox_dagster.methods.organisations import (
     DISTINGUISHING,
     LEGAL_FORMS,
     address_clean,
+    area_of,
     company_number_clean,
     core_of,
+    district_of,
     org_words,
     postcode_clean,
-    postcode_district,
+    sector_of,
     tokens_of,
     town_clean,
     typo_variants,
@@ -79,6 +80,32 @@ TOKENS_COMPARISON: dict[str, Any] = {
 }
 """Distinguishing tokens on one record and none on the other are evidence against a match
 ("Acme Ltd" and its sister "Acme Group Ltd"), not missing data: Splink learns its weight."""
+
+
+POSTCODE_COMPARISON: dict[str, Any] = {
+    "output_column_name": "postcode",
+    "comparison_description": "Postcode: exact (with term frequencies), sector, district, area",
+    "comparison_levels": [
+        {
+            "sql_condition": '"postcode_l" IS NULL OR "postcode_r" IS NULL',
+            "label_for_charts": "postcode is NULL",
+            "is_null_level": True,
+        },
+        {
+            "sql_condition": '"postcode_l" = "postcode_r"',
+            "label_for_charts": "Exact match on full postcode",
+            "tf_adjustment_column": "postcode",
+            "tf_adjustment_weight": 1.0,
+        },
+        *(
+            {"sql_condition": f'"{part}_l" = "{part}_r"', "label_for_charts": f"Same {part}"}
+            for part in ("sector", "district", "area")
+        ),
+        {"sql_condition": "ELSE", "label_for_charts": "All other comparisons"},
+    ],
+}
+"""Splink's ``PostcodeComparison`` levels on parts cut once per record (:meth:`prepare`), not
+by three regular expressions on both sides of every pair."""
 
 
 class OrganisationLinker(Model):
@@ -154,9 +181,12 @@ class OrganisationLinker(Model):
             tokens_of(words, self.distinguishing).alias("tokens"),
         ]
         if "postcode" in col:
+            code = pl.col("__postcode")
             out += [
-                postcode_clean(col["postcode"]).alias("postcode"),
-                postcode_district(col["postcode"]).alias("district"),
+                code.alias("postcode"),
+                sector_of(code).alias("sector"),
+                district_of(code).alias("district"),
+                area_of(code).alias("area"),
             ]
         if "town" in col:
             out.append(town_clean(col["town"]).alias("town"))
@@ -166,6 +196,8 @@ class OrganisationLinker(Model):
             out.append(company_number_clean(col["company_number"]).alias("company_number"))
         # The name's words once (the costliest step), then core and tokens from them.
         named = frame.with_columns(org_words(col["name"], self._words()).alias("__words"))
+        if "postcode" in col:  # cleaned once; its parts are slices of it
+            named = named.with_columns(postcode_clean(col["postcode"]).alias("__postcode"))
         return named.select(out)
 
     def _words(self) -> dict[str, str]:
@@ -200,13 +232,7 @@ class OrganisationLinker(Model):
         blocking: list[Any] = [["core"]]
         em: list[Any] = []
         if "postcode" in roles:
-            comparisons.append(
-                {
-                    "comparison": "PostcodeComparison",
-                    "col_name": "postcode",
-                    "term_frequency_adjustments": True,
-                }
-            )
+            comparisons.append(POSTCODE_COMPARISON)
             blocking += [
                 "l.district = r.district and substr(l.core, 1, 4) = substr(r.core, 1, 4)",
                 "l.postcode = r.postcode and substr(l.core, 1, 1) = substr(r.core, 1, 1)",
@@ -244,7 +270,10 @@ class OrganisationLinker(Model):
                 em.append(["company_number"])
         if not em and "postcode" in roles:
             em.append(["postcode"])
-        em.append(["core"])
+        # Then on the core name, within a town when a first session already trained town's m:
+        # a common core alone pairs every same-name firm of every town (318k pairs at 144k
+        # records against 50k; EM 1.2 s against 0.4 s, the same F1).
+        em.append(["core", "town"] if "town" in roles and em else ["core"])
         if "postcode" not in roles and "town" in roles:
             em.append(["town"])
         max_pairs = self.max_pairs or min(2e6, max(2.5e5, 3.0 * records))
