@@ -11,10 +11,10 @@ with the building blocks of :mod:`matchbox_dagster.methods.organisations` (core 
 distinguishing tokens, postcode and district, town, company number) and scored by Splink
 (:class:`~matchbox_dagster.methods.models.splink.SplinkModel`: Jaro-Winkler levels on the core
 name with term frequencies, distinguishing tokens, postcode levels (exact, sector, district,
-area), town, address, company number; trained by EM). Pairs scoring at least ``threshold`` are kept. Two records
-left without any such pair whose cleaned name no other record holds (a firm that moved, in a
-register without its company number) are paired with the score ``unique_names``
-(:func:`unique_name_pairs`).
+area), town, address, company number; trained by EM). Pairs scoring at least ``threshold``
+are kept. Two records left without any such pair whose cleaned name no other record holds (a
+firm that moved, in a register without its company number) are paired with the score
+``unique_names`` (:func:`unique_name_pairs`).
 
 Records that must never share an entity are marked with an edge scoring 0 (a *conflict*): two
 records brought together by a shared core name, postcode or address but holding different
