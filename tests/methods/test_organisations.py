@@ -16,6 +16,7 @@ from matchbox_dagster.methods.organisations import (
     postcode_area,
     postcode_clean,
     postcode_district,
+    postcode_sector,
     town_clean,
 )
 
@@ -86,6 +87,15 @@ def test_postcodes_and_districts():
     ]
     assert apply(postcode_district("x"), raw) == ["SW1A", "M1", "EC1A", "B33", None, None, None]
     assert apply(postcode_area("x"), raw[:4]) == ["SW", "M", "EC", "B"]
+    assert apply(postcode_sector("x"), raw) == [
+        "SW1A 1",
+        "M1 1",
+        "EC1A 1",
+        "B33 8",
+        None,
+        None,
+        None,
+    ]
 
 
 def test_company_numbers_and_towns():
