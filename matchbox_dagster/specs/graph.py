@@ -228,7 +228,7 @@ def plan_collection(spec: CollectionSpec, *, yaml_path: Path | None = None) -> C
                 "in their settings, so records joined through another model's edges are kept "
                 "apart too"
             )
-            problems.append(SpecProblem(("resolvers", i), str(SpecError("resolver", reason))))
+            problems.append(SpecProblem(("resolvers", i), reason))
     if problems:
         raise SpecError.of(problems, yaml_path)
     return CollectionPlan(spec=spec, sources=sources, models=models, resolvers=resolvers)
