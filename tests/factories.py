@@ -133,6 +133,17 @@ def add_model(
     return path
 
 
+def cluster_sets(clusters: ResolverClusters) -> set[frozenset[int]]:
+    """Resolver clusters as a set of sets of child ids (labels are arbitrary)."""
+    table = clusters.table
+    by_parent: dict[int, set[int]] = {}
+    for parent, child in zip(
+        table.column("parent_id").to_pylist(), table.column("child_id").to_pylist(), strict=True
+    ):
+        by_parent.setdefault(parent, set()).add(child)
+    return {frozenset(group) for group in by_parent.values()}
+
+
 def clusters_table(clusters: list[list[int]]) -> pa.Table:
     """Resolver assignments from a list of clusters (lists of child ids)."""
     parents = [i for i, c in enumerate(clusters) for _ in c]

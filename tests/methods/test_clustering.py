@@ -10,6 +10,7 @@ from matchbox_dagster.common.arrow import SCHEMA_CLUSTERS, SCHEMA_MODEL_EDGES, M
 from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.methods.clustering import SplitConflicts
 from matchbox_dagster.methods.resolvers import ConnectedComponents
+from tests.factories import cluster_sets as groups
 
 
 def edges(*rows: tuple[int, int, float]) -> ModelResults:
@@ -20,14 +21,6 @@ def edges(*rows: tuple[int, int, float]) -> ModelResults:
             schema=SCHEMA_MODEL_EDGES,
         )
     )
-
-
-def groups(clusters) -> set[frozenset[int]]:
-    frame = pl.DataFrame(pl.from_arrow(clusters.table))
-    return {
-        frozenset(g)
-        for g in frame.group_by("parent_id").agg("child_id").get_column("child_id").to_list()
-    }
 
 
 def test_same_shape_and_components_without_conflicts():

@@ -13,6 +13,7 @@ from matchbox_dagster.methods.models.organisation import (
     organisation_resolver,
 )
 from matchbox_dagster.methods.resolvers import ConnectedComponents
+from tests.factories import cluster_sets
 
 ROLES = {
     "name": "company",
@@ -234,11 +235,6 @@ def test_conflicts_between_two_registers_either_way():
     assert got == {(1, 11), (2, 12), (3, 13)}
 
 
-def _entities(clusters) -> set[frozenset[int]]:
-    frame = pl.DataFrame(pl.from_arrow(clusters.table))
-    return {frozenset(g) for g in frame.group_by("parent_id").agg("child_id")["child_id"]}
-
-
 def test_linked_conflicts_are_those_within_a_component_and_change_no_entity():
     from matchbox_dagster.methods.models.organisation import _shared_numbers
     from matchbox_dagster.methods.resolvers import components
@@ -272,7 +268,7 @@ def test_linked_conflicts_are_those_within_a_component_and_change_no_entity():
     assert len(zero(linked)) < len(zero(every)) / 2
     settings = organisation_resolver("orgs")
     resolver = SplitConflicts(thresholds=settings["thresholds"], **settings["settings"])
-    assert _entities(resolver.resolve({"orgs": linked.to_arrow()})) == _entities(
+    assert cluster_sets(resolver.resolve({"orgs": linked.to_arrow()})) == cluster_sets(
         resolver.resolve({"orgs": every.to_arrow()})
     )
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from matchbox_dagster.common.arrow import SCHEMA_CLUSTERS, SCHEMA_MODEL_EDGES, ModelResults
 from matchbox_dagster.common.errors import MatchboxInvalidData
 from matchbox_dagster.methods.resolvers import ConnectedComponents, check_thresholds, components
+from tests.factories import cluster_sets
 
 
 def edges(*rows: tuple[int, int, float]) -> ModelResults:
@@ -30,11 +31,9 @@ def edges(*rows: tuple[int, int, float]) -> ModelResults:
 
 def partition(clusters) -> set[frozenset[int]]:
     """The clusters as a set of sets of child ids (labels are arbitrary)."""
-    frame = pl.DataFrame(pl.from_arrow(clusters.table))
     assert clusters.table.schema == SCHEMA_CLUSTERS
-    assert frame.get_column("child_id").is_unique().all()
-    groups = frame.group_by("parent_id").agg("child_id").get_column("child_id")
-    return {frozenset(g) for g in groups.to_list()}
+    assert pl.Series(clusters.table.column("child_id")).is_unique().all()
+    return cluster_sets(clusters)
 
 
 def union_find(pairs: list[tuple[int, int]]) -> set[frozenset[int]]:
