@@ -194,11 +194,11 @@ class OrganisationLinker(Model):
             out.append(address_clean(col["address"]).alias("address"))
         if "company_number" in col:
             out.append(company_number_clean(col["company_number"]).alias("company_number"))
-        # The name's words once (the costliest step), then core and tokens from them.
-        named = frame.with_columns(org_words(col["name"], self._words()).alias("__words"))
-        if "postcode" in col:  # cleaned once; its parts are slices of it
-            named = named.with_columns(postcode_clean(col["postcode"]).alias("__postcode"))
-        return named.select(out)
+        # Once each: the name's words (the costliest step) and the postcode (its parts sliced).
+        once = [org_words(col["name"], self._words()).alias("__words")]
+        if "postcode" in col:
+            once.append(postcode_clean(col["postcode"]).alias("__postcode"))
+        return frame.with_columns(once).select(out)
 
     def _words(self) -> dict[str, str]:
         """The abbreviations, and distinguishing words misspelt by one letter."""
@@ -336,14 +336,14 @@ class OrganisationLinker(Model):
         if self.unique_names is None and not self.conflicts:
             return scored
         pairs = pl.DataFrame(pl.from_arrow(scored.table)).select("left_id", "right_id", "score")
+        linked = pairs.filter(pl.col("score") > 0).select("left_id", "right_id")
         found = None
         if self.unique_names is not None:
-            found = unique_name_pairs(left, right, pairs.filter(pl.col("score") > 0))
+            found = unique_name_pairs(left, right, linked)
         clash = None
         if self.conflicts:
             within = None
             if self.conflict_scope == "linked":
-                linked = pairs.filter(pl.col("score") > 0).select("left_id", "right_id")
                 within = _components(linked if found is None else pl.concat([linked, found]))
             clash = conflict_pairs(left, right, within)
         if found is not None:
